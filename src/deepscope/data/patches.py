@@ -1,0 +1,162 @@
+"""Training data: train/validation split, random patches and augmentation.
+
+Images arrive normalised and channel-first (C, *spatial). Inputs and optional targets
+are cut and augmented identically, so paired tasks stay aligned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from deepscope.config import DataConfig
+
+
+@dataclass
+class Split:
+    """Training and validation arrays (lists of channel-first float32 images)."""
+
+    train_inputs: list[np.ndarray]
+    val_inputs: list[np.ndarray]
+    train_targets: list[np.ndarray] | None
+    val_targets: list[np.ndarray] | None
+    how: str
+
+
+def split_train_val(
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray] | None,
+    fraction: float,
+    patch_size: Sequence[int],
+    seed: int = 0,
+) -> Split:
+    """Keep ``fraction`` of the data aside for validation.
+
+    With enough images, whole images are held out. With few images, each image is cut
+    along Y and the bottom part of each is used for validation, so that training and
+    validation never see the same pixels.
+    """
+    n = len(inputs)
+    n_val = int(round(n * fraction))
+    if n >= 4 and n_val >= 1:
+        order = np.random.default_rng(seed).permutation(n)
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+        return Split(
+            pick(inputs, train_idx),
+            pick(inputs, val_idx),
+            pick(targets, train_idx) if targets is not None else None,
+            pick(targets, val_idx) if targets is not None else None,
+            f"{len(val_idx)} of {n} images held out for validation",
+        )
+    py = patch_size[-2]
+    tr_in, va_in, tr_t, va_t = [], [], [], []
+    for i, im in enumerate(inputs):
+        ny = im.shape[-2]
+        cut = ny - max(py, int(round(ny * fraction)))
+        if cut < py:  # too small to split: use the image for both (said in `how`)
+            cut = ny
+        tr_in.append(im[..., :cut, :])
+        va_in.append(im[..., cut:, :] if cut < ny else im)
+        if targets is not None:
+            t = targets[i]
+            tr_t.append(t[..., :cut, :])
+            va_t.append(t[..., cut:, :] if cut < ny else t)
+    return Split(
+        tr_in,
+        va_in,
+        tr_t if targets is not None else None,
+        va_t if targets is not None else None,
+        "the bottom part of each image held out for validation",
+    )
+
+
+def _random_patch_slices(
+    shape: Sequence[int], patch: Sequence[int], rng: np.random.Generator
+) -> tuple[slice, ...]:
+    starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
+    return tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
+
+
+def _pad_to(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    spatial = image.shape[1:]
+    pads = [(0, 0)] + [(0, max(0, p - s)) for s, p in zip(spatial, patch, strict=True)]
+    if any(after for _, after in pads):
+        return np.pad(image, pads, mode="reflect" if min(spatial) > 1 else "edge")
+    return image
+
+
+class RandomPatches(Dataset):
+    """``length`` random patches per epoch, sampled in proportion to image size.
+
+    Parameters
+    ----------
+    inputs, targets
+        Channel-first float32 images; ``targets`` may be None (self-supervised tasks).
+    patch_size
+        Spatial patch size.
+    length
+        Patches per epoch.
+    data_config
+        Augmentation settings (flips, rotations, intensity jitter).
+    seed
+        Seed of the sampler; a fixed seed with ``augment=False`` gives a fixed set.
+    augment
+        Whether to augment.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray] | None,
+        patch_size: Sequence[int],
+        length: int,
+        data_config: DataConfig,
+        seed: int = 0,
+        augment: bool = True,
+    ):
+        self.patch = tuple(patch_size)
+        self.inputs = [_pad_to(im, self.patch) for im in inputs]
+        self.targets = [_pad_to(t, self.patch) for t in targets] if targets is not None else None
+        sizes = np.array([im[0].size for im in self.inputs], dtype=float)
+        self.weights = sizes / sizes.sum()
+        self.length = length
+        self.cfg = data_config
+        self.augment = augment
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = self.rng if self.augment else np.random.default_rng((self.seed, index))
+        i = int(rng.choice(len(self.inputs), p=self.weights))
+        sl = (slice(None),) + _random_patch_slices(self.inputs[i].shape[1:], self.patch, rng)
+        arrays = [self.inputs[i][sl]]
+        if self.targets is not None:
+            arrays.append(self.targets[i][sl])
+        if self.augment:
+            arrays = self._augment(arrays, rng)
+        out = {"input": torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32))}
+        if self.targets is not None:
+            out["target"] = torch.from_numpy(np.ascontiguousarray(arrays[1], dtype=np.float32))
+        return out
+
+    def _augment(self, arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        ndim = arrays[0].ndim
+        if self.cfg.rotations and self.patch[-1] == self.patch[-2]:
+            k = int(rng.integers(4))
+            arrays = [np.rot90(a, k, axes=(ndim - 2, ndim - 1)) for a in arrays]
+        if self.cfg.flips:
+            for axis in range(1, ndim):
+                if rng.random() < 0.5:
+                    arrays = [np.flip(a, axis) for a in arrays]
+        if self.cfg.intensity_jitter > 0:
+            scale = 1.0 + rng.uniform(-self.cfg.intensity_jitter, self.cfg.intensity_jitter)
+            arrays = [a * scale for a in arrays]
+        return arrays

@@ -1,0 +1,187 @@
+"""Lightning callbacks: per-epoch history, progress with ETA, stop requests, atomic saves."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from deepscope.data.io import atomic_write_text
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "learning_rate", "seconds", "best"]
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Read a ``metrics.csv`` written by :class:`History` (empty list when absent)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class History(L.Callback):
+    """Write ``metrics.csv`` (one row per epoch) atomically at the end of each epoch.
+
+    On resume, rows of epochs that are being trained again are dropped first.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self._epoch_start = time.monotonic()
+        self._best = math.inf
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Load earlier rows (resume) and drop those at or after the current epoch."""
+        start = trainer.current_epoch
+        self.rows = [r for r in read_history(self.path) if int(r["epoch"]) < start]
+        vals = [float(r["val_loss"]) for r in self.rows if r.get("val_loss") not in ("", None)]
+        self._best = min(vals, default=math.inf)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the epoch clock."""
+        self._epoch_start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Append the epoch's losses and rewrite the file."""
+        m = trainer.callback_metrics
+        val = float(m["val_loss"]) if "val_loss" in m else math.nan
+        is_best = val < self._best
+        self._best = min(self._best, val) if not math.isnan(val) else self._best
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                "train_loss": float(m.get("train_loss_epoch", math.nan)),
+                "val_loss": val,
+                "learning_rate": lr,
+                "seconds": round(time.monotonic() - self._epoch_start, 3),
+                "best": int(is_best),
+            }
+        )
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+class ProgressReport(L.Callback):
+    """One line per epoch with losses, speed and the remaining time of the whole training.
+
+    ``listener`` (optional) receives a dict per epoch, for the web app or the API.
+    """
+
+    def __init__(
+        self,
+        max_epochs: int,
+        max_minutes: float | None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+        stream: Any = None,
+    ):
+        self.max_epochs = max_epochs
+        self.max_seconds = max_minutes * 60 if max_minutes else None
+        self.listener = listener
+        self.stream = stream or sys.stderr
+        self._t0 = time.monotonic()
+        self._first_epoch = 0
+        self._best = math.inf
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember where this (possibly resumed) training started."""
+        self._t0 = time.monotonic()
+        self._first_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print and publish the epoch summary with an ETA."""
+        epoch = trainer.current_epoch + 1
+        done = epoch - self._first_epoch
+        elapsed = time.monotonic() - self._t0
+        per_epoch = elapsed / max(done, 1)
+        remaining = per_epoch * (self.max_epochs - epoch)
+        if self.max_seconds is not None:
+            timer_elapsed = _timer_elapsed(trainer)
+            remaining = min(remaining, max(0.0, self.max_seconds - timer_elapsed))
+        m = trainer.callback_metrics
+        train = float(m.get("train_loss_epoch", math.nan))
+        val = float(m.get("val_loss", math.nan))
+        mark = ""
+        if val < self._best:
+            self._best, mark = val, "  (best so far)"
+        line = (
+            f"epoch {epoch}/{self.max_epochs}  train loss {train:.5f}  val loss {val:.5f}"
+            f"  {per_epoch:.1f} s/epoch  elapsed {_fmt_duration(elapsed)}"
+            f"  ETA {_fmt_duration(remaining)}{mark}"
+        )
+        print(line, file=self.stream, flush=True)
+        if self.listener:
+            self.listener(
+                {
+                    "epoch": epoch,
+                    "max_epochs": self.max_epochs,
+                    "train_loss": train,
+                    "val_loss": val,
+                    "elapsed_s": elapsed,
+                    "eta_s": remaining,
+                }
+            )
+
+
+def _timer_elapsed(trainer: L.Trainer) -> float:
+    from lightning.pytorch.callbacks import Timer
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, Timer):
+            return cb.time_elapsed("train")
+    return 0.0
+
+
+class StopFile(L.Callback):
+    """Stop gracefully (keeping the best model) when a file named STOP appears in the run.
+
+    This is how the web app's stop button and ``deepscope stop RUN`` end a training.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """Check for the stop file after every batch."""
+        if self.path.exists():
+            trainer.should_stop = True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file and rename, so a crash never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        """Save ``checkpoint`` atomically at ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()

@@ -1,0 +1,62 @@
+"""The one LightningModule shared by all tasks: the task plugin supplies model and loss."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from deepscope.tasks.base import Task
+
+
+def memory_format(spatial_dims: int) -> torch.memory_format:
+    """Channels-last layout for 2D or 3D convolutions (faster with oneDNN and on GPUs)."""
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
+class TaskModule(L.LightningModule):
+    """Train ``task``'s network with the task's loss.
+
+    Parameters
+    ----------
+    task
+        The task plugin, holding the validated config.
+    in_channels
+        Number of channels of the input images.
+    """
+
+    def __init__(self, task: Task, in_channels: int):
+        super().__init__()
+        self.task = task
+        self.in_channels = in_channels
+        self.model = task.build_model(in_channels)
+        self._format = memory_format(task.config.data.spatial_dims)
+        self.model.to(memory_format=self._format)
+
+    def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.contiguous(memory_format=self._format) for k, v in batch.items()}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss of one training batch."""
+        loss = self.task.training_loss(self.model, self._prepare(batch))
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Loss on validation patches; random choices are seeded so epochs are comparable."""
+        gen = torch.Generator().manual_seed(1000 + batch_idx)
+        loss = self.task.training_loss(self.model, self._prepare(batch), generator=gen)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
+
+    def configure_optimizers(self) -> dict:
+        """AdamW, learning rate halved when the validation loss stops improving."""
+        t = self.task.config.training
+        opt = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=10)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store what is needed to rebuild the network from the checkpoint alone."""
+        checkpoint["deepscope"] = {
+            "config": self.task.config.model_dump(mode="json"),
+            "in_channels": self.in_channels,
+        }

@@ -1,0 +1,125 @@
+"""Build the Lightning trainer (checkpoints, time budget, progress) and run it."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from deepscope.config import TrainingConfig
+from deepscope.engine import performance
+from deepscope.engine.callbacks import AtomicCheckpointIO, History, ProgressReport, StopFile
+
+BEST = "best.ckpt"
+LAST = "last.ckpt"
+
+
+def periodic_name(epoch: int) -> str:
+    """File name of the checkpoint kept at the end of (1-based) ``epoch``."""
+    return f"epoch_{epoch:04d}.ckpt"
+
+
+class _PeriodicCheckpoint(ModelCheckpoint):
+    """Keep every K-th epoch under a stable name (``epoch_0010.ckpt``)."""
+
+    def __init__(self, dirpath: Path, every: int):
+        super().__init__(
+            dirpath=dirpath,
+            filename="epoch_{epoch:04d}",
+            auto_insert_metric_name=False,
+            every_n_epochs=every,
+            save_top_k=-1,
+            save_on_train_epoch_end=True,
+        )
+
+    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: Any = None) -> str:
+        """Name checkpoints by the 1-based number of finished epochs."""
+        epoch = int(metrics.get("epoch", 0)) + 1
+        return str(Path(self.dirpath) / periodic_name(epoch))
+
+
+def build_trainer(
+    run_dir: Path,
+    cfg: TrainingConfig,
+    listener: Callable[[dict[str, Any]], None] | None = None,
+    show_bar: bool = True,
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Create the trainer with deepscope's callbacks; return it and the best-model callback."""
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    callbacks: list[L.Callback] = [
+        best,
+        _PeriodicCheckpoint(ckpt_dir, cfg.checkpoint_every),
+        History(run_dir / "metrics.csv"),
+        ProgressReport(cfg.epochs, cfg.max_minutes, listener),
+        StopFile(run_dir / "STOP"),
+    ]
+    accelerator = performance.choose_accelerator()
+    precision = performance.choose_precision(cfg.precision, accelerator)
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.epochs,
+        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        callbacks=callbacks,
+        logger=False,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic=False,
+    )
+    return trainer, best
+
+
+def fit(
+    module: L.LightningModule,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    run_dir: Path,
+    cfg: TrainingConfig,
+    resume_from: Path | None = None,
+    listener: Callable[[dict[str, Any]], None] | None = None,
+    show_bar: bool = True,
+) -> L.Trainer:
+    """Train ``module``; resume from ``resume_from`` (a Lightning checkpoint) if given."""
+    performance.tune_allocator()
+    performance.setup_threads()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainer, _ = build_trainer(run_dir, cfg, listener, show_bar)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        trainer.fit(
+            module,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=str(resume_from) if resume_from else None,
+        )
+    return trainer
+
+
+def load_checkpoint_state(path: Path) -> dict:
+    """Load a Lightning checkpoint on the CPU (raises on a damaged file)."""
+    return torch.load(path, map_location="cpu", weights_only=False)

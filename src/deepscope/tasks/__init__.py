@@ -1,0 +1,8 @@
+"""Task plugins. Each task registers itself; look one up with :func:`get_task`."""
+
+from deepscope.tasks.base import Task, available_tasks, get_task, register_task
+
+# Importing the task modules registers them.
+from deepscope.tasks import n2v as _n2v  # noqa: E402,F401  isort: skip
+
+__all__ = ["Task", "available_tasks", "get_task", "register_task"]

@@ -1,0 +1,97 @@
+"""The interface every task implements, and the task registry.
+
+A task owns its config, how its model is built, how a training batch becomes a loss,
+and how a network output becomes a result. Everything else (data, engine, tiling, QC
+plumbing, model folders) is shared.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepscope.config import TaskConfigBase
+from deepscope.engine.models import build_model
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+class Task(ABC):
+    """Base class of task plugins.
+
+    Subclasses set the class attributes and implement :meth:`training_loss`.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    config_class: ClassVar[type[TaskConfigBase]]
+    needs_targets: ClassVar[bool] = False
+
+    def __init__(self, config: TaskConfigBase):
+        self.config = config
+
+    def out_channels(self, in_channels: int) -> int:
+        """Number of network output channels for ``in_channels`` input channels."""
+        return in_channels
+
+    def build_model(self, in_channels: int) -> nn.Module:
+        """Build the task's network from its config."""
+        m = self.config.model
+        return build_model(
+            m.architecture,
+            dims=self.config.data.spatial_dims,
+            in_channels=in_channels,
+            out_channels=self.out_channels(in_channels),
+            depth=m.depth,
+            base_channels=m.base_channels,
+            batch_norm=m.batch_norm,
+            dropout=m.dropout,
+            residual=m.residual,
+            **self.extra_model_kwargs(),
+        )
+
+    def extra_model_kwargs(self) -> dict:
+        """Return task-specific architecture options (e.g. N2V2)."""
+        return {}
+
+    @abstractmethod
+    def training_loss(
+        self,
+        model: nn.Module,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Return the scalar loss of ``model`` on a batch (dict of tensors).
+
+        ``generator`` seeds any random choice (used for a reproducible validation loss).
+        """
+
+    def postprocess(self, output: np.ndarray) -> np.ndarray:
+        """Turn a de-normalised network output (C, *spatial) into the task's result."""
+        return output
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator registering a task under ``cls.name``."""
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str) -> type[Task]:
+    """Return the task class registered as ``name``."""
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown task {name!r}; available tasks: {', '.join(sorted(_TASKS))}"
+        ) from None
+
+
+def available_tasks() -> list[str]:
+    """Names of all registered tasks."""
+    return sorted(_TASKS)

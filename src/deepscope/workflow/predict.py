@@ -1,0 +1,177 @@
+"""Apply a trained model to images: normalise → tile → network → blend → post-process → write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from deepscope import __version__
+from deepscope.data.axes import from_channel_first, output_axes, to_channel_first
+from deepscope.data.io import atomic_write_text, is_image_path, list_images, read_image, write_image
+from deepscope.engine import performance
+from deepscope.errors import DeepscopeError, OutputError
+from deepscope.workflow.model_folder import TrainedModel
+from deepscope.workflow.tiling import predict_tiled
+
+
+@dataclass
+class TileSettings:
+    """How large images are cut for prediction."""
+
+    tile: int = 512
+    tile_z: int = 32
+    overlap: int = 32
+    batch_size: int = 4
+
+
+def predict_array(
+    model: TrainedModel,
+    image_cf: np.ndarray,
+    tiles: TileSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    network=None,
+) -> np.ndarray:
+    """Predict on one channel-first raw image (C, *spatial); returns the task's result.
+
+    ``network`` overrides the model's network (used to score checkpoints).
+    """
+    tiles = tiles or TileSettings()
+    if image_cf.shape[0] != model.in_channels:
+        raise DeepscopeError(
+            f"the image has {image_cf.shape[0]} channel(s) but the model was trained on "
+            f"{model.in_channels}",
+            fix="give images with the same channels as the training images (or --axes)",
+        )
+    x = model.normalizer.normalize(image_cf)
+    dims = model.config.data.spatial_dims
+    tile_shape = (tiles.tile,) * 2 if dims == 2 else (tiles.tile_z, tiles.tile, tiles.tile)
+    net = network if network is not None else model.network
+    bf16 = performance.choose_precision(model.config.training.precision, "cpu") == "bf16-mixed"
+    y = predict_tiled(
+        net,
+        x,
+        out_channels=int(model.info["out_channels"]),
+        tile_shape=tile_shape,
+        overlap=tiles.overlap,
+        divisibility=int(model.info["divisibility"]),
+        batch_size=tiles.batch_size,
+        autocast_bf16=bf16,
+        progress=progress,
+    )
+    denorm = model.target_normalizer or model.normalizer
+    return model.task.postprocess(denorm.denormalize(y))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_dir():  # zarr folder: hash the metadata only
+        for p in sorted(path.rglob("zarr.json")) + sorted(path.rglob(".zattrs")):
+            h.update(p.read_bytes())
+        return h.hexdigest()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def output_name(input_path: Path) -> str:
+    """Result file name: the input's name with a TIFF ending (OME-Zarr stays OME-Zarr)."""
+    name = input_path.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] + ".ome.zarr"
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] + ".tif"
+    return name + ".tif"
+
+
+def resolve_inputs(source: Path) -> list[Path]:
+    """A single image file, or every image in a folder."""
+    source = Path(source)
+    if source.is_file() or (source.is_dir() and is_image_path(source)):
+        return [source]
+    return list_images(source)
+
+
+def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that holds (or is) an input, so no input can be overwritten."""
+    out = out_dir.resolve()
+    for p in inputs:
+        if p.resolve().parent == out or p.resolve() == out:
+            raise OutputError(
+                "the output folder is the folder of the input images; results could "
+                "overwrite or mix with your originals",
+                out_dir,
+                "choose a new, separate output folder (e.g. --out denoised/)",
+            )
+
+
+def predict_files(
+    model: TrainedModel,
+    source: Path,
+    out_dir: Path,
+    *,
+    axes: str | None = None,
+    tiles: TileSettings | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Path]:
+    """Predict every image of ``source`` (file or folder) into ``out_dir``.
+
+    Writes one result per input (same name, TIFF or OME-Zarr, the input's axes) and a
+    ``provenance.json`` listing model, config hash, input files with checksums and dates.
+    Existing results are not overwritten unless ``overwrite`` is set.
+    """
+    inputs = resolve_inputs(source)
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, inputs)
+    targets = [out_dir / output_name(p) for p in inputs]
+    if not overwrite:
+        existing = [t for t in targets if t.exists()]
+        if existing:
+            raise OutputError(
+                f"{len(existing)} result file(s) already exist, e.g. {existing[0].name}",
+                out_dir,
+                "choose another output folder, or add --overwrite to replace earlier results",
+            )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the output folder ({err.strerror})", out_dir,
+                          "choose a folder you can write to") from None
+    dims = model.config.data.spatial_dims
+    record = {
+        "deepscope_version": __version__,
+        "model": str(model.folder.resolve()),
+        "task": model.config.task,
+        "config_digest": model.config.digest(),
+        "started": _now(),
+        "files": [],
+    }
+    written = []
+    for i, (src, dst) in enumerate(zip(inputs, targets, strict=True)):
+        img = read_image(src, axes=axes or model.config.data.axes)
+        cf = to_channel_first(img.data, img.axes, dims, path=src)
+        tile_cb = (lambda d, t, i=i: progress(src.name, i + d / t, len(inputs))) if progress else None
+        result = predict_array(model, cf, tiles, progress=tile_cb)
+        out_axes = output_axes(img.axes, dims, result.shape[0])
+        write_image(dst, from_channel_first(result, img.axes, dims), out_axes,
+                    overwrite=overwrite, metadata=img.metadata)
+        written.append(dst)
+        record["files"].append(
+            {"input": str(src.resolve()), "input_sha256": _sha256(src), "output": dst.name,
+             "axes": out_axes, "date": _now()}
+        )
+        atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
+    return written
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

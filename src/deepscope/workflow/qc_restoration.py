@@ -1,0 +1,996 @@
+"""Quality control for image restoration (Noise2Void, Noise2Noise, CARE).
+
+On held-out image/target pairs the model is compared with two references a
+microscopist understands: the raw (noisy) input and the best simple Gaussian filter.
+:func:`evaluate_restoration` writes per-image metrics, a summary, figures and a
+self-contained HTML report.
+
+All methods are scored against the target on the same intensity scale: unless a
+``data_range`` is given, PSNR and SSIM use the target's ``max - min`` for each image,
+so the model, the input and the baseline are never judged on different scales.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import ndimage
+from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
+
+from deepscope.data.io import atomic_write_text
+from deepscope.errors import DeepscopeError, OutputError
+from deepscope.workflow.report import HtmlReport, format_value, safe_filename
+
+__all__ = [
+    "DEFAULT_SIGMAS",
+    "best_gaussian_sigma",
+    "evaluate_restoration",
+    "gaussian_baseline",
+    "restoration_metrics",
+]
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+METRICS = ("psnr", "ssim", "nrmse", "mae")
+METHODS = ("model", "input", "gaussian")
+DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+MAX_FIGURE_IMAGES = 8
+
+_METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nrmse": "NRMSE", "mae": "MAE"}
+_METRIC_HELP = {
+    "psnr": "Peak signal-to-noise ratio against the target, in decibels. Higher is better; "
+    "+3 dB means the squared error is halved.",
+    "ssim": "Structural similarity: how well local structures (edges, textures) match the "
+    "target, from 0 to 1 (1 = identical). Higher is better.",
+    "nrmse": "Root-mean-square error divided by the target's intensity range (max − min). "
+    "Lower is better; 0.05 means errors of about 5 % of the range.",
+    "mae": "Mean absolute difference from the target, in the images' own intensity units. "
+    "Lower is better.",
+}
+_METHOD_LABELS = {"model": "Model", "input": "Noisy input", "gaussian": "Gaussian filter"}
+_METHOD_COLORS = {"input": "#999999", "gaussian": "#e69f00", "model": "#0072b2", "target": "#000"}
+_HISTORY_COLUMNS = {
+    "train_loss": ("train_loss", "train_loss_epoch"),
+    "val_loss": ("val_loss", "val_loss_epoch"),
+}
+_MAX_CHANNELS_SHOWN = 4
+_CROP_SIZE = 256
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def restoration_metrics(
+    prediction: np.ndarray,
+    target: np.ndarray,
+    data_range: float | None = None,
+    channel_axis: int | None = None,
+) -> dict[str, float]:
+    """Score a restored image against its ground-truth target.
+
+    Parameters
+    ----------
+    prediction
+        Restored image, same shape as ``target``.
+    target
+        Ground truth: 2D (YX) or 3D (ZYX), plus one channel axis if ``channel_axis``
+        is given, e.g. (C, Y, X) or (C, Z, Y, X).
+    data_range
+        Intensity range used by PSNR and SSIM. Defaults to ``target.max() -
+        target.min()``: it is computed on the target, so that a model output, the raw
+        input and a baseline scored against the same target share one scale.
+    channel_axis
+        Index of the channel axis, or None for single-channel images. SSIM is
+        computed per channel and averaged; the other metrics pool all channels.
+
+    Returns
+    -------
+    dict of str to float
+        ``psnr`` (dB, ``inf`` when identical), ``ssim`` (mean SSIM, scikit-image,
+        window 7 or the smallest spatial size if smaller), ``nrmse`` (RMSE divided by
+        the target's max − min, scikit-image ``"min-max"`` normalisation) and ``mae``
+        (mean absolute error).
+
+    Raises
+    ------
+    DeepscopeError
+        If the shapes differ, the dimensionality is not 2D/3D, values are not
+        finite, or the target is constant and no ``data_range`` is given.
+    """
+    metrics, _ = _score(prediction, target, data_range, channel_axis, full=False)
+    return metrics
+
+
+def _score(
+    prediction: np.ndarray,
+    target: np.ndarray,
+    data_range: float | None,
+    channel_axis: int | None,
+    *,
+    full: bool,
+    name: str | None = None,
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Compute the metrics and, if ``full``, the SSIM map (same shape as the target)."""
+    channel_axis = _check_image(target, channel_axis, _label("target", name))
+    if prediction.shape != target.shape:
+        raise DeepscopeError(
+            f"{_label('prediction', name)} has shape {prediction.shape} but the target has "
+            f"shape {target.shape}.",
+            fix="Prediction and target must have the same axes and size.",
+        )
+    pred, true = (
+        _finite_float(prediction, "prediction", name),
+        _finite_float(target, "target", name),
+    )
+    rng = _data_range(true, data_range, name)
+    ssim = structural_similarity(
+        true,
+        pred,
+        data_range=rng,
+        channel_axis=channel_axis,
+        win_size=_ssim_win_size(true.shape, channel_axis),
+        full=full,
+    )
+    ssim_value, ssim_map = ssim if full else (ssim, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        metrics = {
+            "psnr": _psnr(pred, true, rng),
+            "ssim": float(ssim_value),
+            "nrmse": float(normalized_root_mse(true, pred, normalization="min-max")),
+            "mae": float(np.mean(np.abs(pred - true))),
+        }
+    return metrics, ssim_map
+
+
+def _psnr(prediction: np.ndarray, target: np.ndarray, data_range: float) -> float:
+    with np.errstate(divide="ignore"):
+        return float(peak_signal_noise_ratio(target, prediction, data_range=data_range))
+
+
+def _label(what: str, name: str | None) -> str:
+    return f"The {what} of image '{name}'" if name is not None else f"The {what}"
+
+
+def _check_image(image: np.ndarray, channel_axis: int | None, what: str) -> int | None:
+    """Check that ``image`` has 2 or 3 spatial axes; return the non-negative channel axis."""
+    if channel_axis is not None:
+        if not -image.ndim <= channel_axis < image.ndim:
+            raise DeepscopeError(
+                f"{what} has {image.ndim} axes, so channel_axis={channel_axis} does not exist.",
+                fix="Pass the index of the channel axis (0 for channel-first) or None.",
+            )
+        channel_axis %= image.ndim
+    spatial = image.ndim - (channel_axis is not None)
+    if spatial not in (2, 3):
+        channels = " plus one channel axis" if channel_axis is not None else ""
+        raise DeepscopeError(
+            f"{what} has shape {image.shape}: expected 2D (YX) or 3D (ZYX){channels}.",
+            fix="Remove singleton axes, or pass channel_axis for multi-channel images.",
+        )
+    return channel_axis
+
+
+def _finite_float(image: np.ndarray, what: str, name: str | None) -> np.ndarray:
+    array = np.asarray(image, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise DeepscopeError(
+            f"{_label(what, name)} contains NaN or infinite values.",
+            fix="Check the image file and, for a prediction, the model (diverged training?).",
+        )
+    return array
+
+
+def _data_range(target: np.ndarray, data_range: float | None, name: str | None) -> float:
+    if data_range is not None:
+        if not data_range > 0:
+            raise ValueError(f"data_range must be positive, got {data_range}")
+        return float(data_range)
+    value = float(target.max() - target.min())
+    if value == 0:
+        raise DeepscopeError(
+            f"{_label('target', name)} is constant, so it gives no intensity scale for "
+            "PSNR and SSIM.",
+            fix="Remove this image from the QC set, or pass data_range explicitly.",
+        )
+    return value
+
+
+def _ssim_win_size(shape: tuple[int, ...], channel_axis: int | None) -> int:
+    """Largest odd SSIM window up to 7 that fits every spatial axis."""
+    smallest = min(size for axis, size in enumerate(shape) if axis != channel_axis)
+    win = min(7, smallest)
+    win -= 1 - win % 2
+    if win < 3:
+        raise DeepscopeError(
+            f"An image of shape {shape} is too small for SSIM (each spatial axis needs "
+            "at least 3 pixels).",
+            fix="Use larger QC images.",
+        )
+    return win
+
+
+# ------------------------------------------------------------------ gaussian baseline
+
+
+def gaussian_baseline(
+    image: np.ndarray, sigma: float, *, channel_axis: int | None = None
+) -> np.ndarray:
+    """Smooth an image with a Gaussian filter over its spatial axes only.
+
+    Parameters
+    ----------
+    image
+        2D or 3D image, optionally with a channel axis.
+    sigma
+        Standard deviation in pixels, the same along every spatial axis (Z included).
+    channel_axis
+        Index of the channel axis (not smoothed), or None.
+
+    Returns
+    -------
+    numpy.ndarray
+        Filtered image, same shape; float32 input stays float32, else float64.
+    """
+    channel_axis = _check_image(image, channel_axis, "The image")
+    dtype = np.result_type(image.dtype, np.float32)
+    sigmas = [0.0 if axis == channel_axis else float(sigma) for axis in range(image.ndim)]
+    return ndimage.gaussian_filter(np.asarray(image, dtype=dtype), sigma=sigmas)
+
+
+def best_gaussian_sigma(
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    *,
+    channel_axis: int | None = None,
+    data_range: float | None = None,
+) -> float:
+    """Choose the Gaussian-filter baseline's sigma that maximises mean PSNR.
+
+    The baseline is tuned on the QC set itself, so it is the strongest Gaussian
+    filter the model could be compared with.
+
+    Parameters
+    ----------
+    inputs, targets
+        Matching noisy inputs and ground-truth targets (same shapes pairwise).
+    sigmas
+        Candidate standard deviations in pixels.
+    channel_axis
+        Index of the channel axis (never smoothed across), or None.
+    data_range
+        Passed to PSNR; defaults to each target's ``max - min``.
+
+    Returns
+    -------
+    float
+        The candidate sigma with the highest mean PSNR (the first one on ties).
+    """
+    if len(inputs) != len(targets) or not inputs:
+        raise ValueError("inputs and targets must be non-empty and of the same length")
+    if not sigmas:
+        raise ValueError("sigmas must contain at least one value")
+    ranges = [_data_range(np.asarray(t, dtype=np.float64), data_range, None) for t in targets]
+    scores = [
+        np.mean(
+            [
+                _psnr(gaussian_baseline(x, sigma, channel_axis=channel_axis), y, rng)
+                for x, y, rng in zip(inputs, targets, ranges, strict=True)
+            ]
+        )
+        for sigma in sigmas
+    ]
+    return float(sigmas[int(np.argmax(scores))])
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _ImageViews:
+    """What the per-image figures show: small 2D crops, never whole volumes."""
+
+    name: str
+    planes: dict[str, np.ndarray]  # input/gaussian/model/target -> (C, h, w)
+    ssim_map: np.ndarray  # (C, h, w)
+    clims: list[tuple[float, float]]  # per channel, from target percentiles
+    hist_edges: np.ndarray
+    hist_counts: dict[str, np.ndarray]  # input/model/target
+    metrics: dict[str, dict[str, float]]  # method -> metrics
+    where: str  # which slice / crop / channels are shown
+
+
+def evaluate_restoration(
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    predict: Predict,
+    out_dir: str | Path,
+    *,
+    channel_axis: int | None = None,
+    checkpoint_predicts: Mapping[str, Predict] | None = None,
+    history_csv: str | Path | None = None,
+    title: str = "Restoration quality control",
+    model_info: Mapping[str, Any] | None = None,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    data_range: float | None = None,
+    max_figure_images: int = MAX_FIGURE_IMAGES,
+) -> dict[str, Any]:
+    """Evaluate a restoration model on QC pairs and write metrics, figures and a report.
+
+    The model is compared with the raw input and with the Gaussian filter whose sigma
+    maximises mean PSNR on these pairs (:func:`best_gaussian_sigma`).
+
+    Parameters
+    ----------
+    pairs
+        ``(name, input, target)`` triples; input and target are float arrays of the
+        same shape, 2D/3D, channel-first when ``channel_axis`` is given.
+    predict
+        Callable mapping an input array to a restored array of the same shape.
+    out_dir
+        Output folder (created). Receives ``metrics.csv``, ``summary.json``,
+        ``report.html`` and ``figures/*.png``, all written atomically.
+    channel_axis
+        Index of the channel axis of every image, or None.
+    checkpoint_predicts
+        Optional checkpoint name → predict callable. Each is scored (mean PSNR and
+        SSIM); the best one (highest PSNR, then SSIM) is flagged. Names containing
+        ``epoch=N`` / ``epoch_N`` are plotted against the epoch.
+    history_csv
+        Optional training ``metrics.csv`` with an ``epoch`` column and ``train_loss``
+        and/or ``val_loss`` (``*_epoch`` variants accepted); other columns and empty
+        cells are ignored, several rows of one epoch are averaged.
+    title
+        Report title.
+    model_info
+        Optional key/value pairs shown as a table (model name, training data, ...).
+    sigmas
+        Candidate sigmas for the Gaussian baseline.
+    data_range
+        Fixed intensity range for PSNR/SSIM; default: each target's ``max - min``.
+    max_figure_images
+        Per-image figures are drawn for the first this-many images only (the tables
+        and CSV always hold every image).
+
+    Returns
+    -------
+    dict
+        The summary, as written to ``summary.json``: ``{"model": {psnr, ssim, nrmse,
+        mae}, "input": {...}, "gaussian": {..., "sigma"}, "checkpoints": [{"name",
+        "psnr", "ssim", "best"}, ...], "n_images"}``, metrics averaged over images.
+        Non-finite numbers (PSNR of an exact match is infinite) are stored as None,
+        so the file is strict JSON.
+    """
+    _check_pairs(pairs, channel_axis, data_range)
+    curves = _read_history(Path(history_csv)) if history_csv is not None else None
+    out_dir = _prepare_out_dir(Path(out_dir))
+    sigma = best_gaussian_sigma(
+        [x for _, x, _ in pairs],
+        [y for _, _, y in pairs],
+        sigmas,
+        channel_axis=channel_axis,
+        data_range=data_range,
+    )
+    rows: list[dict[str, Any]] = []
+    views: list[_ImageViews] = []
+    for index, (name, noisy, target) in enumerate(pairs):
+        image_rows, image_views = _evaluate_image(
+            name,
+            noisy,
+            target,
+            predict,
+            sigma,
+            channel_axis,
+            data_range,
+            keep_views=index < max_figure_images,
+        )
+        rows.extend(image_rows)
+        views.extend([image_views] if image_views is not None else [])
+    checkpoints = _evaluate_checkpoints(checkpoint_predicts or {}, pairs, channel_axis, data_range)
+    summary = _json_safe(_summarise(rows, sigma, checkpoints, len(pairs)))
+
+    atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    report = _build_report(title, out_dir, summary, rows, views, curves, model_info, data_range)
+    report.write(out_dir / "report.html")
+    return summary
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(
+            "The QC output location is a file, not a folder.", out_dir, "Choose a folder."
+        )
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _check_pairs(
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    channel_axis: int | None,
+    data_range: float | None,
+) -> None:
+    """Fail before any work on empty input, duplicate names, bad shapes or constant targets."""
+    if not pairs:
+        raise DeepscopeError(
+            "There are no QC image pairs to evaluate.",
+            fix="Provide at least one (name, input, target) pair, e.g. a qc/ folder.",
+        )
+    duplicates = sorted(n for n, k in Counter(name for name, _, _ in pairs).items() if k > 1)
+    if duplicates:
+        raise DeepscopeError(
+            f"QC image names must be unique; repeated: {', '.join(duplicates)}.",
+            fix="Rename the images so that each name occurs once.",
+        )
+    for name, noisy, target in pairs:
+        _check_image(target, channel_axis, _label("target", name))
+        if np.shape(noisy) != np.shape(target):
+            raise DeepscopeError(
+                f"{_label('input', name)} has shape {np.shape(noisy)} but its target has "
+                f"shape {np.shape(target)}.",
+                fix="Input and target of a QC pair must have the same axes and size.",
+            )
+        _data_range(np.asarray(target, dtype=np.float64), data_range, name)
+
+
+def _run_predict(predict: Predict, image: np.ndarray, name: str, what: str) -> np.ndarray:
+    output = np.asarray(predict(image))
+    if output.shape != image.shape:
+        raise DeepscopeError(
+            f"The {what} returned shape {output.shape} for image '{name}' of shape {image.shape}.",
+            fix="predict must return an array with the same axes and size as its input.",
+        )
+    return output
+
+
+def _evaluate_image(
+    name: str,
+    noisy: np.ndarray,
+    target: np.ndarray,
+    predict: Predict,
+    sigma: float,
+    channel_axis: int | None,
+    data_range: float | None,
+    *,
+    keep_views: bool,
+) -> tuple[list[dict[str, Any]], _ImageViews | None]:
+    """Score model, input and Gaussian baseline on one pair; optionally keep crops."""
+    outputs = {
+        "model": _run_predict(predict, noisy, name, "model"),
+        "input": noisy,
+        "gaussian": gaussian_baseline(noisy, sigma, channel_axis=channel_axis),
+    }
+    metrics: dict[str, dict[str, float]] = {}
+    ssim_map = None
+    for method, image in outputs.items():
+        full = keep_views and method == "model"
+        metrics[method], image_map = _score(
+            image, target, data_range, channel_axis, full=full, name=name
+        )
+        ssim_map = image_map if full else ssim_map
+    rows = [{"image": name, "method": method, **metrics[method]} for method in METHODS]
+    if ssim_map is None:
+        return rows, None
+    return rows, _make_views(name, outputs, target, ssim_map, metrics, channel_axis)
+
+
+def _evaluate_checkpoints(
+    checkpoint_predicts: Mapping[str, Predict],
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    channel_axis: int | None,
+    data_range: float | None,
+) -> list[dict[str, Any]]:
+    """Mean PSNR/SSIM of every checkpoint; the best (PSNR, then SSIM) gets ``best=True``."""
+    results = []
+    for ckpt, predict in checkpoint_predicts.items():
+        scores = [
+            _score(
+                _run_predict(predict, noisy, name, f"checkpoint '{ckpt}'"),
+                target,
+                data_range,
+                channel_axis,
+                full=False,
+                name=name,
+            )[0]
+            for name, noisy, target in pairs
+        ]
+        results.append(
+            {
+                "name": str(ckpt),
+                "psnr": float(np.mean([s["psnr"] for s in scores])),
+                "ssim": float(np.mean([s["ssim"] for s in scores])),
+                "best": False,
+            }
+        )
+    if results:
+        max(results, key=lambda r: (r["psnr"], r["ssim"]))["best"] = True
+    return results
+
+
+def _summarise(
+    rows: list[dict[str, Any]], sigma: float, checkpoints: list[dict[str, Any]], n_images: int
+) -> dict[str, Any]:
+    means = {
+        method: {m: float(np.mean([r[m] for r in rows if r["method"] == method])) for m in METRICS}
+        for method in METHODS
+    }
+    means["gaussian"]["sigma"] = sigma
+    return {**means, "checkpoints": checkpoints, "n_images": n_images}
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively turn non-finite floats into None and numpy scalars into Python ones."""
+    if isinstance(value, Mapping):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _metrics_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["image", "method", *METRICS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- training history
+
+
+def _read_history(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read loss curves (label -> (epochs, values)) from a training metrics.csv."""
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            records = list(reader)
+            fields = reader.fieldnames or []
+    except OSError as exc:
+        raise DeepscopeError(
+            f"Cannot read the training history ({exc}).", path, "Check the history_csv path."
+        ) from exc
+    if "epoch" not in fields:
+        raise DeepscopeError(
+            "The training history has no 'epoch' column.",
+            path,
+            "Pass the metrics.csv written during training.",
+        )
+    curves = {}
+    for label, candidates in _HISTORY_COLUMNS.items():
+        column = next((c for c in candidates if c in fields), None)
+        curve = _epoch_means(records, column) if column else None
+        if curve is not None:
+            curves[label] = curve
+    if not curves:
+        raise DeepscopeError(
+            "The training history has no train_loss or val_loss values.",
+            path,
+            "Pass the metrics.csv written during training.",
+        )
+    return curves
+
+
+def _epoch_means(
+    records: list[dict[str, str]], column: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    per_epoch: dict[float, list[float]] = defaultdict(list)
+    for record in records:
+        epoch, value = _to_float(record.get("epoch")), _to_float(record.get(column))
+        if math.isfinite(epoch) and math.isfinite(value):
+            per_epoch[epoch].append(value)
+    if not per_epoch:
+        return None
+    epochs = np.array(sorted(per_epoch))
+    return epochs, np.array([np.mean(per_epoch[e]) for e in epochs])
+
+
+def _to_float(text: str | None) -> float:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _parse_epoch(name: str) -> int | None:
+    match = re.search(r"epoch[=_\-\s]?(\d+)", name, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+# ------------------------------------------------------------------------- figures
+
+
+def _display_planes(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """(C, Y, X) planes to show: channel-first, middle Z slice for 3D, first channels."""
+    array = np.moveaxis(image, channel_axis, 0) if channel_axis is not None else image[None]
+    if array.ndim == 4:
+        array = array[:, array.shape[1] // 2]
+    return np.asarray(array[:_MAX_CHANNELS_SHOWN], dtype=np.float64)
+
+
+def _crop_window(planes: np.ndarray, size: int = _CROP_SIZE) -> tuple[slice, slice]:
+    """Pick the crop (at most size × size) with the most structure among 3 × 3 candidates."""
+
+    def starts(n: int) -> list[int]:
+        return sorted({0, (n - size) // 2, n - size}) if n > size else [0]
+
+    candidates = [(y, x) for y in starts(planes.shape[1]) for x in starts(planes.shape[2])]
+    y, x = max(
+        candidates, key=lambda yx: planes[:, yx[0] : yx[0] + size, yx[1] : yx[1] + size].std()
+    )
+    return slice(y, y + size), slice(x, x + size)
+
+
+def _where_note(shape: tuple[int, ...], channel_axis: int | None, crop: tuple[slice, ...]) -> str:
+    spatial = [s for axis, s in enumerate(shape) if axis != channel_axis]
+    notes = []
+    if len(spatial) == 3:
+        notes.append(f"3D stack: middle Z slice shown (z = {spatial[0] // 2} of {spatial[0]})")
+    height, width = spatial[-2:]
+    ys, xs = (slice(s.start, min(s.stop, n)) for s, n in zip(crop, (height, width), strict=True))
+    if (ys.stop - ys.start, xs.stop - xs.start) != (height, width):
+        notes.append(f"crop y {ys.start}–{ys.stop}, x {xs.start}–{xs.stop} of {height}×{width}")
+    if channel_axis is not None:
+        n_channels = shape[channel_axis]
+        shown = min(n_channels, _MAX_CHANNELS_SHOWN)
+        notes.append(f"one row per channel ({shown} of {n_channels} shown)")
+    return "; ".join(notes)
+
+
+def _histograms(
+    arrays: Mapping[str, np.ndarray], bins: int = 128
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Histogram every array on common bins spanning their 0.1–99.9th percentiles."""
+    limits = np.array([np.percentile(a, (0.1, 99.9)) for a in arrays.values()])
+    low, high = float(limits[:, 0].min()), float(limits[:, 1].max())
+    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    return edges, {key: np.histogram(a, bins=edges)[0] for key, a in arrays.items()}
+
+
+def _make_views(
+    name: str,
+    outputs: Mapping[str, np.ndarray],
+    target: np.ndarray,
+    ssim_map: np.ndarray,
+    metrics: dict[str, dict[str, float]],
+    channel_axis: int | None,
+) -> _ImageViews:
+    channel_axis = _check_image(target, channel_axis, "The target")
+    target_planes = _display_planes(target, channel_axis)
+    crop = (slice(None), *_crop_window(target_planes))
+    planes = {key: _display_planes(a, channel_axis)[crop] for key, a in outputs.items()}
+    planes["target"] = target_planes[crop]
+    edges, counts = _histograms(
+        {"input": outputs["input"], "model": outputs["model"], "target": target}
+    )
+    return _ImageViews(
+        name=name,
+        planes=planes,
+        ssim_map=_display_planes(ssim_map, channel_axis)[crop],
+        clims=[tuple(np.percentile(p, (1.0, 99.5))) for p in target_planes],
+        hist_edges=edges,
+        hist_counts=counts,
+        metrics=metrics,
+        where=_where_note(target.shape, channel_axis, crop[1:]),
+    )
+
+
+def _comparison_figure(views: _ImageViews, sigma: float) -> Figure:
+    """Input | Gaussian | model | target, one row per channel, target contrast limits."""
+    titles = {
+        "input": "Noisy input",
+        "gaussian": f"Gaussian filter (σ={sigma:g})",
+        "model": "Model",
+        "target": "Target",
+    }
+    n_rows = views.planes["target"].shape[0]
+    height = 2.8 * n_rows + 0.5
+    fig = Figure(figsize=(11, height))  # fixed margins: much faster than a layout engine
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.04)
+    axes = fig.subplots(n_rows, 4, squeeze=False)
+    for row in range(n_rows):
+        low, high = views.clims[row]
+        for col, key in enumerate(titles):
+            ax = axes[row, col]
+            ax.imshow(views.planes[key][row], cmap="gray", vmin=low, vmax=high)
+            ax.set_axis_off()
+            _mark_channel(ax, row, n_rows)
+            if row == 0:
+                score = views.metrics.get(key)
+                extra = f"\n{score['psnr']:.2f} dB, SSIM {score['ssim']:.3f}" if score else "\n "
+                ax.set_title(titles[key] + extra, fontsize=10)
+    return fig
+
+
+def _mark_channel(ax: Any, channel: int, n_channels: int) -> None:
+    if n_channels > 1:
+        ax.text(
+            0.02,
+            0.97,
+            f"channel {channel}",
+            transform=ax.transAxes,
+            va="top",
+            color="yellow",
+            fontsize=9,
+        )
+
+
+def _error_figure(views: _ImageViews) -> Figure:
+    """Absolute error and local SSIM of the model per channel, plus intensity histograms."""
+    n_rows = views.planes["target"].shape[0]
+    height = max(3.4, 2.8 * n_rows + 0.6)
+    fig = Figure(figsize=(11, height))  # fixed margins: much faster than a layout engine
+    grid = fig.add_gridspec(
+        n_rows, 3, left=0.02, right=0.98, bottom=0.5 / height, top=1 - 0.35 / height, wspace=0.3
+    )
+    error = np.abs(views.planes["model"] - views.planes["target"])
+    for row in range(n_rows):
+        ax = fig.add_subplot(grid[row, 0])
+        vmax = max(float(np.percentile(error[row], 99.5)), np.finfo(float).tiny)
+        fig.colorbar(ax.imshow(error[row], cmap="magma", vmin=0, vmax=vmax), ax=ax, shrink=0.8)
+        ax.set_title("|model − target|", fontsize=10)
+        ax.set_axis_off()
+        _mark_channel(ax, row, n_rows)
+        ax = fig.add_subplot(grid[row, 1])
+        fig.colorbar(
+            ax.imshow(views.ssim_map[row], cmap="viridis", vmin=0, vmax=1), ax=ax, shrink=0.8
+        )
+        ax.set_title("Local SSIM of the model (1 = identical)", fontsize=10)
+        ax.set_axis_off()
+    ax = fig.add_subplot(grid[:, 2])
+    for key, counts in views.hist_counts.items():
+        label = "Target" if key == "target" else _METHOD_LABELS[key]
+        ax.stairs(counts, views.hist_edges, label=label, color=_METHOD_COLORS[key], baseline=None)
+    ax.set_yscale("log")
+    ax.set(xlabel="intensity", ylabel="number of pixels", title="Intensity histogram")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _finite_or_nan(value: float | None) -> float:
+    return float(value) if value is not None and math.isfinite(value) else math.nan
+
+
+def _mean_bar_figure(summary: Mapping[str, Any]) -> Figure:
+    """Mean PSNR and SSIM per method."""
+    methods = ("input", "gaussian", "model")
+    labels = [_METHOD_LABELS[m] for m in methods]
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("psnr", "ssim"), strict=True):
+        values = [_finite_or_nan(summary[m][metric]) for m in methods]
+        bars = ax.bar(labels, values, color=[_METHOD_COLORS[m] for m in methods])
+        ax.bar_label(bars, fmt="%.3g")
+        ax.set_title(f"Mean {_METRIC_LABELS[metric]} (higher is better)", fontsize=10)
+        ax.margins(y=0.15)
+    return fig
+
+
+def _loss_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for label, (epochs, values) in curves.items():
+        ax.plot(epochs, values, marker=".", label=label.replace("_", " "))
+    values = np.concatenate([v for _, v in curves.values()])
+    if values.min() > 0 and values.max() / values.min() > 100:
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="loss", title="Training history")
+    ax.legend()
+    return fig
+
+
+def _checkpoint_figure(checkpoints: list[dict[str, Any]], summary: Mapping[str, Any]) -> Figure:
+    """Checkpoint mean PSNR/SSIM vs epoch (or checkpoint order), best starred, baselines dashed."""
+    epochs = [_parse_epoch(c["name"]) for c in checkpoints]
+    by_epoch = all(e is not None for e in epochs)
+    x = np.array(epochs if by_epoch else range(len(checkpoints)), dtype=float)
+    order = np.argsort(x, kind="stable")
+    best = next(i for i, c in enumerate(checkpoints) if c["best"])
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("psnr", "ssim"), strict=True):
+        y = np.array([_finite_or_nan(c[metric]) for c in checkpoints])
+        ax.plot(x[order], y[order], "o-", color=_METHOD_COLORS["model"], label="checkpoint")
+        ax.plot(x[best], y[best], "*", ms=18, color="gold", mec="black", label="best")
+        for method, style in (("input", ":"), ("gaussian", "--")):
+            ax.axhline(
+                _finite_or_nan(summary[method][metric]),
+                ls=style,
+                color=_METHOD_COLORS[method],
+                label=_METHOD_LABELS[method],
+            )
+        if not by_epoch:
+            ax.set_xticks(x, [c["name"] for c in checkpoints], rotation=30, ha="right")
+        ax.set(xlabel="epoch" if by_epoch else "checkpoint", title=f"Mean {_METRIC_LABELS[metric]}")
+        ax.legend(fontsize=8)
+    return fig
+
+
+# -------------------------------------------------------------------------- report
+
+
+def _headline(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """Return the verdict sentence for the top of the report and its paragraph style."""
+    model, noisy, gauss = (_finite_or_nan(summary[m]["psnr"]) for m in METHODS)
+    sigma = summary["gaussian"]["sigma"]
+    baseline = f"the best Gaussian filter (σ={sigma:g} pixels)"
+    if not all(math.isfinite(v) for v in (model, noisy, gauss)):
+        return (
+            "At least one method reproduces the targets exactly (infinite PSNR); "
+            "see the tables below.",
+            "note",
+        )
+    over_input, over_gauss = model - noisy, model - gauss
+    if over_input <= 0:
+        side = "above" if over_gauss > 0 else "below"
+        return (
+            f"The model does NOT improve on the noisy input: its mean PSNR is "
+            f"{-over_input:.2f} dB lower than the input's, and {abs(over_gauss):.2f} dB "
+            f"{side} {baseline}.",
+            "warning",
+        )
+    if over_gauss <= 0:
+        return (
+            f"The model improves PSNR by {over_input:.2f} dB over the noisy input, but it "
+            f"does NOT beat a simple Gaussian filter: {baseline} scores {-over_gauss:.2f} dB "
+            "higher. A blur does as well on these images; consider more training or data.",
+            "warning",
+        )
+    return (
+        f"The model improves PSNR by {over_input:.2f} dB over the noisy input and by "
+        f"{over_gauss:.2f} dB over {baseline}.",
+        "lead",
+    )
+
+
+def _scope_sentence(summary: Mapping[str, Any], data_range: float | None) -> str:
+    ssim = {m: _finite_or_nan(summary[m]["ssim"]) for m in METHODS}
+    scale = (
+        f"a fixed intensity range of {data_range:g}"
+        if data_range is not None
+        else "each target's intensity range (max − min)"
+    )
+    return (
+        f"Evaluated on {summary['n_images']} held-out image pair(s). Mean SSIM: model "
+        f"{ssim['model']:.3f}, noisy input {ssim['input']:.3f}, Gaussian filter "
+        f"{ssim['gaussian']:.3f} (1 = identical to the target). All methods are scored "
+        f"against the target on the same scale, using {scale}."
+    )
+
+
+def _mean_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for method in ("input", "gaussian", "model"):
+        label = _METHOD_LABELS[method]
+        if method == "gaussian":
+            label += f" (σ={summary['gaussian']['sigma']:g})"
+        rows.append({"method": label, **{_METRIC_LABELS[m]: summary[method][m] for m in METRICS}})
+    return rows
+
+
+def _per_image_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per image; columns metric × method (input, Gaussian, model)."""
+    table: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        line = table.setdefault(row["image"], {"image": row["image"]})
+        for metric in METRICS:
+            line[f"{_METRIC_LABELS[metric]} {_METHOD_LABELS[row['method']]}"] = row[metric]
+    order = [
+        f"{_METRIC_LABELS[m]} {_METHOD_LABELS[k]}"
+        for m in METRICS
+        for k in ("input", "gaussian", "model")
+    ]
+    return [
+        {"image": line["image"], **{col: line[col] for col in order}} for line in table.values()
+    ]
+
+
+def _checkpoint_table(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "checkpoint": c["name"],
+            "mean PSNR (dB)": c["psnr"],
+            "mean SSIM": c["ssim"],
+            "best": "★ best" if c["best"] else "",
+        }
+        for c in checkpoints
+    ]
+
+
+def _build_report(
+    title: str,
+    out_dir: Path,
+    summary: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    views: list[_ImageViews],
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
+    model_info: Mapping[str, Any] | None,
+    data_range: float | None,
+) -> HtmlReport:
+    report = HtmlReport(title, figures_dir=out_dir / "figures")
+    report.add_paragraph(*_headline(summary))
+    report.add_paragraph(_scope_sentence(summary, data_range), css_class="note")
+    if model_info:
+        report.add_heading("Model")
+        report.add_key_values(model_info)
+    report.add_heading("Mean metrics")
+    report.add_table(_mean_table(summary), caption="Averages over all QC images")
+    report.add_table(
+        [{"metric": _METRIC_LABELS[m], "what it means": _METRIC_HELP[m]} for m in METRICS],
+        caption="What the metrics mean",
+    )
+    report.add_figure(
+        _mean_bar_figure(summary),
+        "Mean PSNR and SSIM of the noisy input, the best Gaussian filter and the model.",
+        filename="mean_metrics.png",
+    )
+    if summary["checkpoints"]:
+        _add_checkpoint_section(report, summary)
+    if curves is not None:
+        report.add_heading("Training history")
+        report.add_figure(
+            _loss_figure(curves),
+            "Training and validation loss per epoch. A validation loss that rises while the "
+            "training loss falls indicates over-fitting.",
+            filename="loss_curves.png",
+        )
+    report.add_heading("Per image")
+    report.add_table(_per_image_table(rows), caption="Metrics of every QC image")
+    _add_image_figures(report, views, summary)
+    return report
+
+
+def _add_checkpoint_section(report: HtmlReport, summary: Mapping[str, Any]) -> None:
+    checkpoints = summary["checkpoints"]
+    report.add_heading("Checkpoints")
+    best = next(c for c in checkpoints if c["best"])
+    report.add_paragraph(
+        f"Best checkpoint: {best['name']} (mean PSNR {format_value(best['psnr'])} dB, "
+        f"mean SSIM {format_value(best['ssim'])})."
+    )
+    report.add_table(_checkpoint_table(checkpoints), caption="Mean metrics per checkpoint")
+    report.add_figure(
+        _checkpoint_figure(checkpoints, summary),
+        "Mean PSNR and SSIM of each checkpoint; the best one (highest PSNR) is starred. "
+        "Dotted: noisy input; dashed: best Gaussian filter.",
+        filename="checkpoints.png",
+    )
+
+
+def _add_image_figures(
+    report: HtmlReport, views: list[_ImageViews], summary: Mapping[str, Any]
+) -> None:
+    sigma = summary["gaussian"]["sigma"]
+    report.add_heading("Example images")
+    report.add_paragraph(
+        f"Figures for the first {len(views)} of {summary['n_images']} image(s). Input, filter, "
+        "model and target share the same contrast, set from the target (1st–99.5th "
+        "percentile).",
+        css_class="note",
+    )
+    for index, views_i in enumerate(views):
+        stem = f"{index:02d}_{safe_filename(views_i.name)}"
+        where = f" ({views_i.where})" if views_i.where else ""
+        report.add_heading(views_i.name, level=3)
+        report.add_figure(
+            _comparison_figure(views_i, sigma),
+            f"{views_i.name}: noisy input, Gaussian filter, model and target{where}.",
+            filename=f"{stem}_comparison.png",
+        )
+        report.add_figure(
+            _error_figure(views_i),
+            f"{views_i.name}: absolute error and local SSIM of the model (same view as above; "
+            "bright error / dark SSIM = poor match), and intensity histograms of the whole image.",
+            filename=f"{stem}_errors.png",
+        )

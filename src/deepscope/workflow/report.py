@@ -1,0 +1,328 @@
+"""A small, generic builder for self-contained HTML reports.
+
+The report is plain HTML with a little inline CSS: no JavaScript and no external
+resources, so it opens offline and can be e-mailed as a single file. Figures are
+embedded as base64 PNG data URIs and, optionally, also saved as PNG files.
+
+Used by the quality-control steps of every task (restoration, segmentation,
+classification).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from deepscope.data.io import atomic_write_bytes, atomic_write_text
+from deepscope.errors import DeepscopeError, OutputError
+
+__all__ = ["HtmlReport", "format_value", "safe_filename"]
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ccc; padding-bottom: .2em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+p.lead { font-size: 1.15em; background: #eef5ee; border-left: 5px solid #4a9a4a;
+         padding: .6em 1em; }
+p.warning { font-size: 1.15em; background: #fbeeee; border-left: 5px solid #c0392b;
+            padding: .6em 1em; }
+p.note { color: #555; font-size: .92em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
+caption { caption-side: top; text-align: left; font-weight: bold; padding: .3em 0; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; }
+th { background: #f2f2f2; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #444; font-size: .92em; margin-top: .3em; }
+footer { margin-top: 3em; color: #777; font-size: .85em; }
+"""
+
+
+@runtime_checkable
+class _SavesFigure(Protocol):
+    """Anything with matplotlib's ``savefig`` (a ``matplotlib.figure.Figure``)."""
+
+    def savefig(self, fname: Any, **kwargs: Any) -> None: ...
+
+
+def format_value(value: Any, float_format: str = "{:.4g}") -> str:
+    """Format one table cell as text.
+
+    Parameters
+    ----------
+    value
+        The cell value. Floats use ``float_format``; NaN and None become "–",
+        infinities "∞"/"−∞", booleans "yes"/"no".
+    float_format
+        A ``str.format`` pattern for finite floats.
+
+    Returns
+    -------
+    str
+        Plain (not yet HTML-escaped) text.
+    """
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)
+        if math.isnan(value):
+            return "–"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        return float_format.format(value)
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _rows_from(rows: Iterable[Mapping[str, Any]] | Any) -> list[Mapping[str, Any]]:
+    """Turn a list of dicts or a DataFrame-like object into a list of mappings."""
+    if hasattr(rows, "to_dict") and not isinstance(rows, Mapping):
+        return list(rows.to_dict(orient="records"))
+    if isinstance(rows, Mapping):
+        raise TypeError("add_table expects a list of row dicts; use add_key_values for a dict")
+    return list(rows)
+
+
+def safe_filename(name: str) -> str:
+    """Return ``name`` reduced to characters that are safe in a file name on any OS."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned or "figure"
+
+
+class HtmlReport:
+    """Build a self-contained HTML report step by step.
+
+    Parameters
+    ----------
+    title
+        Shown as the page title and the top heading.
+    figures_dir
+        If given, every figure added from a matplotlib figure is also saved there as a
+        PNG file (written atomically). The HTML never links to it: figures are embedded.
+
+    Examples
+    --------
+    >>> report = HtmlReport("Quality control", figures_dir="qc/figures")
+    >>> report.add_paragraph("The model beats the baseline.", css_class="lead")
+    >>> report.add_table([{"image": "a.tif", "psnr": 31.2}], caption="Per image")
+    >>> report.write("qc/report.html")  # doctest: +SKIP
+    """
+
+    PARAGRAPH_CLASSES = ("lead", "warning", "note")
+
+    def __init__(self, title: str, figures_dir: str | Path | None = None) -> None:
+        self.title = title
+        self.figures_dir = Path(figures_dir) if figures_dir is not None else None
+        self._parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self._figure_names: set[str] = set()
+
+    def add_heading(self, text: str, level: int = 2) -> None:
+        """Add a section heading.
+
+        Parameters
+        ----------
+        text
+            Heading text (escaped).
+        level
+            HTML heading level, 1 to 6.
+        """
+        if not 1 <= level <= 6:
+            raise ValueError(f"heading level must be 1..6, got {level}")
+        self._parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def add_paragraph(self, text: str, css_class: str | None = None) -> None:
+        """Add a paragraph of plain text.
+
+        Parameters
+        ----------
+        text
+            Paragraph text (escaped; line breaks are kept).
+        css_class
+            Optional style: ``"lead"`` (highlighted summary), ``"warning"`` (highlighted
+            problem) or ``"note"`` (small print).
+        """
+        if css_class is not None and css_class not in self.PARAGRAPH_CLASSES:
+            raise ValueError(f"css_class must be one of {self.PARAGRAPH_CLASSES}")
+        attr = f' class="{css_class}"' if css_class else ""
+        body = html.escape(text).replace("\n", "<br>")
+        self._parts.append(f"<p{attr}>{body}</p>")
+
+    def add_list(self, items: Sequence[str]) -> None:
+        """Add a bulleted list of plain-text items.
+
+        Parameters
+        ----------
+        items
+            One string per bullet (escaped).
+        """
+        lis = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+        self._parts.append(f"<ul>{lis}</ul>")
+
+    def add_table(
+        self,
+        rows: Iterable[Mapping[str, Any]] | Any,
+        caption: str | None = None,
+        *,
+        float_format: str = "{:.4g}",
+    ) -> None:
+        """Add a table with one row per mapping.
+
+        Parameters
+        ----------
+        rows
+            A list of dicts (column name → value) or a DataFrame-like object with
+            ``to_dict(orient="records")``. Columns are the union of the keys, in
+            order of first appearance; missing cells are shown as "–".
+        caption
+            Optional table caption.
+        float_format
+            ``str.format`` pattern for floats (see :func:`format_value`).
+        """
+        records = _rows_from(rows)
+        columns: list[str] = list(dict.fromkeys(key for row in records for key in row))
+        head = "".join(f"<th>{html.escape(str(col))}</th>" for col in columns)
+        body = "".join(
+            "<tr>" + "".join(_cell(row.get(col), float_format) for col in columns) + "</tr>"
+            for row in records
+        )
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self._parts.append(
+            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+
+    def add_key_values(self, mapping: Mapping[str, Any], caption: str | None = None) -> None:
+        """Add a two-column table (key | value), e.g. model information.
+
+        Parameters
+        ----------
+        mapping
+            Keys and values to show; values are formatted with :func:`format_value`.
+        caption
+            Optional table caption.
+        """
+        self.add_table([{"item": str(k), "value": v} for k, v in mapping.items()], caption)
+
+    def add_figure(self, figure: Any, caption: str, filename: str | None = None) -> Path | None:
+        """Embed a figure as a base64 PNG, with a caption.
+
+        Parameters
+        ----------
+        figure
+            A matplotlib ``Figure`` (anything with ``savefig``) or the path of an
+            existing PNG file.
+        caption
+            Text under the figure (escaped); also used as the image's alt text.
+        filename
+            File name (``.png``) under ``figures_dir`` for a matplotlib figure;
+            derived from the caption if not given, made unique within the report.
+
+        Returns
+        -------
+        Path or None
+            Where the PNG was saved, or None when nothing was written (a PNG path
+            was given, or the report has no ``figures_dir``).
+        """
+        saved: Path | None = None
+        if isinstance(figure, (str, Path)):
+            png = _read_png(Path(figure))
+        elif isinstance(figure, _SavesFigure):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=100)
+            png = buffer.getvalue()
+            if self.figures_dir is not None:
+                saved = self.figures_dir / self._unique_name(filename or caption[:40])
+                atomic_write_bytes(saved, png)
+        else:
+            raise TypeError(f"add_figure expects a matplotlib Figure or a PNG path, got {figure!r}")
+        data = base64.b64encode(png).decode("ascii")
+        alt = html.escape(caption, quote=True)
+        self._parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        return saved
+
+    def _unique_name(self, stem: str) -> str:
+        stem = safe_filename(stem.removesuffix(".png"))
+        name, n = f"{stem}.png", 1
+        while name in self._figure_names:
+            n += 1
+            name = f"{stem}_{n}.png"
+        self._figure_names.add(name)
+        return name
+
+    def to_html(self) -> str:
+        """Return the complete HTML document as a string."""
+        stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        footer = f"<footer>Generated by deepscope {_version()} on {html.escape(stamp)}.</footer>"
+        return (
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(self._parts)
+            + f"\n{footer}\n</body>\n</html>\n"
+        )
+
+    def write(self, path: str | Path) -> Path:
+        """Write the report atomically and return its path.
+
+        Parameters
+        ----------
+        path
+            Destination ``.html`` file; parent folders are created.
+
+        Returns
+        -------
+        Path
+            The written file.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise OutputError(
+                "This is a folder, not a file name for the report.",
+                path,
+                "Give a path ending in .html.",
+            )
+        atomic_write_text(path, self.to_html())
+        return path
+
+
+def _cell(value: Any, float_format: str) -> str:
+    cls = ' class="num"' if _is_number(value) else ""
+    return f"<td{cls}>{html.escape(format_value(value, float_format))}</td>"
+
+
+def _read_png(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DeepscopeError(
+            f"Cannot read the figure file ({exc}).",
+            path,
+            "Check that the file exists and is readable.",
+        ) from exc
+    if not data.startswith(b"\x89PNG"):
+        raise DeepscopeError("The figure file is not a PNG image.", path, "Save figures as PNG.")
+    return data
+
+
+def _version() -> str:
+    try:
+        return version("deepscope")
+    except PackageNotFoundError:
+        return "(unknown version)"

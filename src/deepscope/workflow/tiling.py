@@ -1,0 +1,134 @@
+"""Tiled prediction for 2D and 3D images: one implementation every task uses.
+
+The image is covered by overlapping tiles (sizes that the network accepts); each tile's
+output is weighted by a smooth window that falls off towards the tile's inner edges and
+the weighted outputs are averaged, so no seams appear. Memory besides the image and the
+result is bounded by the tile size times the batch size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start positions of tiles of length ``tile`` covering ``size`` with ``overlap``."""
+    if size <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    n = math.ceil((size - tile) / step) + 1
+    starts = [min(i * step, size - tile) for i in range(n)]
+    return sorted(set(starts))
+
+
+def fit_tile_shape(
+    image_shape: Sequence[int], tile_shape: Sequence[int], divisibility: int
+) -> tuple[int, ...]:
+    """Clip the tile to the image (rounded up to the network's divisibility)."""
+    out = []
+    for size, tile in zip(image_shape, tile_shape, strict=True):
+        t = min(tile, size)
+        out.append(int(math.ceil(t / divisibility) * divisibility))
+    return tuple(out)
+
+
+def blend_window(tile_shape: Sequence[int], overlap: int) -> np.ndarray:
+    """Separable window: 1 in the middle, cosine ramp over ``overlap`` pixels at each edge."""
+    w = np.ones(tuple(tile_shape), dtype=np.float32)
+    for axis, n in enumerate(tile_shape):
+        ramp_len = min(overlap, n // 2)
+        line = np.ones(n, dtype=np.float32)
+        if ramp_len > 0:
+            r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_len) + 0.5) / ramp_len)
+            line[:ramp_len] = r
+            line[n - ramp_len :] = r[::-1]
+        shape = [1] * len(tile_shape)
+        shape[axis] = n
+        w = w * line.reshape(shape)
+    return np.maximum(w, 1e-4)
+
+
+def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: int) -> Iterator[tuple[slice, ...]]:
+    starts = [tile_starts(s, t, overlap) for s, t in zip(shape, tile, strict=True)]
+    for corner in itertools.product(*starts):
+        yield tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True))
+
+
+def predict_tiled(
+    network: nn.Module,
+    image: np.ndarray,
+    *,
+    out_channels: int,
+    tile_shape: Sequence[int],
+    overlap: int,
+    divisibility: int,
+    batch_size: int = 4,
+    autocast_bf16: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Apply ``network`` to a channel-first image (C, *spatial) tile by tile.
+
+    Parameters
+    ----------
+    network
+        A module mapping (N, C, *tile) to (N, out_channels, *tile), in eval mode.
+    image
+        Normalised float32 image (C, Y, X) or (C, Z, Y, X).
+    out_channels
+        Number of output channels.
+    tile_shape
+        Wanted tile size per spatial axis (clipped to the image and rounded up to
+        ``divisibility``).
+    overlap
+        Overlap between neighbouring tiles in pixels (blended smoothly).
+    divisibility
+        Tile sizes are multiples of this number (the network's constraint).
+    batch_size
+        Tiles per forward pass.
+    autocast_bf16
+        Run the network in bfloat16 (faster on CPUs with bf16 support).
+    progress
+        Called as ``progress(done_tiles, total_tiles)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float32 array (out_channels, *spatial).
+    """
+    spatial = image.shape[1:]
+    tile = fit_tile_shape(spatial, tile_shape, divisibility)
+    # Pad so that every spatial size is at least one tile (reflect keeps statistics).
+    pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(spatial, tile, strict=True)]
+    padded = np.pad(image, pad, mode="reflect" if min(spatial) > 1 else "edge") if any(
+        p[1] for p in pad
+    ) else image
+    work_shape = padded.shape[1:]
+    overlap = min(overlap, min(tile) // 2)
+    window = blend_window(tile, overlap)
+    out = np.zeros((out_channels,) + tuple(work_shape), dtype=np.float32)
+    weight = np.zeros(tuple(work_shape), dtype=np.float32)
+    slices = list(_tiles(work_shape, tile, overlap))
+    device = next(network.parameters()).device
+    fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
+    for first in range(0, len(slices), batch_size):
+        group = slices[first : first + batch_size]
+        batch = np.stack([padded[(slice(None),) + sl] for sl in group])
+        x = torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)
+        with torch.inference_mode(), torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=autocast_bf16
+        ):
+            y = network(x).float().cpu().numpy()
+        for sl, pred in zip(group, y, strict=True):
+            out[(slice(None),) + sl] += pred * window
+            weight[sl] += window
+        if progress:
+            progress(min(first + batch_size, len(slices)), len(slices))
+    out /= weight
+    crop = (slice(None),) + tuple(slice(0, s) for s in spatial)
+    return out[crop]

@@ -1,0 +1,247 @@
+"""Train a task on folders of images: validate → load → normalise → split → fit → model folder.
+
+A run folder holds ``config.yaml``, ``normalization.json``, ``checkpoints/``,
+``metrics.csv``, ``validation.json`` and, when training ends, ``model/``. An interrupted
+run (even ``kill -9``) is continued with ``resume=True`` from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from deepscope.config import TaskConfigBase, load_config
+from deepscope.data.axes import to_channel_first
+from deepscope.data.io import atomic_write_text, read_image
+from deepscope.data.normalize import PercentileNormalizer
+from deepscope.data.patches import RandomPatches, split_train_val
+from deepscope.data.validation import ValidationReport, validate_dataset
+from deepscope.engine import trainer as engine
+from deepscope.engine.module import TaskModule
+from deepscope.errors import DeepscopeError, OutputError
+from deepscope.tasks import get_task
+from deepscope.workflow.model_folder import save_model_folder
+
+
+class ValidationFailed(DeepscopeError):
+    """The data has problems that block training (see ``report``)."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        super().__init__(report.format(), fix="fix the problems listed above and run again")
+
+
+@dataclass
+class TrainResult:
+    """Where the results of a training are."""
+
+    run_dir: Path
+    model_dir: Path
+    epochs_trained: int
+    best_val_loss: float
+    stopped_because: str
+    minutes: float
+
+
+def load_images(
+    paths: list[Path], axes: str | None, spatial_dims: int
+) -> tuple[list[np.ndarray], str]:
+    """Read images as channel-first float32 arrays; return them and the first file's axes."""
+    arrays, first_axes = [], ""
+    for p in paths:
+        img = read_image(p, axes=axes)
+        first_axes = first_axes or img.axes
+        arrays.append(to_channel_first(img.data, img.axes, spatial_dims, path=p).astype(np.float32))
+    return arrays, first_axes
+
+
+def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> TaskConfigBase:
+    cfg_path = run_dir / "config.yaml"
+    if resume:
+        if not cfg_path.exists():
+            raise DeepscopeError(
+                "there is no interrupted training to resume here (config.yaml is missing)",
+                run_dir,
+                "give the run folder of the training to continue, or start without --resume",
+            )
+        saved = load_config(cfg_path)
+        # Only the length of training may change when resuming.
+        saved.training.epochs = config.training.epochs
+        saved.training.max_minutes = config.training.max_minutes
+        return saved
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise OutputError(
+            "this run folder already holds a training",
+            run_dir,
+            "choose a new --out folder, or add --resume to continue that training",
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, config.to_yaml())
+    except OSError as err:
+        raise OutputError(f"cannot write the run folder ({err.strerror})", run_dir,
+                          "choose a folder you can write to, with free space") from None
+    return config
+
+
+def _resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest readable checkpoint of the run (last, else the newest periodic one)."""
+    ckpt_dir = run_dir / "checkpoints"
+    candidates = [ckpt_dir / engine.LAST] + sorted(ckpt_dir.glob("epoch_*.ckpt"), reverse=True)
+    for c in candidates:
+        if c.exists():
+            try:
+                engine.load_checkpoint_state(c)
+                return c
+            except Exception:  # noqa: BLE001  damaged file: try the next one
+                continue
+    return None
+
+
+def train(
+    config: TaskConfigBase,
+    images: Path,
+    run_dir: Path,
+    targets: Path | None = None,
+    *,
+    resume: bool = False,
+    listener: Callable[[dict[str, Any]], None] | None = None,
+    show_bar: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``config.task`` on the images in ``images`` (and ``targets``), into ``run_dir``.
+
+    Raises
+    ------
+    ValidationFailed
+        When the data check finds problems that block training (nothing is written).
+    """
+    run_dir = Path(run_dir)
+    task_cls = get_task(config.task)
+    report = validate_dataset(task_cls, config, images, targets)
+    if not report.ok:
+        raise ValidationFailed(report)
+    for w in report.warnings:
+        log(f"warning: {w.path or ''}: {w.problem}")
+    config = _prepare_run_dir(run_dir, config, resume)
+    atomic_write_text(run_dir / "validation.json", json.dumps(report.to_dict(), indent=2))
+    task = task_cls(config)
+    d = config.data
+    in_paths = [i for i, _ in report.items]
+    inputs, axes = load_images(in_paths, d.axes, d.spatial_dims)
+    tgts = None
+    if task_cls.needs_targets:
+        tgts, _ = load_images([t for _, t in report.items], d.axes, d.spatial_dims)
+    norm_path = run_dir / "normalization.json"
+    if resume and norm_path.exists():
+        norm_d = json.loads(norm_path.read_text())
+        normalizer = PercentileNormalizer.from_dict(norm_d["input"])
+        tnorm = PercentileNormalizer.from_dict(norm_d["target"]) if "target" in norm_d else None
+    else:
+        split0 = split_train_val(inputs, tgts, d.val_fraction, d.patch_size, config.training.seed)
+        normalizer = PercentileNormalizer.fit(split0.train_inputs, d.normalize_low, d.normalize_high)
+        tnorm = (
+            PercentileNormalizer.fit(split0.train_targets, d.normalize_low, d.normalize_high)
+            if split0.train_targets is not None
+            else None
+        )
+        norm_d = {"input": normalizer.to_dict()}
+        if tnorm is not None:
+            norm_d["target"] = tnorm.to_dict()
+        atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
+    inputs = [normalizer.normalize(a) for a in inputs]
+    if tgts is not None:
+        tgts = [(tnorm or normalizer).normalize(a) for a in tgts]
+    split = split_train_val(inputs, tgts, d.val_fraction, d.patch_size, config.training.seed)
+    log(f"{len(inputs)} image(s); {split.how}.")
+    t = config.training
+    train_ds = RandomPatches(split.train_inputs, split.train_targets, d.patch_size,
+                             t.patches_per_epoch, d, seed=t.seed, augment=True)
+    val_ds = RandomPatches(split.val_inputs, split.val_targets, d.patch_size, t.val_patches, d,
+                           seed=t.seed + 1, augment=False)
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=False, num_workers=0,
+                              drop_last=len(train_ds) >= t.batch_size)
+    val_loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=0)
+    in_channels = inputs[0].shape[0]
+    module = TaskModule(task, in_channels)
+    resume_from = _resume_checkpoint(run_dir) if resume else None
+    if resume:
+        log(f"resuming from {resume_from.name}" if resume_from else "no checkpoint yet: starting over")
+    (run_dir / "STOP").unlink(missing_ok=True)
+    t0 = time.monotonic()
+    trainer = engine.fit(module, train_loader, val_loader, run_dir, t, resume_from, listener, show_bar)
+    minutes = (time.monotonic() - t0) / 60
+    stopped = _why_stopped(trainer, run_dir, t.epochs)
+    model_dir = export_model(run_dir, config, in_channels, axes, normalizer, tnorm,
+                             {"images": len(inputs), "minutes": round(minutes, 2), "stopped_because": stopped})
+    best = trainer.checkpoint_callback.best_model_score
+    return TrainResult(run_dir, model_dir, trainer.current_epoch, float(best) if best is not None
+                       else float("nan"), stopped, minutes)
+
+
+def _why_stopped(trainer: Any, run_dir: Path, max_epochs: int) -> str:
+    if (run_dir / "STOP").exists():
+        (run_dir / "STOP").unlink(missing_ok=True)
+        return "stopped on request"
+    if trainer.current_epoch >= max_epochs:
+        return f"finished all {max_epochs} epochs"
+    return "time budget reached"
+
+
+def _state_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
+    state = engine.load_checkpoint_state(path)["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def export_model(
+    run_dir: Path,
+    config: TaskConfigBase,
+    in_channels: int,
+    axes: str,
+    normalizer: PercentileNormalizer,
+    target_normalizer: PercentileNormalizer | None,
+    training: dict[str, Any],
+) -> Path:
+    """Write ``run_dir/model`` from the run's best checkpoint and its periodic checkpoints."""
+    ckpt_dir = run_dir / "checkpoints"
+    best_path = ckpt_dir / engine.BEST
+    if not best_path.exists():
+        best_path = ckpt_dir / engine.LAST
+    if not best_path.exists():
+        raise DeepscopeError(
+            "training stopped before the first epoch finished, so there is no model to save",
+            run_dir,
+            "give more time (--max-minutes) or fewer patches per epoch, then run with --resume",
+        )
+    best_ckpt = engine.load_checkpoint_state(best_path)
+    checkpoints = {p.stem: _state_from_ckpt(p) for p in sorted(ckpt_dir.glob("epoch_*.ckpt"))}
+    if (ckpt_dir / engine.LAST).exists():
+        checkpoints["last"] = _state_from_ckpt(ckpt_dir / engine.LAST)
+    training = dict(training)
+    training["best_epoch"] = int(best_ckpt.get("epoch", -1)) + 1
+    cb = {k: v for k, v in best_ckpt.get("callbacks", {}).items() if "ModelCheckpoint" in k and "best" in k}
+    for state in cb.values():
+        if state.get("best_model_score") is not None:
+            training["best_val_loss"] = round(float(state["best_model_score"]), 6)
+    training["epochs_trained"] = int(engine.load_checkpoint_state(ckpt_dir / engine.LAST)["epoch"]) + 1 \
+        if (ckpt_dir / engine.LAST).exists() else training["best_epoch"]
+    return save_model_folder(
+        run_dir / "model",
+        config=config,
+        weights=_state_from_ckpt(best_path),
+        in_channels=in_channels,
+        input_axes=axes,
+        normalizer=normalizer,
+        target_normalizer=target_normalizer,
+        checkpoints=checkpoints,
+        history_csv=run_dir / "metrics.csv",
+        training=training,
+    )
