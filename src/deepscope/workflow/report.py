@@ -22,6 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from deepscope.data.io import atomic_write_bytes, atomic_write_text
 from deepscope.errors import DeepscopeError, OutputError
 
@@ -115,6 +117,12 @@ class HtmlReport:
     figures_dir
         If given, every figure added from a matplotlib figure is also saved there as a
         PNG file (written atomically). The HTML never links to it: figures are embedded.
+    max_png_colors
+        Matplotlib figures are saved at :attr:`DPI` and made compact: grey figures as
+        8-bit grey PNGs and figures with at most 256 colours as palette PNGs, both
+        lossless. Figures with more colours (several colour maps) are reduced to this
+        many colours, which is invisible in plots and colour maps but several times
+        smaller. None keeps every colour.
 
     Examples
     --------
@@ -125,10 +133,21 @@ class HtmlReport:
     """
 
     PARAGRAPH_CLASSES = ("lead", "warning", "note")
+    DPI = 100
+    """Resolution (pixels per inch) at which matplotlib figures are saved."""
 
-    def __init__(self, title: str, figures_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        figures_dir: str | Path | None = None,
+        *,
+        max_png_colors: int | None = 256,
+    ) -> None:
+        if max_png_colors is not None and not 2 <= max_png_colors <= 256:
+            raise ValueError(f"max_png_colors must be 2..256 or None, got {max_png_colors}")
         self.title = title
         self.figures_dir = Path(figures_dir) if figures_dir is not None else None
+        self.max_png_colors = max_png_colors
         self._parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
         self._figure_names: set[str] = set()
 
@@ -243,8 +262,8 @@ class HtmlReport:
             png = _read_png(Path(figure))
         elif isinstance(figure, _SavesFigure):
             buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=100)
-            png = buffer.getvalue()
+            figure.savefig(buffer, format="png", dpi=self.DPI)
+            png = _compact_png(buffer.getvalue(), self.max_png_colors)
             if self.figures_dir is not None:
                 saved = self.figures_dir / self._unique_name(filename or caption[:40])
                 atomic_write_bytes(saved, png)
@@ -305,6 +324,45 @@ class HtmlReport:
 def _cell(value: Any, float_format: str) -> str:
     cls = ' class="num"' if _is_number(value) else ""
     return f"<td{cls}>{html.escape(format_value(value, float_format))}</td>"
+
+
+def _compact_png(png: bytes, max_colors: int | None) -> bytes:
+    """Re-encode an opaque RGBA PNG as grey, palette or (lossy) quantised palette PNG.
+
+    Returns the input unchanged if it has transparency or the result is not smaller.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        if image.mode not in ("RGB", "RGBA"):
+            return png
+        pixels = np.asarray(image)
+    if pixels.shape[-1] == 4:
+        if not np.all(pixels[..., 3] == 255):
+            return png
+        pixels = pixels[..., :3]
+    if np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(
+        pixels[..., 1], pixels[..., 2]
+    ):
+        compact = Image.fromarray(np.ascontiguousarray(pixels[..., 0]))
+    else:
+        rgb = pixels.astype(np.uint32)
+        keys, index = np.unique(
+            rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2], return_inverse=True
+        )
+        if len(keys) <= 256:  # an exact palette
+            compact = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8))
+            palette = np.stack([keys >> 16, keys >> 8 & 255, keys & 255], axis=-1)
+            compact.putpalette(palette.astype(np.uint8).ravel().tolist())  # "L" → "P"
+        elif max_colors is not None:
+            compact = Image.fromarray(np.ascontiguousarray(pixels)).quantize(
+                max_colors, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE
+            )
+        else:
+            compact = Image.fromarray(np.ascontiguousarray(pixels))
+    buffer = io.BytesIO()
+    compact.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue() if buffer.tell() < len(png) else png
 
 
 def _read_png(path: Path) -> bytes:
