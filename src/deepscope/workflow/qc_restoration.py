@@ -2,12 +2,21 @@
 
 On held-out image/target pairs the model is compared with two references a
 microscopist understands: the raw (noisy) input and the best simple Gaussian filter.
-:func:`evaluate_restoration` writes per-image metrics, a summary, figures and a
-self-contained HTML report.
+:func:`evaluate_restoration` writes per-image metrics, a summary, figures (drawn by
+:mod:`deepscope.workflow.qc_figures`) and a self-contained HTML report.
 
-All methods are scored against the target on the same intensity scale: unless a
-``data_range`` is given, PSNR and SSIM use the target's ``max - min`` for each image,
-so the model, the input and the baseline are never judged on different scales.
+Every method is scored twice against the target:
+
+* **matched** (``psnr_matched``, ...): after a least-squares fit of gain and offset
+  that maps the output onto the target (:func:`affine_match`), as in the CARE paper
+  (Weigert et al. 2018) and CSBDeep. Noisy and clean images are often recorded or saved
+  with different brightness and contrast (e.g. each stretched to 8 bit on its own);
+  matching removes that difference, so the score measures the restoration. The
+  report's verdict, the Gaussian baseline's sigma and the best checkpoint use it.
+* **raw** (``psnr``, ...): the output as it is.
+
+All methods share one intensity scale: unless a ``data_range`` is given, PSNR and SSIM
+use the target's ``max - min`` for each image.
 """
 
 from __future__ import annotations
@@ -19,21 +28,30 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from scipy import ndimage
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
 from deepscope.data.io import atomic_write_text
 from deepscope.errors import DeepscopeError, OutputError
+from deepscope.workflow import qc_figures as figures
+from deepscope.workflow.qc_figures import (
+    METHOD_LABELS,
+    METRIC_LABELS,
+    ImageViews,
+    finite_or_nan,
+    metric_label,
+)
 from deepscope.workflow.report import HtmlReport, format_value, safe_filename
 
 __all__ = [
     "DEFAULT_SIGMAS",
+    "METRICS",
+    "Progress",
+    "affine_match",
     "best_gaussian_sigma",
     "evaluate_restoration",
     "gaussian_baseline",
@@ -41,13 +59,17 @@ __all__ = [
 ]
 
 Predict = Callable[[np.ndarray], np.ndarray]
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; see :func:`evaluate_restoration`."""
 
-METRICS = ("psnr", "ssim", "nrmse", "mae")
+RAW_METRICS = ("psnr", "ssim", "nrmse", "mae")
+MATCHED_METRICS = tuple(f"{m}_matched" for m in RAW_METRICS)
+METRICS = RAW_METRICS + MATCHED_METRICS
+"""Keys of every metrics dict: raw ones, then the same after :func:`affine_match`."""
 METHODS = ("model", "input", "gaussian")
 DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 MAX_FIGURE_IMAGES = 8
 
-_METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "nrmse": "NRMSE", "mae": "MAE"}
 _METRIC_HELP = {
     "psnr": "Peak signal-to-noise ratio against the target, in decibels. Higher is better; "
     "+3 dB means the squared error is halved.",
@@ -57,15 +79,21 @@ _METRIC_HELP = {
     "Lower is better; 0.05 means errors of about 5 % of the range.",
     "mae": "Mean absolute difference from the target, in the images' own intensity units. "
     "Lower is better.",
+    "matched / raw": "Matched: the output's brightness and contrast (a gain and an offset) "
+    "were first fitted to the target by least squares, as in the CARE paper, so only the "
+    "restoration is scored. Raw: the output as it is; also penalises any difference in "
+    "brightness or contrast.",
 }
-_METHOD_LABELS = {"model": "Model", "input": "Noisy input", "gaussian": "Gaussian filter"}
-_METHOD_COLORS = {"input": "#999999", "gaussian": "#e69f00", "model": "#0072b2", "target": "#000"}
+_MATCHING_REASON = (
+    "The images were compared after matching brightness and contrast to the clean (target) "
+    "image, because noisy and clean images are often recorded or saved with different "
+    "brightness and contrast, and a direct comparison would mostly measure that difference "
+    "rather than the noise that was removed."
+)
 _HISTORY_COLUMNS = {
     "train_loss": ("train_loss", "train_loss_epoch"),
     "val_loss": ("val_loss", "val_loss_epoch"),
 }
-_MAX_CHANNELS_SHOWN = 4
-_CROP_SIZE = 256
 
 
 # --------------------------------------------------------------------------- metrics
@@ -77,7 +105,7 @@ def restoration_metrics(
     data_range: float | None = None,
     channel_axis: int | None = None,
 ) -> dict[str, float]:
-    """Score a restored image against its ground-truth target.
+    """Score a restored image against its ground-truth target, raw and intensity-matched.
 
     Parameters
     ----------
@@ -100,7 +128,9 @@ def restoration_metrics(
         ``psnr`` (dB, ``inf`` when identical), ``ssim`` (mean SSIM, scikit-image,
         window 7 or the smallest spatial size if smaller), ``nrmse`` (RMSE divided by
         the target's max − min, scikit-image ``"min-max"`` normalisation) and ``mae``
-        (mean absolute error).
+        (mean absolute error) of the prediction as it is; then ``psnr_matched``,
+        ``ssim_matched``, ``nrmse_matched`` and ``mae_matched``, the same metrics of
+        ``affine_match(prediction, target)`` (see :func:`affine_match`).
 
     Raises
     ------
@@ -108,8 +138,58 @@ def restoration_metrics(
         If the shapes differ, the dimensionality is not 2D/3D, values are not
         finite, or the target is constant and no ``data_range`` is given.
     """
-    metrics, _ = _score(prediction, target, data_range, channel_axis, full=False)
+    metrics, _, _ = _score(prediction, target, data_range, channel_axis, full=False)
     return metrics
+
+
+def affine_match(
+    prediction: np.ndarray, target: np.ndarray, *, channel_axis: int | None = None
+) -> np.ndarray:
+    """Map a prediction onto its target by the least-squares gain and offset.
+
+    Finds ``a`` and ``b`` minimising ``sum((a * prediction + b - target) ** 2)`` and
+    returns ``a * prediction + b``: the scale-invariant comparison of the CARE paper
+    (Weigert et al. 2018, CSBDeep), which ignores differences in brightness and
+    contrast between prediction and target but keeps every other error.
+
+    Parameters
+    ----------
+    prediction
+        Image to map, same shape as ``target``.
+    target
+        Ground truth, 2D/3D with an optional channel axis.
+    channel_axis
+        Index of the channel axis; each channel then gets its own gain and offset.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array shaped like ``target``. A constant prediction (channel) is
+        mapped to the target's mean.
+
+    Raises
+    ------
+    DeepscopeError
+        On a shape mismatch, a dimensionality other than 2D/3D or non-finite values.
+    """
+    channel_axis = _check_image(target, channel_axis, "The target")
+    _check_same_shape(prediction, target, None)
+    return _affine_fit(
+        _finite_float(prediction, "prediction", None),
+        _finite_float(target, "target", None),
+        channel_axis,
+    )
+
+
+def _affine_fit(pred: np.ndarray, true: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """Least-squares ``a * pred + b`` ≈ ``true`` per channel (float64, validated input)."""
+    axes = tuple(axis for axis in range(true.ndim) if axis != channel_axis)
+    centred = pred - pred.mean(axis=axes, keepdims=True)
+    true_mean = true.mean(axis=axes, keepdims=True)
+    variance = np.sum(centred * centred, axis=axes, keepdims=True)
+    covariance = np.sum(centred * (true - true_mean), axis=axes, keepdims=True)
+    gain = np.divide(covariance, variance, out=np.zeros_like(variance), where=variance > 0)
+    return true_mean + gain * centred
 
 
 def _score(
@@ -120,20 +200,26 @@ def _score(
     *,
     full: bool,
     name: str | None = None,
-) -> tuple[dict[str, float], np.ndarray | None]:
-    """Compute the metrics and, if ``full``, the SSIM map (same shape as the target)."""
+) -> tuple[dict[str, float], np.ndarray, np.ndarray | None]:
+    """Return (raw and matched metrics, matched prediction, SSIM map of it if ``full``)."""
     channel_axis = _check_image(target, channel_axis, _label("target", name))
-    if prediction.shape != target.shape:
-        raise DeepscopeError(
-            f"{_label('prediction', name)} has shape {prediction.shape} but the target has "
-            f"shape {target.shape}.",
-            fix="Prediction and target must have the same axes and size.",
-        )
+    _check_same_shape(prediction, target, name)
     pred, true = (
         _finite_float(prediction, "prediction", name),
         _finite_float(target, "target", name),
     )
     rng = _data_range(true, data_range, name)
+    matched = _affine_fit(pred, true, channel_axis)
+    raw, _ = _metric_set(pred, true, rng, channel_axis, full=False)
+    fitted, ssim_map = _metric_set(matched, true, rng, channel_axis, full=full)
+    metrics = {**raw, **{f"{key}_matched": value for key, value in fitted.items()}}
+    return metrics, matched, ssim_map
+
+
+def _metric_set(
+    pred: np.ndarray, true: np.ndarray, rng: float, channel_axis: int | None, *, full: bool
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """The four raw metrics of validated float arrays and, if ``full``, the SSIM map."""
     ssim = structural_similarity(
         true,
         pred,
@@ -151,6 +237,15 @@ def _score(
             "mae": float(np.mean(np.abs(pred - true))),
         }
     return metrics, ssim_map
+
+
+def _check_same_shape(prediction: np.ndarray, target: np.ndarray, name: str | None) -> None:
+    if np.shape(prediction) != np.shape(target):
+        raise DeepscopeError(
+            f"{_label('prediction', name)} has shape {np.shape(prediction)} but the target "
+            f"has shape {np.shape(target)}.",
+            fix="Prediction and target must have the same axes and size.",
+        )
 
 
 def _psnr(prediction: np.ndarray, target: np.ndarray, data_range: float) -> float:
@@ -255,6 +350,7 @@ def best_gaussian_sigma(
     *,
     channel_axis: int | None = None,
     data_range: float | None = None,
+    matched: bool = True,
 ) -> float:
     """Choose the Gaussian-filter baseline's sigma that maximises mean PSNR.
 
@@ -271,44 +367,64 @@ def best_gaussian_sigma(
         Index of the channel axis (never smoothed across), or None.
     data_range
         Passed to PSNR; defaults to each target's ``max - min``.
+    matched
+        Score the filtered images after :func:`affine_match` (the default, as
+        :func:`evaluate_restoration` does), or as they are.
 
     Returns
     -------
     float
         The candidate sigma with the highest mean PSNR (the first one on ties).
     """
+    return _best_sigma(inputs, targets, sigmas, channel_axis, data_range, matched, lambda: None)
+
+
+def _best_sigma(
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    sigmas: Sequence[float],
+    channel_axis: int | None,
+    data_range: float | None,
+    matched: bool,
+    advance: Callable[[], None],
+) -> float:
+    """:func:`best_gaussian_sigma`, calling ``advance()`` after each candidate sigma."""
     if len(inputs) != len(targets) or not inputs:
         raise ValueError("inputs and targets must be non-empty and of the same length")
     if not sigmas:
         raise ValueError("sigmas must contain at least one value")
-    ranges = [_data_range(np.asarray(t, dtype=np.float64), data_range, None) for t in targets]
-    scores = [
-        np.mean(
-            [
-                _psnr(gaussian_baseline(x, sigma, channel_axis=channel_axis), y, rng)
-                for x, y, rng in zip(inputs, targets, ranges, strict=True)
-            ]
-        )
-        for sigma in sigmas
-    ]
+    channel_axis = _check_image(np.asarray(targets[0]), channel_axis, "The target")
+    trues = [np.asarray(t, dtype=np.float64) for t in targets]
+    ranges = [_data_range(t, data_range, None) for t in trues]
+    scores = []
+    for sigma in sigmas:
+        psnrs = []
+        for noisy, true, rng in zip(inputs, trues, ranges, strict=True):
+            smooth = gaussian_baseline(noisy, sigma, channel_axis=channel_axis).astype(np.float64)
+            if matched:
+                smooth = _affine_fit(smooth, true, channel_axis)
+            psnrs.append(_psnr(smooth, true, rng))
+        scores.append(np.mean(psnrs))
+        advance()
     return float(sigmas[int(np.argmax(scores))])
 
 
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[], None]:
+    """Report ``(stage, 0, total)`` now and return a function that reports one more done."""
+    if progress is None:
+        return lambda: None
+    done = 0
+    progress(stage, done, total)
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        progress(stage, done, total)
+
+    return advance
+
+
 # ----------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class _ImageViews:
-    """What the per-image figures show: small 2D crops, never whole volumes."""
-
-    name: str
-    planes: dict[str, np.ndarray]  # input/gaussian/model/target -> (C, h, w)
-    ssim_map: np.ndarray  # (C, h, w)
-    clims: list[tuple[float, float]]  # per channel, from target percentiles
-    hist_edges: np.ndarray
-    hist_counts: dict[str, np.ndarray]  # input/model/target
-    metrics: dict[str, dict[str, float]]  # method -> metrics
-    where: str  # which slice / crop / channels are shown
 
 
 def evaluate_restoration(
@@ -324,11 +440,14 @@ def evaluate_restoration(
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     data_range: float | None = None,
     max_figure_images: int = MAX_FIGURE_IMAGES,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a restoration model on QC pairs and write metrics, figures and a report.
 
     The model is compared with the raw input and with the Gaussian filter whose sigma
-    maximises mean PSNR on these pairs (:func:`best_gaussian_sigma`).
+    maximises the mean matched PSNR on these pairs (:func:`best_gaussian_sigma`).
+    Every method is scored raw and after :func:`affine_match` onto the target; the
+    report's verdict and the best checkpoint use the matched scores.
 
     Parameters
     ----------
@@ -338,14 +457,15 @@ def evaluate_restoration(
     predict
         Callable mapping an input array to a restored array of the same shape.
     out_dir
-        Output folder (created). Receives ``metrics.csv``, ``summary.json``,
-        ``report.html`` and ``figures/*.png``, all written atomically.
+        Output folder (created). Receives ``figures/*.png``, then ``metrics.csv``,
+        ``summary.json`` and ``report.html``, all written atomically once every score
+        is known (``report.html`` last).
     channel_axis
         Index of the channel axis of every image, or None.
     checkpoint_predicts
-        Optional checkpoint name → predict callable. Each is scored (mean PSNR and
-        SSIM); the best one (highest PSNR, then SSIM) is flagged. Names containing
-        ``epoch=N`` / ``epoch_N`` are plotted against the epoch.
+        Optional checkpoint name → predict callable. Each is scored like the model;
+        the best one (highest matched PSNR, then matched SSIM) is flagged. Names
+        containing ``epoch=N`` / ``epoch_N`` are plotted against the epoch.
     history_csv
         Optional training ``metrics.csv`` with an ``epoch`` column and ``train_loss``
         and/or ``val_loss`` (``*_epoch`` variants accepted); other columns and empty
@@ -361,28 +481,41 @@ def evaluate_restoration(
     max_figure_images
         Per-image figures are drawn for the first this-many images only (the tables
         and CSV always hold every image).
+    progress
+        Optional ``progress(stage, done, total)``, called with ``done = 0`` when a
+        stage starts and after each step of it. Stages, in order: ``"baseline"``
+        (one step per candidate sigma), ``"images"`` (per QC pair), ``"checkpoints"``
+        (per checkpoint and pair; only with checkpoints) and ``"figures"`` (per
+        figure). An exception raised by it stops the evaluation before
+        ``summary.json`` and ``report.html`` are written.
 
     Returns
     -------
     dict
-        The summary, as written to ``summary.json``: ``{"model": {psnr, ssim, nrmse,
-        mae}, "input": {...}, "gaussian": {..., "sigma"}, "checkpoints": [{"name",
-        "psnr", "ssim", "best"}, ...], "n_images"}``, metrics averaged over images.
-        Non-finite numbers (PSNR of an exact match is infinite) are stored as None,
-        so the file is strict JSON.
+        The summary, as written to ``summary.json``: ``{"model": {...}, "input":
+        {...}, "gaussian": {..., "sigma"}, "checkpoints": [{"name", ..., "best"},
+        ...], "n_images"}``. Each method's dict and each checkpoint hold the mean over
+        images of every key in :data:`METRICS`: ``psnr``, ``ssim``, ``nrmse``,
+        ``mae`` (raw) and ``psnr_matched``, ``ssim_matched``, ``nrmse_matched``,
+        ``mae_matched``. Non-finite numbers (PSNR of an exact match is infinite) are
+        stored as None, so the file is strict JSON.
     """
     _check_pairs(pairs, channel_axis, data_range)
+    channel_axis = _check_image(pairs[0][2], channel_axis, "The target")
     curves = _read_history(Path(history_csv)) if history_csv is not None else None
     out_dir = _prepare_out_dir(Path(out_dir))
-    sigma = best_gaussian_sigma(
+    sigma = _best_sigma(
         [x for _, x, _ in pairs],
         [y for _, _, y in pairs],
         sigmas,
-        channel_axis=channel_axis,
-        data_range=data_range,
+        channel_axis,
+        data_range,
+        True,
+        _stage(progress, "baseline", len(sigmas)),
     )
     rows: list[dict[str, Any]] = []
-    views: list[_ImageViews] = []
+    views: list[ImageViews] = []
+    advance = _stage(progress, "images", len(pairs))
     for index, (name, noisy, target) in enumerate(pairs):
         image_rows, image_views = _evaluate_image(
             name,
@@ -396,12 +529,26 @@ def evaluate_restoration(
         )
         rows.extend(image_rows)
         views.extend([image_views] if image_views is not None else [])
-    checkpoints = _evaluate_checkpoints(checkpoint_predicts or {}, pairs, channel_axis, data_range)
+        advance()
+    checkpoints = _evaluate_checkpoints(
+        checkpoint_predicts or {}, pairs, channel_axis, data_range, progress
+    )
     summary = _json_safe(_summarise(rows, sigma, checkpoints, len(pairs)))
 
+    n_figures = 1 + bool(summary["checkpoints"]) + (curves is not None) + 2 * len(views)
+    report = _build_report(
+        title,
+        out_dir,
+        summary,
+        rows,
+        views,
+        curves,
+        model_info,
+        data_range,
+        _stage(progress, "figures", n_figures),
+    )
     atomic_write_text(out_dir / "metrics.csv", _metrics_csv(rows))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
-    report = _build_report(title, out_dir, summary, rows, views, curves, model_info, data_range)
     report.write(out_dir / "report.html")
     return summary
 
@@ -463,7 +610,7 @@ def _evaluate_image(
     data_range: float | None,
     *,
     keep_views: bool,
-) -> tuple[list[dict[str, Any]], _ImageViews | None]:
+) -> tuple[list[dict[str, Any]], ImageViews | None]:
     """Score model, input and Gaussian baseline on one pair; optionally keep crops."""
     outputs = {
         "model": _run_predict(predict, noisy, name, "model"),
@@ -471,17 +618,27 @@ def _evaluate_image(
         "gaussian": gaussian_baseline(noisy, sigma, channel_axis=channel_axis),
     }
     metrics: dict[str, dict[str, float]] = {}
+    matched: dict[str, np.ndarray] = {}
     ssim_map = None
     for method, image in outputs.items():
         full = keep_views and method == "model"
-        metrics[method], image_map = _score(
+        metrics[method], matched[method], image_map = _score(
             image, target, data_range, channel_axis, full=full, name=name
         )
         ssim_map = image_map if full else ssim_map
     rows = [{"image": name, "method": method, **metrics[method]} for method in METHODS]
     if ssim_map is None:
         return rows, None
-    return rows, _make_views(name, outputs, target, ssim_map, metrics, channel_axis)
+    views = figures.image_views(
+        name,
+        {key: matched[key] for key in ("input", "gaussian", "model")},
+        target,
+        ssim_map,
+        {key: (m["psnr_matched"], m["ssim_matched"]) for key, m in metrics.items()},
+        channel_axis=channel_axis,
+        histograms={"input": noisy, "model": outputs["model"], "target": target},
+    )
+    return rows, views
 
 
 def _evaluate_checkpoints(
@@ -489,31 +646,22 @@ def _evaluate_checkpoints(
     pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
     channel_axis: int | None,
     data_range: float | None,
+    progress: Progress | None,
 ) -> list[dict[str, Any]]:
-    """Mean PSNR/SSIM of every checkpoint; the best (PSNR, then SSIM) gets ``best=True``."""
+    """Mean metrics of every checkpoint; the best (matched PSNR, then SSIM) gets ``best``."""
+    if not checkpoint_predicts:
+        return []
+    advance = _stage(progress, "checkpoints", len(checkpoint_predicts) * len(pairs))
     results = []
     for ckpt, predict in checkpoint_predicts.items():
-        scores = [
-            _score(
-                _run_predict(predict, noisy, name, f"checkpoint '{ckpt}'"),
-                target,
-                data_range,
-                channel_axis,
-                full=False,
-                name=name,
-            )[0]
-            for name, noisy, target in pairs
-        ]
-        results.append(
-            {
-                "name": str(ckpt),
-                "psnr": float(np.mean([s["psnr"] for s in scores])),
-                "ssim": float(np.mean([s["ssim"] for s in scores])),
-                "best": False,
-            }
-        )
-    if results:
-        max(results, key=lambda r: (r["psnr"], r["ssim"]))["best"] = True
+        scores = []
+        for name, noisy, target in pairs:
+            output = _run_predict(predict, noisy, name, f"checkpoint '{ckpt}'")
+            scores.append(_score(output, target, data_range, channel_axis, full=False, name=name)[0])
+            advance()
+        means = {key: float(np.mean([s[key] for s in scores])) for key in METRICS}
+        results.append({"name": str(ckpt), **means, "best": False})
+    max(results, key=lambda r: (r["psnr_matched"], r["ssim_matched"]))["best"] = True
     return results
 
 
@@ -608,213 +756,6 @@ def _to_float(text: str | None) -> float:
 def _parse_epoch(name: str) -> int | None:
     match = re.search(r"epoch[=_\-\s]?(\d+)", name, flags=re.IGNORECASE)
     return int(match.group(1)) if match else None
-
-
-# ------------------------------------------------------------------------- figures
-
-
-def _display_planes(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
-    """(C, Y, X) planes to show: channel-first, middle Z slice for 3D, first channels."""
-    array = np.moveaxis(image, channel_axis, 0) if channel_axis is not None else image[None]
-    if array.ndim == 4:
-        array = array[:, array.shape[1] // 2]
-    return np.asarray(array[:_MAX_CHANNELS_SHOWN], dtype=np.float64)
-
-
-def _crop_window(planes: np.ndarray, size: int = _CROP_SIZE) -> tuple[slice, slice]:
-    """Pick the crop (at most size × size) with the most structure among 3 × 3 candidates."""
-
-    def starts(n: int) -> list[int]:
-        return sorted({0, (n - size) // 2, n - size}) if n > size else [0]
-
-    candidates = [(y, x) for y in starts(planes.shape[1]) for x in starts(planes.shape[2])]
-    y, x = max(
-        candidates, key=lambda yx: planes[:, yx[0] : yx[0] + size, yx[1] : yx[1] + size].std()
-    )
-    return slice(y, y + size), slice(x, x + size)
-
-
-def _where_note(shape: tuple[int, ...], channel_axis: int | None, crop: tuple[slice, ...]) -> str:
-    spatial = [s for axis, s in enumerate(shape) if axis != channel_axis]
-    notes = []
-    if len(spatial) == 3:
-        notes.append(f"3D stack: middle Z slice shown (z = {spatial[0] // 2} of {spatial[0]})")
-    height, width = spatial[-2:]
-    ys, xs = (slice(s.start, min(s.stop, n)) for s, n in zip(crop, (height, width), strict=True))
-    if (ys.stop - ys.start, xs.stop - xs.start) != (height, width):
-        notes.append(f"crop y {ys.start}–{ys.stop}, x {xs.start}–{xs.stop} of {height}×{width}")
-    if channel_axis is not None:
-        n_channels = shape[channel_axis]
-        shown = min(n_channels, _MAX_CHANNELS_SHOWN)
-        notes.append(f"one row per channel ({shown} of {n_channels} shown)")
-    return "; ".join(notes)
-
-
-def _histograms(
-    arrays: Mapping[str, np.ndarray], bins: int = 128
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Histogram every array on common bins spanning their 0.1–99.9th percentiles."""
-    limits = np.array([np.percentile(a, (0.1, 99.9)) for a in arrays.values()])
-    low, high = float(limits[:, 0].min()), float(limits[:, 1].max())
-    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
-    return edges, {key: np.histogram(a, bins=edges)[0] for key, a in arrays.items()}
-
-
-def _make_views(
-    name: str,
-    outputs: Mapping[str, np.ndarray],
-    target: np.ndarray,
-    ssim_map: np.ndarray,
-    metrics: dict[str, dict[str, float]],
-    channel_axis: int | None,
-) -> _ImageViews:
-    channel_axis = _check_image(target, channel_axis, "The target")
-    target_planes = _display_planes(target, channel_axis)
-    crop = (slice(None), *_crop_window(target_planes))
-    planes = {key: _display_planes(a, channel_axis)[crop] for key, a in outputs.items()}
-    planes["target"] = target_planes[crop]
-    edges, counts = _histograms(
-        {"input": outputs["input"], "model": outputs["model"], "target": target}
-    )
-    return _ImageViews(
-        name=name,
-        planes=planes,
-        ssim_map=_display_planes(ssim_map, channel_axis)[crop],
-        clims=[tuple(np.percentile(p, (1.0, 99.5))) for p in target_planes],
-        hist_edges=edges,
-        hist_counts=counts,
-        metrics=metrics,
-        where=_where_note(target.shape, channel_axis, crop[1:]),
-    )
-
-
-def _comparison_figure(views: _ImageViews, sigma: float) -> Figure:
-    """Input | Gaussian | model | target, one row per channel, target contrast limits."""
-    titles = {
-        "input": "Noisy input",
-        "gaussian": f"Gaussian filter (σ={sigma:g})",
-        "model": "Model",
-        "target": "Target",
-    }
-    n_rows = views.planes["target"].shape[0]
-    height = 2.8 * n_rows + 0.5
-    fig = Figure(figsize=(11, height))  # fixed margins: much faster than a layout engine
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / height, wspace=0.04)
-    axes = fig.subplots(n_rows, 4, squeeze=False)
-    for row in range(n_rows):
-        low, high = views.clims[row]
-        for col, key in enumerate(titles):
-            ax = axes[row, col]
-            ax.imshow(views.planes[key][row], cmap="gray", vmin=low, vmax=high)
-            ax.set_axis_off()
-            _mark_channel(ax, row, n_rows)
-            if row == 0:
-                score = views.metrics.get(key)
-                extra = f"\n{score['psnr']:.2f} dB, SSIM {score['ssim']:.3f}" if score else "\n "
-                ax.set_title(titles[key] + extra, fontsize=10)
-    return fig
-
-
-def _mark_channel(ax: Any, channel: int, n_channels: int) -> None:
-    if n_channels > 1:
-        ax.text(
-            0.02,
-            0.97,
-            f"channel {channel}",
-            transform=ax.transAxes,
-            va="top",
-            color="yellow",
-            fontsize=9,
-        )
-
-
-def _error_figure(views: _ImageViews) -> Figure:
-    """Absolute error and local SSIM of the model per channel, plus intensity histograms."""
-    n_rows = views.planes["target"].shape[0]
-    height = max(3.4, 2.8 * n_rows + 0.6)
-    fig = Figure(figsize=(11, height))  # fixed margins: much faster than a layout engine
-    grid = fig.add_gridspec(
-        n_rows, 3, left=0.02, right=0.98, bottom=0.5 / height, top=1 - 0.35 / height, wspace=0.3
-    )
-    error = np.abs(views.planes["model"] - views.planes["target"])
-    for row in range(n_rows):
-        ax = fig.add_subplot(grid[row, 0])
-        vmax = max(float(np.percentile(error[row], 99.5)), np.finfo(float).tiny)
-        fig.colorbar(ax.imshow(error[row], cmap="magma", vmin=0, vmax=vmax), ax=ax, shrink=0.8)
-        ax.set_title("|model − target|", fontsize=10)
-        ax.set_axis_off()
-        _mark_channel(ax, row, n_rows)
-        ax = fig.add_subplot(grid[row, 1])
-        fig.colorbar(
-            ax.imshow(views.ssim_map[row], cmap="viridis", vmin=0, vmax=1), ax=ax, shrink=0.8
-        )
-        ax.set_title("Local SSIM of the model (1 = identical)", fontsize=10)
-        ax.set_axis_off()
-    ax = fig.add_subplot(grid[:, 2])
-    for key, counts in views.hist_counts.items():
-        label = "Target" if key == "target" else _METHOD_LABELS[key]
-        ax.stairs(counts, views.hist_edges, label=label, color=_METHOD_COLORS[key], baseline=None)
-    ax.set_yscale("log")
-    ax.set(xlabel="intensity", ylabel="number of pixels", title="Intensity histogram")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _finite_or_nan(value: float | None) -> float:
-    return float(value) if value is not None and math.isfinite(value) else math.nan
-
-
-def _mean_bar_figure(summary: Mapping[str, Any]) -> Figure:
-    """Mean PSNR and SSIM per method."""
-    methods = ("input", "gaussian", "model")
-    labels = [_METHOD_LABELS[m] for m in methods]
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
-    for ax, metric in zip(fig.subplots(1, 2), ("psnr", "ssim"), strict=True):
-        values = [_finite_or_nan(summary[m][metric]) for m in methods]
-        bars = ax.bar(labels, values, color=[_METHOD_COLORS[m] for m in methods])
-        ax.bar_label(bars, fmt="%.3g")
-        ax.set_title(f"Mean {_METRIC_LABELS[metric]} (higher is better)", fontsize=10)
-        ax.margins(y=0.15)
-    return fig
-
-
-def _loss_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
-    fig = Figure(figsize=(7, 3.6), layout="constrained")
-    ax = fig.subplots()
-    for label, (epochs, values) in curves.items():
-        ax.plot(epochs, values, marker=".", label=label.replace("_", " "))
-    values = np.concatenate([v for _, v in curves.values()])
-    if values.min() > 0 and values.max() / values.min() > 100:
-        ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel="loss", title="Training history")
-    ax.legend()
-    return fig
-
-
-def _checkpoint_figure(checkpoints: list[dict[str, Any]], summary: Mapping[str, Any]) -> Figure:
-    """Checkpoint mean PSNR/SSIM vs epoch (or checkpoint order), best starred, baselines dashed."""
-    epochs = [_parse_epoch(c["name"]) for c in checkpoints]
-    by_epoch = all(e is not None for e in epochs)
-    x = np.array(epochs if by_epoch else range(len(checkpoints)), dtype=float)
-    order = np.argsort(x, kind="stable")
-    best = next(i for i, c in enumerate(checkpoints) if c["best"])
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
-    for ax, metric in zip(fig.subplots(1, 2), ("psnr", "ssim"), strict=True):
-        y = np.array([_finite_or_nan(c[metric]) for c in checkpoints])
-        ax.plot(x[order], y[order], "o-", color=_METHOD_COLORS["model"], label="checkpoint")
-        ax.plot(x[best], y[best], "*", ms=18, color="gold", mec="black", label="best")
-        for method, style in (("input", ":"), ("gaussian", "--")):
-            ax.axhline(
-                _finite_or_nan(summary[method][metric]),
-                ls=style,
-                color=_METHOD_COLORS[method],
-                label=_METHOD_LABELS[method],
-            )
-        if not by_epoch:
-            ax.set_xticks(x, [c["name"] for c in checkpoints], rotation=30, ha="right")
-        ax.set(xlabel="epoch" if by_epoch else "checkpoint", title=f"Mean {_METRIC_LABELS[metric]}")
-        ax.legend(fontsize=8)
-    return fig
 
 
 # -------------------------------------------------------------------------- report
