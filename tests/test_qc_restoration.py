@@ -10,7 +10,10 @@ import pytest
 from scipy import ndimage
 
 from deepscope.errors import DeepscopeError
+from deepscope.workflow import qc_figures
 from deepscope.workflow.qc_restoration import (
+    METRICS,
+    affine_match,
     best_gaussian_sigma,
     evaluate_restoration,
     gaussian_baseline,
@@ -19,6 +22,7 @@ from deepscope.workflow.qc_restoration import (
 from deepscope.workflow.report import HtmlReport
 
 NOISE = 0.15
+RAW = {"psnr", "ssim", "nrmse", "mae"}
 
 
 def smooth_image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -44,6 +48,11 @@ def identity(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def rescaled_denoise(image: np.ndarray) -> np.ndarray:
+    """A good denoiser whose output has the wrong brightness and contrast."""
+    return 3 * denoise(image) + 1
+
+
 def write_history(path: Path) -> Path:
     lines = [
         "epoch,step,train_loss,val_loss,lr",
@@ -62,16 +71,18 @@ def write_history(path: Path) -> Path:
 def qc_2d(tmp_path_factory):
     out = tmp_path_factory.mktemp("qc2d")
     history = write_history(out / "train_metrics.csv")
+    calls = []
     summary = evaluate_restoration(
         make_pairs((32, 32), 3),
         denoise,
         out / "qc",
-        checkpoint_predicts={"epoch=1": identity, "epoch=5": denoise},
+        checkpoint_predicts={"epoch=1": identity, "epoch=5": rescaled_denoise},
         history_csv=history,
         model_info={"task": "n2v", "note": "<b>not bold</b>"},
-        max_figure_images=2,
+        max_figure_images=1,
+        progress=lambda *call: calls.append(call),
     )
-    return summary, out / "qc"
+    return summary, out / "qc", calls
 
 
 # ------------------------------------------------------------------------ metrics
@@ -80,11 +91,43 @@ def qc_2d(tmp_path_factory):
 def test_identity_metrics_are_perfect():
     target = smooth_image(np.random.default_rng(1), (32, 32))
     metrics = restoration_metrics(target, target)
-    assert set(metrics) == {"psnr", "ssim", "nrmse", "mae"}
-    assert math.isinf(metrics["psnr"]) or metrics["psnr"] > 100
-    assert metrics["ssim"] == pytest.approx(1.0)
-    assert metrics["nrmse"] == pytest.approx(0.0)
-    assert metrics["mae"] == pytest.approx(0.0)
+    assert list(metrics) == list(METRICS)
+    assert set(METRICS) == RAW | {f"{m}_matched" for m in RAW}
+    for suffix in ("", "_matched"):
+        assert math.isinf(metrics["psnr" + suffix]) or metrics["psnr" + suffix] > 100
+        assert metrics["ssim" + suffix] == pytest.approx(1.0)
+        assert metrics["nrmse" + suffix] == pytest.approx(0.0)
+        assert metrics["mae" + suffix] == pytest.approx(0.0)
+
+
+def test_matched_metrics_ignore_brightness_and_contrast():
+    target = smooth_image(np.random.default_rng(11), (32, 32))
+    metrics = restoration_metrics(2 * target + 5, target)
+    assert metrics["psnr_matched"] > 100  # perfect up to rounding
+    assert metrics["ssim_matched"] == pytest.approx(1.0)
+    assert metrics["mae_matched"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["psnr"] < 0  # errors larger than the target's range
+    assert metrics["ssim"] < 0.5
+
+
+def test_affine_match_fits_each_channel():
+    rng = np.random.default_rng(12)
+    target = np.stack([smooth_image(rng, (32, 32)), smooth_image(rng, (32, 32))])
+    prediction = np.stack([2 * target[0] + 5, -0.5 * target[1] + 3])
+    np.testing.assert_allclose(affine_match(prediction, target, channel_axis=0), target, atol=1e-9)
+    pooled = affine_match(prediction, target)  # one gain and offset for both channels
+    assert np.abs(pooled - target).max() > 0.1
+    flat = affine_match(np.full((32, 32), 7.0), target[0])  # nothing to fit: the mean
+    np.testing.assert_allclose(flat, target[0].mean())
+    with pytest.raises(DeepscopeError):
+        affine_match(prediction[:, :16], target, channel_axis=0)
+
+
+def test_matched_scores_of_a_noisy_image_are_not_worse_than_raw():
+    noisy, target = noisy_pair(np.random.default_rng(13), (32, 32))
+    metrics = restoration_metrics(noisy, target)
+    assert metrics["psnr_matched"] >= metrics["psnr"]
+    assert metrics["nrmse_matched"] <= metrics["nrmse"]
 
 
 @pytest.mark.parametrize(
@@ -145,47 +188,112 @@ def test_best_gaussian_sigma_follows_noise_level():
     assert best_gaussian_sigma(noisy, targets, sigmas=(0.5, 1.0, 3.0)) > 0.5
 
 
+def test_best_gaussian_sigma_ignores_brightness_and_contrast_of_the_input():
+    pairs = make_pairs((32, 32), 2, seed=14)
+    inputs, targets = [x for _, x, _ in pairs], [y for _, _, y in pairs]
+    sigmas = (0.5, 1.0, 1.5, 3.0)
+    rescaled = [10 * x + 50 for x in inputs]
+    assert best_gaussian_sigma(rescaled, targets, sigmas) == best_gaussian_sigma(
+        inputs, targets, sigmas
+    )
+
+
 # ---------------------------------------------------------------------- evaluation
 
 
 def test_summary_has_exactly_the_documented_shape(qc_2d):
-    summary, out = qc_2d
+    summary, out, _ = qc_2d
     assert list(summary) == ["model", "input", "gaussian", "checkpoints", "n_images"]
-    assert set(summary["model"]) == set(summary["input"]) == {"psnr", "ssim", "nrmse", "mae"}
-    assert set(summary["gaussian"]) == {"psnr", "ssim", "nrmse", "mae", "sigma"}
-    assert all(set(c) == {"name", "psnr", "ssim", "best"} for c in summary["checkpoints"])
+    assert list(summary["model"]) == list(summary["input"]) == list(METRICS)
+    assert list(summary["gaussian"]) == [*METRICS, "sigma"]
+    assert all(list(c) == ["name", *METRICS, "best"] for c in summary["checkpoints"])
     assert summary["n_images"] == 3
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_model_beats_noisy_input_and_best_checkpoint_is_flagged(qc_2d):
-    summary, _ = qc_2d
+def test_model_beats_noisy_input_and_best_checkpoint_uses_matched_psnr(qc_2d):
+    summary, _, _ = qc_2d
+    assert summary["model"]["psnr_matched"] > summary["input"]["psnr_matched"]
     assert summary["model"]["psnr"] > summary["input"]["psnr"]
-    best = [c["name"] for c in summary["checkpoints"] if c["best"]]
-    assert best == ["epoch=5"]
+    scores = {c["name"]: c for c in summary["checkpoints"]}
+    # epoch=5 denoises well but with 3x the contrast: worst raw, best matched
+    assert scores["epoch=5"]["psnr"] < scores["epoch=1"]["psnr"]
+    assert scores["epoch=5"]["psnr_matched"] == pytest.approx(summary["model"]["psnr_matched"])
+    assert [name for name, c in scores.items() if c["best"]] == ["epoch=5"]
+
+
+def test_progress_reports_every_stage(qc_2d):
+    _, _, calls = qc_2d
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages == ["baseline", "images", "checkpoints", "figures"]
+    for stage in stages:
+        done = [d for s, d, _ in calls if s == stage]
+        totals = {t for s, _, t in calls if s == stage}
+        assert len(totals) == 1 and done == list(range(totals.pop() + 1))
+    totals = {stage: total for stage, _, total in calls}
+    assert totals["images"] == 3 and totals["checkpoints"] == 6
+    assert totals["figures"] == 3 + 2  # means, checkpoints, loss + 2 per image shown
 
 
 def test_metrics_csv_has_one_row_per_image_and_method(qc_2d):
-    _, out = qc_2d
+    _, out, _ = qc_2d
     with (out / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["image", "method", "psnr", "ssim", "nrmse", "mae"]
+    assert list(rows[0]) == ["image", "method", *METRICS]
     assert len(rows) == 9
     assert {r["method"] for r in rows} == {"model", "input", "gaussian"}
 
 
 def test_report_is_self_contained_and_readable(qc_2d):
-    _, out = qc_2d
+    _, out, _ = qc_2d
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page
     assert "Gaussian filter" in page and "σ=" in page
     assert "The model improves PSNR by" in page
+    assert "compared after matching brightness and contrast to the clean" in page
+    assert "PSNR (dB), matched" in page and "PSNR (dB), raw" in page
     assert "&lt;b&gt;not bold&lt;/b&gt;" in page  # model_info escaped
     assert "http://" not in page and "https://" not in page and "<script" not in page
     figures = {p.name for p in (out / "figures").glob("*.png")}
     assert {"mean_metrics.png", "loss_curves.png", "checkpoints.png"} <= figures
-    assert "01_img_1.tif_errors.png" in figures
-    assert not any(name.startswith("02_") for name in figures)  # max_figure_images=2
+    assert {"00_img_0.tif_comparison.png", "00_img_0.tif_errors.png"} <= figures
+    assert not any(name.startswith("01_") for name in figures)  # max_figure_images=1
+
+
+def test_report_figures_are_compact_pngs(qc_2d):
+    from PIL import Image
+
+    _, out, _ = qc_2d
+    with Image.open(out / "figures" / "00_img_0.tif_comparison.png") as grey:
+        assert grey.mode == "L"  # grey panels and black text only
+    with Image.open(out / "figures" / "00_img_0.tif_errors.png") as colour:
+        assert colour.mode == "P"  # colour maps: at most 256 colours
+
+
+def test_progress_can_stop_the_evaluation(tmp_path):
+    def stop(stage, done, total):
+        if stage == "figures":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_restoration(make_pairs((32, 32), 1), denoise, tmp_path, progress=stop)
+    assert not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_image_views_crop_large_images():
+    rng = np.random.default_rng(15)
+    target = rng.random((2, 600, 400))
+    views = qc_figures.image_views(
+        "big", {"model": target}, target, target, {"model": (30.0, 0.9)}, channel_axis=0
+    )
+    side = int(qc_figures.CROP_SIZE / math.sqrt(2))  # two channels: same number of pixels
+    assert all(p.shape == (2, side, side) for p in views.planes.values())
+    assert views.ssim_map.shape == (2, side, side)
+    assert "crop" in views.where and "2 of 2" in views.where
+    figure = qc_figures.comparison_figure(views)
+    width, height = figure.get_size_inches() * HtmlReport.DPI
+    assert width < 2 * side + 80 and height < 2 * side + 120  # ~1 screen px per pixel
 
 
 def test_3d_report_shows_middle_slice_and_admits_defeat(tmp_path):
@@ -200,7 +308,7 @@ def test_3d_report_shows_middle_slice_and_admits_defeat(tmp_path):
 def test_channel_first_pairs(tmp_path):
     pairs = make_pairs((2, 32, 32), 2, seed=8)
     summary = evaluate_restoration(pairs, denoise, tmp_path, channel_axis=0, max_figure_images=1)
-    assert summary["model"]["psnr"] > summary["input"]["psnr"]
+    assert summary["model"]["psnr_matched"] > summary["input"]["psnr_matched"]
     assert len(list((tmp_path / "figures").glob("*_comparison.png"))) == 1
 
 

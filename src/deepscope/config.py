@@ -98,6 +98,26 @@ class TrainingConfig(_Section):
     )
     seed: int = 42
     val_patches: int = Field(256, ge=1, description="Patches used to compute the validation loss.")
+    start_from: str | None = Field(
+        None,
+        description="A trained deepscope model folder whose weights start this training "
+        "(transfer learning); layers that do not fit are left as new.",
+    )
+    freeze_encoder_epochs: int = Field(
+        0,
+        ge=0,
+        description="Keep the encoder (first half of the U-Net) of the start_from model "
+        "fixed for this many epochs, training only the decoder, then train everything.",
+    )
+
+    @model_validator(mode="after")
+    def _check_freeze(self) -> TrainingConfig:
+        if self.freeze_encoder_epochs and not self.start_from:
+            raise ValueError(
+                "freeze_encoder_epochs needs a trained model to start from (training."
+                "start_from, option --from): a new encoder has learnt nothing worth keeping"
+            )
+        return self
 
 
 class TaskConfigBase(_Section):

@@ -41,8 +41,11 @@ def run_demo(out: Path, max_minutes: float = 2.0) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / "run").exists():
-            raise DeepscopeError("the demo folder exists and is not an earlier demo", out,
-                                 "give another folder with --out")
+            raise DeepscopeError(
+                "the demo folder exists and is not an earlier demo",
+                out,
+                "give another folder with --out",
+            )
         shutil.rmtree(out)  # an earlier demo's results, written by deepscope itself
     config = config_from_dict(demo_config(max_minutes))
     step = "[{}/4] {}".format

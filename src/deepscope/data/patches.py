@@ -55,11 +55,13 @@ def split_train_val(
         )
     py = patch_size[-2]
     tr_in, va_in, tr_t, va_t = [], [], [], []
+    shared = 0
     for i, im in enumerate(inputs):
         ny = im.shape[-2]
         cut = ny - max(py, int(round(ny * fraction)))
         if cut < py:  # too small to split: use the image for both (said in `how`)
             cut = ny
+            shared += 1
         tr_in.append(im[..., :cut, :])
         va_in.append(im[..., cut:, :] if cut < ny else im)
         if targets is not None:
@@ -71,7 +73,13 @@ def split_train_val(
         va_in,
         tr_t if targets is not None else None,
         va_t if targets is not None else None,
-        "the bottom part of each image held out for validation",
+        "the bottom part of each image held out for validation"
+        + (
+            f"; {shared} image(s) too small to split are used for both training and "
+            "validation, so the validation loss is optimistic"
+            if shared
+            else ""
+        ),
     )
 
 

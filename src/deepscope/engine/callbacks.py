@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from deepscope.data.io import atomic_write_text
@@ -108,6 +109,8 @@ class ProgressReport(L.Callback):
         """Remember where this (possibly resumed) training started."""
         self._t0 = time.monotonic()
         self._first_epoch = trainer.current_epoch
+        best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+        self._best = float(best) if best is not None else math.inf
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Print and publish the epoch summary with an ETA."""
@@ -145,12 +148,21 @@ class ProgressReport(L.Callback):
 
 
 def _timer_elapsed(trainer: L.Trainer) -> float:
-    from lightning.pytorch.callbacks import Timer
-
     for cb in trainer.callbacks:
-        if isinstance(cb, Timer):
+        if isinstance(cb, SessionTimer):
             return cb.time_elapsed("train")
     return 0.0
+
+
+class SessionTimer(Timer):
+    """Lightning's time budget, counted per session: a resumed run gets a fresh budget.
+
+    ``--max-minutes`` means "train for at most this long now", so the elapsed time stored
+    in the checkpoint is deliberately not restored.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Ignore the previous session's elapsed time."""
 
 
 class StopFile(L.Callback):

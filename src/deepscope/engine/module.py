@@ -5,12 +5,30 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from deepscope.errors import DeepscopeError
 from deepscope.tasks.base import Task
 
 
 def memory_format(spatial_dims: int) -> torch.memory_format:
     """Channels-last layout for 2D or 3D convolutions (faster with oneDNN and on GPUs)."""
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
+def encoder_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Return the encoder of a U-Net-like model: its down-sampling blocks and bottleneck.
+
+    Raises
+    ------
+    DeepscopeError
+        When the architecture has no ``encoders`` and ``bottleneck`` to freeze.
+    """
+    parts = [getattr(model, name, None) for name in ("encoders", "bottleneck")]
+    if any(p is None for p in parts):
+        raise DeepscopeError(
+            f"the {type(model).__name__} network has no encoder that can be frozen",
+            fix="set training.freeze_encoder_epochs to 0 (leave out --freeze-encoder)",
+        )
+    return [p for p in parts if p is not None]
 
 
 class TaskModule(L.LightningModule):
@@ -31,6 +49,30 @@ class TaskModule(L.LightningModule):
         self.model = task.build_model(in_channels)
         self._format = memory_format(task.config.data.spatial_dims)
         self.model.to(memory_format=self._format)
+
+    # ------------------------------------------------------------ encoder freezing
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the encoder is kept fixed in the current epoch."""
+        freeze = self.task.config.training.freeze_encoder_epochs
+        return bool(freeze) and self.current_epoch < freeze
+
+    def on_train_epoch_start(self) -> None:
+        """Freeze the encoder during the first ``training.freeze_encoder_epochs`` epochs."""
+        if self.task.config.training.freeze_encoder_epochs:
+            frozen = self.encoder_frozen
+            for module in encoder_modules(self.model):
+                module.requires_grad_(not frozen)
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> TaskModule:
+        """Set training mode; a frozen encoder stays in eval mode (batch-norm stats fixed)."""
+        super().train(mode)
+        if mode and self.task.config.training.freeze_encoder_epochs and self.encoder_frozen:
+            for module in encoder_modules(self.model):
+                module.eval()
+        return self
 
     def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.contiguous(memory_format=self._format) for k, v in batch.items()}

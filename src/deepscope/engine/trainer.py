@@ -16,9 +16,22 @@ from torch.utils.data import DataLoader
 
 from deepscope.config import TrainingConfig
 from deepscope.engine import performance
-from deepscope.engine.callbacks import AtomicCheckpointIO, History, ProgressReport, StopFile
+from deepscope.engine.callbacks import (
+    AtomicCheckpointIO,
+    History,
+    ProgressReport,
+    SessionTimer,
+    StopFile,
+)
 
 BEST = "best.ckpt"
+_IGNORED_WARNINGS = (
+    ".*Checkpoint directory.*exists and is not empty.*",
+    ".*does not have many workers.*",
+    ".*GPU available but not used.*",
+    ".*LeafSpec.*",
+    ".*predict_dataloader.*",
+)
 LAST = "last.ckpt"
 
 
@@ -38,9 +51,13 @@ class _PeriodicCheckpoint(ModelCheckpoint):
             every_n_epochs=every,
             save_top_k=-1,
             save_on_train_epoch_end=True,
+            # The name ignores ``ver``: a re-trained epoch (after resume) replaces its file.
+            enable_version_counter=False,
         )
 
-    def format_checkpoint_name(self, metrics: dict, filename: str | None = None, ver: Any = None) -> str:
+    def format_checkpoint_name(
+        self, metrics: dict, filename: str | None = None, ver: Any = None
+    ) -> str:
         """Name checkpoints by the 1-based number of finished epochs."""
         epoch = int(metrics.get("epoch", 0)) + 1
         return str(Path(self.dirpath) / periodic_name(epoch))
@@ -60,23 +77,34 @@ def build_trainer(
         monitor="val_loss",
         mode="min",
         save_top_k=1,
-        save_last=True,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    # Not ``save_last=True`` on ``best``: Lightning writes that only in epochs where a
+    # top-k checkpoint was saved, i.e. when val_loss improved, so it would lag behind.
+    last = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename=LAST.removesuffix(".ckpt"),
+        monitor=None,
+        save_top_k=1,
         enable_version_counter=False,
         save_on_train_epoch_end=True,
     )
     callbacks: list[L.Callback] = [
         best,
         _PeriodicCheckpoint(ckpt_dir, cfg.checkpoint_every),
+        last,
         History(run_dir / "metrics.csv"),
         ProgressReport(cfg.epochs, cfg.max_minutes, listener),
         StopFile(run_dir / "STOP"),
     ]
+    if cfg.max_minutes:
+        callbacks.append(SessionTimer(duration=timedelta(minutes=cfg.max_minutes)))
     accelerator = performance.choose_accelerator()
     precision = performance.choose_precision(cfg.precision, accelerator)
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.epochs,
-        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         accelerator=accelerator,
         devices=1,
         precision=precision,
@@ -106,11 +134,12 @@ def fit(
     performance.tune_allocator()
     performance.setup_threads()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer, _ = build_trainer(run_dir, cfg, listener, show_bar)
+    # Lightning's start-up banners and tips mean nothing to our users; warnings still show.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        for message in _IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message)
+        trainer, _ = build_trainer(run_dir, cfg, listener, show_bar)
         trainer.fit(
             module,
             train_dataloaders=train_loader,

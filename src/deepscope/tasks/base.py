@@ -8,7 +8,8 @@ plumbing, model folders) is shared.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +17,10 @@ from torch import nn
 
 from deepscope.config import TaskConfigBase
 from deepscope.engine.models import build_model
+
+if TYPE_CHECKING:
+    from deepscope.data.normalize import PercentileNormalizer
+    from deepscope.data.validation import Finding
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -31,6 +36,10 @@ class Task(ABC):
     description: ClassVar[str]
     config_class: ClassVar[type[TaskConfigBase]]
     needs_targets: ClassVar[bool] = False
+    #: Whether targets are images normalised like inputs (False for label/class masks).
+    normalize_targets: ClassVar[bool] = True
+    #: Which quality-control family scores this task (see ``deepscope.workflow.qc``).
+    qc_kind: ClassVar[str] = "restoration"
 
     def __init__(self, config: TaskConfigBase):
         self.config = config
@@ -74,6 +83,35 @@ class Task(ABC):
     def postprocess(self, output: np.ndarray) -> np.ndarray:
         """Turn a de-normalised network output (C, *spatial) into the task's result."""
         return output
+
+    def denormalize_output(
+        self, output: np.ndarray, normalizer: PercentileNormalizer
+    ) -> np.ndarray:
+        """Map a raw network output (C, *spatial) back to image intensities.
+
+        ``normalizer`` is the target normaliser (the input's for tasks without targets).
+        Tasks whose extra output channels are not intensities (e.g. an uncertainty)
+        override this.
+        """
+        return normalizer.denormalize(output)
+
+    def side_outputs(self, output: np.ndarray) -> dict[str, np.ndarray]:
+        """Extra result images of a de-normalised output, written beside the result.
+
+        Returns a dict ``suffix -> array (C, *spatial)``; ``deepscope predict`` writes
+        each as ``<name>_<suffix>.tif``. None by default.
+        """
+        return {}
+
+    def extra_checks(
+        self,
+        image_path: Path,
+        image_cf: np.ndarray,
+        target_path: Path | None,
+        target_cf: np.ndarray | None,
+    ) -> list[Finding]:
+        """Return the task's own data findings for ``validate`` (see ``validate_dataset``)."""
+        return []
 
 
 def register_task(cls: type[Task]) -> type[Task]:

@@ -107,13 +107,12 @@ def blind_spot_mask(
     masked = x.clone()
     idx = [coords[:, 0], slice(None)]
     if variant == "n2v2":
-        nbr = coords[:, None, 1:] + offsets[None]  # (M, K, dims)
-        nbr = _reflect(nbr, limits)
+        nbr = _neighbours(coords[:, None, 1:], offsets[None], limits)  # (M, K, dims)
         values = x[(coords[:, 0, None],) + (slice(None),) + tuple(nbr[..., d] for d in range(dims))]
         # values: (M, K, C) -> median over K
         replacement = values.median(dim=1).values
     else:
-        nbr = _reflect(coords[:, 1:] + offsets[pick], limits)
+        nbr = _neighbours(coords[:, 1:], offsets[pick], limits)
         replacement = x[(coords[:, 0], slice(None)) + tuple(nbr[:, d] for d in range(dims))]
     target_index = tuple(idx) + tuple(coords[:, 1 + d] for d in range(dims))
     masked[target_index] = replacement
@@ -122,9 +121,14 @@ def blind_spot_mask(
     return masked, mask
 
 
-def _reflect(coords: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
-    coords = coords.abs()
-    return torch.where(coords > limits, 2 * limits - coords, coords)
+def _neighbours(centres: torch.Tensor, offsets: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    # Along an axis where centre + offset leaves the image, use centre - offset instead.
+    # Reflecting the coordinate about the border can land on the centre itself (e.g.
+    # 1 - 2 -> -1 -> 1), which would show the network the value it must predict.
+    nbr = centres + offsets
+    outside = (nbr < 0) | (nbr > limits)
+    nbr = torch.where(outside, centres - offsets, nbr)
+    return torch.minimum(nbr.clamp(min=0), limits)
 
 
 @register_task

@@ -100,10 +100,15 @@ def save_model_folder(
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent)
+        )
     except OSError as err:
-        raise OutputError(f"cannot write here ({err.strerror})", folder.parent,
-                          "choose a folder you can write to, with free space") from None
+        raise OutputError(
+            f"cannot write here ({err.strerror})",
+            folder.parent,
+            "choose a folder you can write to, with free space",
+        ) from None
     try:
         info = {
             "format_version": MODEL_FORMAT_VERSION,
@@ -167,9 +172,17 @@ def model_card(config: TaskConfigBase, info: dict[str, Any]) -> str:
         "",
         "## Training",
         f"- created: {info['created']} with deepscope {info['deepscope_version']}",
-        f"- input: {info['in_channels']} channel(s), {info['spatial_dims']}D, axes {info['input_axes']}",
+        f"- input: {info['in_channels']} channel(s), {info['spatial_dims']}D, "
+        f"axes {info['input_axes']}",
     ]
-    for key in ("images", "epochs_trained", "best_epoch", "best_val_loss", "minutes", "stopped_because"):
+    for key in (
+        "images",
+        "epochs_trained",
+        "best_epoch",
+        "best_val_loss",
+        "minutes",
+        "stopped_because",
+    ):
         if key in t:
             lines.append(f"- {key.replace('_', ' ')}: {t[key]}")
     lines += [
@@ -186,6 +199,19 @@ def model_card(config: TaskConfigBase, info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFolderError(
+            f"{path.name} is missing", path.parent, "copy the whole model folder again"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFolderError(
+            f"{path.name} is damaged (not valid JSON)", path, "copy the model folder again"
+        ) from None
+
+
 def load_model_folder(folder: str | Path) -> TrainedModel:
     """Load a model folder written by :func:`save_model_folder`.
 
@@ -198,19 +224,22 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
     info_path = folder / INFO_FILE
     if not folder.is_dir():
         raise ModelFolderError(
-            "model folder not found", folder,
+            "model folder not found",
+            folder,
             "give the 'model' folder inside a training run, e.g. runs/n2v1/model",
         )
     if not info_path.exists():
-        hint = " (this looks like a run folder: use its 'model' sub-folder)" if (
-            folder / "model" / INFO_FILE
-        ).exists() else ""
+        hint = (
+            " (this looks like a run folder: use its 'model' sub-folder)"
+            if (folder / "model" / INFO_FILE).exists()
+            else ""
+        )
         raise ModelFolderError(
             f"this is not a deepscope model folder: {INFO_FILE} is missing{hint}",
             folder,
             "give the 'model' folder written by 'deepscope train'",
         )
-    info = json.loads(info_path.read_text())
+    info = _read_json(info_path)
     version = int(info.get("format_version", 0))
     if version > MODEL_FORMAT_VERSION:
         raise ModelFolderError(
@@ -222,8 +251,10 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
     try:
         config = load_config(folder / "config.yaml")
     except ConfigError as err:
-        raise ModelFolderError(f"its config is invalid: {err.problem}", folder / "config.yaml") from None
-    norm = json.loads((folder / "normalization.json").read_text())
+        raise ModelFolderError(
+            f"its config is invalid: {err.problem}", folder / "config.yaml"
+        ) from None
+    norm = _read_json(folder / "normalization.json")
     task = get_task(config.task)(config)
     network = task.build_model(int(info["in_channels"]))
     network.load_state_dict(_load_state(folder / "weights.pt"))
@@ -234,6 +265,8 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
         task=task,
         network=network,
         normalizer=PercentileNormalizer.from_dict(norm["input"]),
-        target_normalizer=PercentileNormalizer.from_dict(norm["target"]) if "target" in norm else None,
+        target_normalizer=PercentileNormalizer.from_dict(norm["target"])
+        if "target" in norm
+        else None,
         info=info,
     )

@@ -41,7 +41,23 @@ def predict_array(
 
     ``network`` overrides the model's network (used to score checkpoints).
     """
+    return model.task.postprocess(predict_raw(model, image_cf, tiles, progress, network))
+
+
+def predict_raw(
+    model: TrainedModel,
+    image_cf: np.ndarray,
+    tiles: TileSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    network=None,
+) -> np.ndarray:
+    """Return the de-normalised network output of a channel-first image, before postprocess.
+
+    It holds every output channel (e.g. CARE's uncertainty besides its mean); the task's
+    ``postprocess`` turns it into the result and ``side_outputs`` gives the extra images.
+    """
     tiles = tiles or TileSettings()
+    apply_tuned_settings(model)
     if image_cf.shape[0] != model.in_channels:
         raise DeepscopeError(
             f"the image has {image_cf.shape[0]} channel(s) but the model was trained on "
@@ -65,7 +81,33 @@ def predict_array(
         progress=progress,
     )
     denorm = model.target_normalizer or model.normalizer
-    return model.task.postprocess(denorm.denormalize(y))
+    return model.task.denormalize_output(y, denorm)
+
+
+TUNED_SETTINGS_FILE = "thresholds.json"
+"""Settings tuned after training (e.g. a probability threshold chosen by QC), kept in the
+model folder and applied to the task before every prediction."""
+
+
+def apply_tuned_settings(model: TrainedModel) -> None:
+    """Give the task the settings in the model folder's ``thresholds.json``, if both exist.
+
+    Tasks that have such settings define ``use_tuned_settings(settings: dict)``; the
+    file is written by quality control (e.g. the best probability threshold).
+    """
+    hook = getattr(model.task, "use_tuned_settings", None)
+    path = model.folder / TUNED_SETTINGS_FILE
+    if hook is None or not path.is_file():
+        return
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DeepscopeError(
+            f"the tuned settings cannot be read ({err})",
+            path,
+            "delete the file (the defaults are then used) or run 'deepscope qc' again",
+        ) from None
+    hook(settings)
 
 
 def _sha256(path: Path) -> str:
@@ -90,6 +132,24 @@ def output_name(input_path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] + ".tif"
     return name + ".tif"
+
+
+def side_output_name(result_name: str, suffix: str) -> str:
+    """Return the file name of an extra result: ``cell.tif`` → ``cell_uncertainty.tif``."""
+    for ending in (".ome.zarr", ".tif"):
+        if result_name.endswith(ending):
+            return f"{result_name[: -len(ending)]}_{suffix}{ending}"
+    return f"{result_name}_{suffix}"
+
+
+def side_output_suffixes(model: TrainedModel) -> list[str]:
+    """Return the suffixes of the extra results the model writes (e.g. ``["uncertainty"]``).
+
+    They depend only on the task and its config, so an empty output is probed.
+    """
+    dims = model.config.data.spatial_dims
+    probe = np.zeros((int(model.info["out_channels"]),) + (1,) * dims, dtype=np.float32)
+    return list(model.task.side_outputs(probe))
 
 
 def resolve_inputs(source: Path) -> list[Path]:
@@ -127,14 +187,20 @@ def predict_files(
 
     Writes one result per input (same name, TIFF or OME-Zarr, the input's axes) and a
     ``provenance.json`` listing model, config hash, input files with checksums and dates.
+    Tasks with extra outputs add them beside each result, named by
+    :func:`side_output_name`: probabilistic CARE writes ``<name>_uncertainty.tif``, the
+    predicted Laplace scale per pixel (the expected absolute error, in the target's
+    intensity units); provenance.json names it under the output's entry.
     Existing results are not overwritten unless ``overwrite`` is set.
     """
     inputs = resolve_inputs(source)
     out_dir = Path(out_dir)
     check_output_folder(out_dir, inputs)
     targets = [out_dir / output_name(p) for p in inputs]
+    suffixes = side_output_suffixes(model)
     if not overwrite:
-        existing = [t for t in targets if t.exists()]
+        extra = [t.with_name(side_output_name(t.name, x)) for t in targets for x in suffixes]
+        existing = [t for t in targets + extra if t.exists()]
         if existing:
             raise OutputError(
                 f"{len(existing)} result file(s) already exist, e.g. {existing[0].name}",
@@ -144,8 +210,11 @@ def predict_files(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"cannot create the output folder ({err.strerror})", out_dir,
-                          "choose a folder you can write to") from None
+        raise OutputError(
+            f"cannot create the output folder ({err.strerror})",
+            out_dir,
+            "choose a folder you can write to",
+        ) from None
     dims = model.config.data.spatial_dims
     record = {
         "deepscope_version": __version__,
@@ -159,16 +228,40 @@ def predict_files(
     for i, (src, dst) in enumerate(zip(inputs, targets, strict=True)):
         img = read_image(src, axes=axes or model.config.data.axes)
         cf = to_channel_first(img.data, img.axes, dims, path=src)
-        tile_cb = (lambda d, t, i=i: progress(src.name, i + d / t, len(inputs))) if progress else None
-        result = predict_array(model, cf, tiles, progress=tile_cb)
-        out_axes = output_axes(img.axes, dims, result.shape[0])
-        write_image(dst, from_channel_first(result, img.axes, dims), out_axes,
-                    overwrite=overwrite, metadata=img.metadata)
-        written.append(dst)
-        record["files"].append(
-            {"input": str(src.resolve()), "input_sha256": _sha256(src), "output": dst.name,
-             "axes": out_axes, "date": _now()}
+        tile_cb = (
+            (lambda d, t, i=i, name=src.name: progress(name, i + d / t, len(inputs)))
+            if progress
+            else None
         )
+        raw = predict_raw(model, cf, tiles, progress=tile_cb)
+        result = model.task.postprocess(raw)
+        out_axes = output_axes(img.axes, dims, result.shape[0])
+        write_image(
+            dst,
+            from_channel_first(result, img.axes, dims),
+            out_axes,
+            overwrite=overwrite,
+            metadata=img.metadata,
+        )
+        written.append(dst)
+        entry = {
+            "input": str(src.resolve()),
+            "input_sha256": _sha256(src),
+            "output": dst.name,
+            "axes": out_axes,
+            "date": _now(),
+        }
+        for suffix, extra in model.task.side_outputs(raw).items():
+            side = dst.with_name(side_output_name(dst.name, suffix))
+            write_image(
+                side,
+                from_channel_first(extra, img.axes, dims),
+                output_axes(img.axes, dims, extra.shape[0]),
+                overwrite=overwrite,
+                metadata=img.metadata,
+            )
+            entry[suffix] = side.name
+        record["files"].append(entry)
         atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
     return written
 

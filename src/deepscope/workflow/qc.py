@@ -17,8 +17,14 @@ from deepscope.data.io import atomic_write_text, list_images
 from deepscope.data.pairing import pair_by_name
 from deepscope.errors import DeepscopeError
 from deepscope.workflow.model_folder import TrainedModel
-from deepscope.workflow.predict import TileSettings, predict_array
+from deepscope.workflow.predict import (
+    TileSettings,
+    predict_array,
+    predict_raw,
+    side_output_suffixes,
+)
 from deepscope.workflow.qc_restoration import evaluate_restoration
+from deepscope.workflow.qc_segmentation import segmentation_qc
 from deepscope.workflow.training import load_images
 
 
@@ -32,9 +38,13 @@ def _pairs(images: Path, targets: Path) -> list[tuple[Path, Path]]:
             "give each QC image a target with the same file name (run 'deepscope validate')",
         )
     if not result.pairs:
-        raise DeepscopeError("no image/target pairs found", images,
-                             "give folders whose files have the same names")
+        raise DeepscopeError(
+            "no image/target pairs found", images, "give folders whose files have the same names"
+        )
     return result.pairs
+
+
+QcRunner = Callable[..., dict[str, Any]]
 
 
 def run_qc(
@@ -48,15 +58,37 @@ def run_qc(
 ) -> dict[str, Any]:
     """Score ``model`` on the pairs in ``images``/``targets``; write a report into ``out_dir``.
 
-    Also stores the summary as ``qc_summary.json`` in the model folder.
+    The task's ``qc_kind`` picks the scoring (see ``QC_RUNNERS``). The summary is also
+    stored as ``qc_summary.json`` in the model folder.
     """
+    runner = QC_RUNNERS.get(model.task.qc_kind)
+    if runner is None:
+        raise DeepscopeError(
+            f"quality control for '{model.config.task}' models is not available yet"
+        )
     pairs = _pairs(Path(images), Path(targets))
+    summary = runner(model, pairs, Path(out_dir), tiles=tiles, progress=progress)
+    atomic_write_text(model.folder / "qc_summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def restoration_qc(
+    model: TrainedModel,
+    pairs: list[tuple[Path, Path]],
+    out_dir: Path,
+    *,
+    tiles: TileSettings | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Restoration metrics (PSNR, SSIM, ...) of model, input and Gaussian filter."""
     d = model.config.data
     inputs, _ = load_images([p for p, _ in pairs], d.axes, d.spatial_dims)
     tgts, _ = load_images([t for _, t in pairs], d.axes, d.spatial_dims)
     single = model.in_channels == 1
     squeeze = (lambda a: a[0]) if single else (lambda a: a)
-    data = [(p.name, squeeze(i), squeeze(t)) for (p, _), i, t in zip(pairs, inputs, tgts, strict=True)]
+    data = [
+        (p.name, squeeze(i), squeeze(t)) for (p, _), i, t in zip(pairs, inputs, tgts, strict=True)
+    ]
 
     def predictor(network=None) -> Callable[[np.ndarray], np.ndarray]:
         def predict(arr: np.ndarray) -> np.ndarray:
@@ -68,14 +100,15 @@ def run_qc(
     checkpoint_predicts = {
         name: predictor(model.network_from_checkpoint(name)) for name in model.checkpoint_names()
     }
+    predict, uncertainty = _predict_with_uncertainty(model, tiles, single)
     info = {
         "model folder": str(model.folder),
         "task": model.config.task,
         **{k: v for k, v in model.info.get("training", {}).items()},
     }
-    summary = evaluate_restoration(
+    return evaluate_restoration(
         data,
-        predictor(),
+        predict,
         out_dir,
         channel_axis=None if single else 0,
         checkpoint_predicts=checkpoint_predicts,
@@ -83,6 +116,37 @@ def run_qc(
         title=f"Quality control — {model.task.title}",
         model_info=info,
         progress=progress,
+        uncertainty=uncertainty,
     )
-    atomic_write_text(model.folder / "qc_summary.json", json.dumps(summary, indent=2))
-    return summary
+
+
+def _predict_with_uncertainty(
+    model: TrainedModel, tiles: TileSettings | None, single: bool
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray] | None]:
+    """The model's predict callable and, for models that predict one, its uncertainty.
+
+    Both come from one network pass: the uncertainty of the image last predicted is kept
+    until asked for (QC asks right after predicting the same image).
+    """
+    squeeze = (lambda a: a[0]) if single else (lambda a: a)
+    kept: dict[int, np.ndarray] = {}
+
+    def run(arr: np.ndarray) -> np.ndarray:
+        raw = predict_raw(model, arr[None] if single else arr, tiles)
+        kept.clear()
+        side = model.task.side_outputs(raw)
+        if "uncertainty" in side:
+            kept[id(arr)] = squeeze(side["uncertainty"])
+        return squeeze(model.task.postprocess(raw))
+
+    def uncertainty(arr: np.ndarray) -> np.ndarray:
+        if id(arr) not in kept:
+            run(arr)
+        return kept.pop(id(arr))
+
+    return run, (uncertainty if "uncertainty" in side_output_suffixes(model) else None)
+
+
+#: QC implementation per ``Task.qc_kind``; tasks with other outputs add theirs here.
+QC_RUNNERS: dict[str, QcRunner] = {"restoration": restoration_qc}
+QC_RUNNERS["segmentation"] = segmentation_qc

@@ -52,6 +52,8 @@ __all__ = [
     "METRICS",
     "Progress",
     "affine_match",
+    "pearson_r",
+    "uncertainty_calibration",
     "best_gaussian_sigma",
     "evaluate_restoration",
     "gaussian_baseline",
@@ -64,8 +66,13 @@ Progress = Callable[[str, int, int], None]
 
 RAW_METRICS = ("psnr", "ssim", "nrmse", "mae")
 MATCHED_METRICS = tuple(f"{m}_matched" for m in RAW_METRICS)
-METRICS = RAW_METRICS + MATCHED_METRICS
-"""Keys of every metrics dict: raw ones, then the same after :func:`affine_match`."""
+INVARIANT_METRICS = ("pearson_r",)
+"""Metrics that brightness/contrast matching does not change (so they exist once)."""
+METRICS = RAW_METRICS + MATCHED_METRICS + INVARIANT_METRICS
+"""Keys of every metrics dict: raw ones, the same after :func:`affine_match`, then
+the Pearson correlation with the target (``pearson_r``)."""
+CALIBRATION_BINS = 10
+_CALIBRATION_SAMPLES = 200_000  # pixels per image used for the calibration plot
 METHODS = ("model", "input", "gaussian")
 DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 MAX_FIGURE_IMAGES = 8
@@ -79,6 +86,9 @@ _METRIC_HELP = {
     "Lower is better; 0.05 means errors of about 5 % of the range.",
     "mae": "Mean absolute difference from the target, in the images' own intensity units. "
     "Lower is better.",
+    "pearson_r": "Pearson correlation between the output and the target, pixel by pixel, "
+    "from −1 to 1 (1 = perfectly proportional), as reported for label-free prediction "
+    "(fnet). It ignores brightness and contrast. Higher is better.",
     "matched / raw": "Matched: the output's brightness and contrast (a gain and an offset) "
     "were first fitted to the target by least squares, as in the CARE paper, so only the "
     "restoration is scored. Raw: the output as it is; also penalises any difference in "
@@ -213,13 +223,46 @@ def _score(
     raw, _ = _metric_set(pred, true, rng, channel_axis, full=False)
     fitted, ssim_map = _metric_set(matched, true, rng, channel_axis, full=full)
     metrics = {**raw, **{f"{key}_matched": value for key, value in fitted.items()}}
+    metrics["pearson_r"] = pearson_r(pred, true, channel_axis=channel_axis)
     return metrics, matched, ssim_map
+
+
+def pearson_r(
+    prediction: np.ndarray, target: np.ndarray, *, channel_axis: int | None = None
+) -> float:
+    """Pearson correlation coefficient of prediction and target over all pixels.
+
+    Parameters
+    ----------
+    prediction, target
+        Images of the same shape.
+    channel_axis
+        Index of the channel axis; the coefficient is then computed per channel and
+        averaged.
+
+    Returns
+    -------
+    float
+        From -1 to 1; NaN when the prediction or the target is constant (a channel).
+    """
+    pred = np.asarray(prediction, dtype=np.float64)
+    true = np.asarray(target, dtype=np.float64)
+    if channel_axis is None:
+        pred, true = pred[None], true[None]
+    else:
+        pred, true = np.moveaxis(pred, channel_axis, 0), np.moveaxis(true, channel_axis, 0)
+    values = []
+    for p, t in zip(pred.reshape(len(pred), -1), true.reshape(len(true), -1), strict=True):
+        p, t = p - p.mean(), t - t.mean()
+        denominator = math.sqrt(float(np.dot(p, p)) * float(np.dot(t, t)))
+        values.append(float(np.dot(p, t)) / denominator if denominator > 0 else math.nan)
+    return float(np.mean(values))
 
 
 def _metric_set(
     pred: np.ndarray, true: np.ndarray, rng: float, channel_axis: int | None, *, full: bool
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """The four raw metrics of validated float arrays and, if ``full``, the SSIM map."""
+    """Compute the four metrics of validated float arrays and, if ``full``, the SSIM map."""
     ssim = structural_similarity(
         true,
         pred,
@@ -441,6 +484,7 @@ def evaluate_restoration(
     data_range: float | None = None,
     max_figure_images: int = MAX_FIGURE_IMAGES,
     progress: Progress | None = None,
+    uncertainty: Predict | None = None,
 ) -> dict[str, Any]:
     """Evaluate a restoration model on QC pairs and write metrics, figures and a report.
 
@@ -488,6 +532,12 @@ def evaluate_restoration(
         (per checkpoint and pair; only with checkpoints) and ``"figures"`` (per
         figure). An exception raised by it stops the evaluation before
         ``summary.json`` and ``report.html`` are written.
+    uncertainty
+        Optional callable mapping an input array to the model's predicted per-pixel
+        uncertainty (expected absolute error, in the target's units, same shape), e.g.
+        probabilistic CARE's Laplace scale. The report then shows it beside the error
+        of each example image and a calibration plot, and the summary gets an
+        ``"uncertainty"`` entry (see :func:`uncertainty_calibration`).
 
     Returns
     -------
@@ -497,8 +547,8 @@ def evaluate_restoration(
         ...], "n_images"}``. Each method's dict and each checkpoint hold the mean over
         images of every key in :data:`METRICS`: ``psnr``, ``ssim``, ``nrmse``,
         ``mae`` (raw) and ``psnr_matched``, ``ssim_matched``, ``nrmse_matched``,
-        ``mae_matched``. Non-finite numbers (PSNR of an exact match is infinite) are
-        stored as None, so the file is strict JSON.
+        ``mae_matched``, and ``pearson_r``. Non-finite numbers (PSNR of an exact
+        match is infinite) are stored as None, so the file is strict JSON.
     """
     _check_pairs(pairs, channel_axis, data_range)
     channel_axis = _check_image(pairs[0][2], channel_axis, "The target")
@@ -515,6 +565,7 @@ def evaluate_restoration(
     )
     rows: list[dict[str, Any]] = []
     views: list[ImageViews] = []
+    calibration: list[tuple[np.ndarray, np.ndarray]] = []
     advance = _stage(progress, "images", len(pairs))
     for index, (name, noisy, target) in enumerate(pairs):
         image_rows, image_views = _evaluate_image(
@@ -526,6 +577,8 @@ def evaluate_restoration(
             channel_axis,
             data_range,
             keep_views=index < max_figure_images,
+            uncertainty=uncertainty,
+            calibration=calibration,
         )
         rows.extend(image_rows)
         views.extend([image_views] if image_views is not None else [])
@@ -534,8 +587,13 @@ def evaluate_restoration(
         checkpoint_predicts or {}, pairs, channel_axis, data_range, progress
     )
     summary = _json_safe(_summarise(rows, sigma, checkpoints, len(pairs)))
+    if uncertainty is not None:
+        summary["uncertainty"] = _json_safe(
+            uncertainty_calibration([u for u, _ in calibration], [e for _, e in calibration])
+        )
 
     n_figures = 1 + bool(summary["checkpoints"]) + (curves is not None) + 2 * len(views)
+    n_figures += (1 + len(views)) if uncertainty is not None else 0
     report = _build_report(
         title,
         out_dir,
@@ -610,13 +668,27 @@ def _evaluate_image(
     data_range: float | None,
     *,
     keep_views: bool,
+    uncertainty: Predict | None = None,
+    calibration: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[list[dict[str, Any]], ImageViews | None]:
-    """Score model, input and Gaussian baseline on one pair; optionally keep crops."""
+    """Score model, input and Gaussian baseline on one pair; optionally keep crops.
+
+    With ``uncertainty``, the predicted uncertainty and the model's absolute error
+    (as it is, in the target's units) are sampled into ``calibration`` and kept as
+    ``"uncertainty"`` and ``"abs_error"`` crops.
+    """
     outputs = {
         "model": _run_predict(predict, noisy, name, "model"),
         "input": noisy,
         "gaussian": gaussian_baseline(noisy, sigma, channel_axis=channel_axis),
     }
+    extra_views: dict[str, np.ndarray] = {}
+    if uncertainty is not None:
+        scale = np.asarray(_run_predict(uncertainty, noisy, name, "uncertainty"), np.float64)
+        error = np.abs(np.asarray(outputs["model"], np.float64) - target)
+        if calibration is not None:
+            calibration.append(_sample_pixels(scale, error, seed=len(calibration)))
+        extra_views = {"uncertainty": scale, "abs_error": error}
     metrics: dict[str, dict[str, float]] = {}
     matched: dict[str, np.ndarray] = {}
     ssim_map = None
@@ -631,7 +703,7 @@ def _evaluate_image(
         return rows, None
     views = figures.image_views(
         name,
-        {key: matched[key] for key in ("input", "gaussian", "model")},
+        {**{key: matched[key] for key in ("input", "gaussian", "model")}, **extra_views},
         target,
         ssim_map,
         {key: (m["psnr_matched"], m["ssim_matched"]) for key, m in metrics.items()},
@@ -657,7 +729,9 @@ def _evaluate_checkpoints(
         scores = []
         for name, noisy, target in pairs:
             output = _run_predict(predict, noisy, name, f"checkpoint '{ckpt}'")
-            scores.append(_score(output, target, data_range, channel_axis, full=False, name=name)[0])
+            scores.append(
+                _score(output, target, data_range, channel_axis, full=False, name=name)[0]
+            )
             advance()
         means = {key: float(np.mean([s[key] for s in scores])) for key in METRICS}
         results.append({"name": str(ckpt), **means, "best": False})
@@ -762,8 +836,8 @@ def _parse_epoch(name: str) -> int | None:
 
 
 def _headline(summary: Mapping[str, Any]) -> tuple[str, str]:
-    """Return the verdict sentence for the top of the report and its paragraph style."""
-    model, noisy, gauss = (_finite_or_nan(summary[m]["psnr"]) for m in METHODS)
+    """Return the verdict (matched PSNR) for the top of the report and its paragraph style."""
+    model, noisy, gauss = (finite_or_nan(summary[m]["psnr_matched"]) for m in METHODS)
     sigma = summary["gaussian"]["sigma"]
     baseline = f"the best Gaussian filter (σ={sigma:g} pixels)"
     if not all(math.isfinite(v) for v in (model, noisy, gauss)):
@@ -775,74 +849,87 @@ def _headline(summary: Mapping[str, Any]) -> tuple[str, str]:
     over_input, over_gauss = model - noisy, model - gauss
     if over_input <= 0:
         side = "above" if over_gauss > 0 else "below"
-        return (
+        verdict = (
             f"The model does NOT improve on the noisy input: its mean PSNR is "
             f"{-over_input:.2f} dB lower than the input's, and {abs(over_gauss):.2f} dB "
             f"{side} {baseline}.",
             "warning",
         )
-    if over_gauss <= 0:
-        return (
+    elif over_gauss <= 0:
+        verdict = (
             f"The model improves PSNR by {over_input:.2f} dB over the noisy input, but it "
             f"does NOT beat a simple Gaussian filter: {baseline} scores {-over_gauss:.2f} dB "
             "higher. A blur does as well on these images; consider more training or data.",
             "warning",
         )
-    return (
-        f"The model improves PSNR by {over_input:.2f} dB over the noisy input and by "
-        f"{over_gauss:.2f} dB over {baseline}.",
-        "lead",
-    )
+    else:
+        verdict = (
+            f"The model improves PSNR by {over_input:.2f} dB over the noisy input and by "
+            f"{over_gauss:.2f} dB over {baseline}.",
+            "lead",
+        )
+    return f"{verdict[0]} {_MATCHING_REASON}", verdict[1]
 
 
 def _scope_sentence(summary: Mapping[str, Any], data_range: float | None) -> str:
-    ssim = {m: _finite_or_nan(summary[m]["ssim"]) for m in METHODS}
+    ssim = {m: finite_or_nan(summary[m]["ssim_matched"]) for m in METHODS}
+    raw = {m: finite_or_nan(summary[m]["psnr"]) for m in METHODS}
     scale = (
         f"a fixed intensity range of {data_range:g}"
         if data_range is not None
         else "each target's intensity range (max − min)"
     )
     return (
-        f"Evaluated on {summary['n_images']} held-out image pair(s). Mean SSIM: model "
-        f"{ssim['model']:.3f}, noisy input {ssim['input']:.3f}, Gaussian filter "
-        f"{ssim['gaussian']:.3f} (1 = identical to the target). All methods are scored "
-        f"against the target on the same scale, using {scale}."
+        f"Evaluated on {summary['n_images']} held-out image pair(s). Mean SSIM after "
+        f"matching: model {ssim['model']:.3f}, noisy input {ssim['input']:.3f}, Gaussian "
+        f"filter {ssim['gaussian']:.3f} (1 = identical to the target). Without matching "
+        f"(raw), mean PSNR is {raw['model']:.2f} dB for the model, {raw['input']:.2f} dB for "
+        f"the noisy input and {raw['gaussian']:.2f} dB for the Gaussian filter. All methods "
+        f"are scored against the target on the same scale, using {scale}."
     )
 
 
 def _mean_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for method in ("input", "gaussian", "model"):
-        label = _METHOD_LABELS[method]
+        label = METHOD_LABELS[method]
         if method == "gaussian":
             label += f" (σ={summary['gaussian']['sigma']:g})"
-        rows.append({"method": label, **{_METRIC_LABELS[m]: summary[method][m] for m in METRICS}})
+        columns = MATCHED_METRICS + RAW_METRICS
+        rows.append(
+            {
+                "method": label,
+                **{metric_label(m): summary[method][m] for m in columns},
+                "Pearson r": summary[method].get("pearson_r"),
+            }
+        )
     return rows
 
 
 def _per_image_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per image; columns metric × method (input, Gaussian, model)."""
-    table: dict[str, dict[str, Any]] = {}
+    """One row per image; PSNR and SSIM (matched, then raw) × method."""
+    by_image: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
-        line = table.setdefault(row["image"], {"image": row["image"]})
-        for metric in METRICS:
-            line[f"{_METRIC_LABELS[metric]} {_METHOD_LABELS[row['method']]}"] = row[metric]
-    order = [
-        f"{_METRIC_LABELS[m]} {_METHOD_LABELS[k]}"
-        for m in METRICS
-        for k in ("input", "gaussian", "model")
-    ]
+        by_image[row["image"]][row["method"]] = row
     return [
-        {"image": line["image"], **{col: line[col] for col in order}} for line in table.values()
+        {
+            "image": image,
+            **{
+                f"{metric_label(metric)}: {METHOD_LABELS[method]}": scores[method][metric]
+                for metric in ("psnr_matched", "ssim_matched", "psnr", "ssim")
+                for method in ("input", "gaussian", "model")
+            },
+        }
+        for image, scores in by_image.items()
     ]
 
 
 def _checkpoint_table(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    shown = ("psnr_matched", "ssim_matched", "psnr", "ssim")
     return [
         {
             "checkpoint": c["name"],
-            "mean PSNR (dB)": c["psnr"],
-            "mean SSIM": c["ssim"],
+            **{f"mean {metric_label(m)}": c[m] for m in shown},
             "best": "★ best" if c["best"] else "",
         }
         for c in checkpoints
@@ -854,12 +941,19 @@ def _build_report(
     out_dir: Path,
     summary: Mapping[str, Any],
     rows: list[dict[str, Any]],
-    views: list[_ImageViews],
+    views: list[ImageViews],
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None,
     model_info: Mapping[str, Any] | None,
     data_range: float | None,
+    figure_done: Callable[[], None],
 ) -> HtmlReport:
+    """Assemble the report, saving its figures; ``figure_done()`` after each figure."""
     report = HtmlReport(title, figures_dir=out_dir / "figures")
+
+    def add_figure(figure: Any, caption: str, filename: str) -> None:
+        report.add_figure(figure, caption, filename=filename)
+        figure_done()
+
     report.add_paragraph(*_headline(summary))
     report.add_paragraph(_scope_sentence(summary, data_range), css_class="note")
     if model_info:
@@ -868,70 +962,283 @@ def _build_report(
     report.add_heading("Mean metrics")
     report.add_table(_mean_table(summary), caption="Averages over all QC images")
     report.add_table(
-        [{"metric": _METRIC_LABELS[m], "what it means": _METRIC_HELP[m]} for m in METRICS],
+        [
+            {"metric": METRIC_LABELS.get(m, m), "what it means": text}
+            for m, text in _METRIC_HELP.items()
+        ],
         caption="What the metrics mean",
     )
-    report.add_figure(
-        _mean_bar_figure(summary),
-        "Mean PSNR and SSIM of the noisy input, the best Gaussian filter and the model.",
-        filename="mean_metrics.png",
+    if "uncertainty" in summary:
+        _add_calibration_section(summary["uncertainty"], report, add_figure)
+    add_figure(
+        figures.mean_metrics_figure(summary),
+        "Mean PSNR and SSIM of the noisy input, the best Gaussian filter and the model, "
+        "after matching brightness and contrast to the target (solid) and raw (hatched).",
+        "mean_metrics.png",
     )
     if summary["checkpoints"]:
-        _add_checkpoint_section(report, summary)
+        _add_checkpoint_section(summary, report, add_figure)
     if curves is not None:
         report.add_heading("Training history")
-        report.add_figure(
-            _loss_figure(curves),
+        add_figure(
+            figures.loss_figure(curves),
             "Training and validation loss per epoch. A validation loss that rises while the "
             "training loss falls indicates over-fitting.",
-            filename="loss_curves.png",
+            "loss_curves.png",
         )
     report.add_heading("Per image")
-    report.add_table(_per_image_table(rows), caption="Metrics of every QC image")
-    _add_image_figures(report, views, summary)
+    report.add_table(
+        _per_image_table(rows),
+        caption="Metrics of every QC image (NRMSE and MAE are in metrics.csv)",
+    )
+    _add_image_figures(views, summary, report, add_figure)
     return report
 
 
-def _add_checkpoint_section(report: HtmlReport, summary: Mapping[str, Any]) -> None:
+def _add_checkpoint_section(
+    summary: Mapping[str, Any], report: HtmlReport, add_figure: Callable[[Any, str, str], None]
+) -> None:
     checkpoints = summary["checkpoints"]
     report.add_heading("Checkpoints")
     best = next(c for c in checkpoints if c["best"])
     report.add_paragraph(
-        f"Best checkpoint: {best['name']} (mean PSNR {format_value(best['psnr'])} dB, "
-        f"mean SSIM {format_value(best['ssim'])})."
+        f"Best checkpoint: {best['name']} (mean PSNR {format_value(best['psnr_matched'])} dB, "
+        f"mean SSIM {format_value(best['ssim_matched'])}, after matching brightness and "
+        "contrast to the target)."
     )
     report.add_table(_checkpoint_table(checkpoints), caption="Mean metrics per checkpoint")
-    report.add_figure(
-        _checkpoint_figure(checkpoints, summary),
-        "Mean PSNR and SSIM of each checkpoint; the best one (highest PSNR) is starred. "
-        "Dotted: noisy input; dashed: best Gaussian filter.",
-        filename="checkpoints.png",
+    add_figure(
+        figures.checkpoint_figure(
+            checkpoints,
+            {m: summary[m] for m in ("input", "gaussian")},
+            epochs=[_parse_epoch(c["name"]) for c in checkpoints],
+        ),
+        "Mean matched PSNR and SSIM of each checkpoint; the best one (highest matched PSNR) "
+        "is starred. Dotted: noisy input; dashed: best Gaussian filter.",
+        "checkpoints.png",
     )
 
 
 def _add_image_figures(
-    report: HtmlReport, views: list[_ImageViews], summary: Mapping[str, Any]
+    views: list[ImageViews],
+    summary: Mapping[str, Any],
+    report: HtmlReport,
+    add_figure: Callable[[Any, str, str], None],
 ) -> None:
     sigma = summary["gaussian"]["sigma"]
     report.add_heading("Example images")
     report.add_paragraph(
-        f"Figures for the first {len(views)} of {summary['n_images']} image(s). Input, filter, "
-        "model and target share the same contrast, set from the target (1st–99.5th "
-        "percentile).",
+        f"Figures for the first {len(views)} of {summary['n_images']} image(s). Input, filter "
+        "and model are shown, and scored, after matching their brightness and contrast to the "
+        "target; all panels share the target's contrast (1st–99.5th percentile).",
         css_class="note",
     )
     for index, views_i in enumerate(views):
         stem = f"{index:02d}_{safe_filename(views_i.name)}"
         where = f" ({views_i.where})" if views_i.where else ""
         report.add_heading(views_i.name, level=3)
-        report.add_figure(
-            _comparison_figure(views_i, sigma),
-            f"{views_i.name}: noisy input, Gaussian filter, model and target{where}.",
-            filename=f"{stem}_comparison.png",
+        add_figure(
+            figures.comparison_figure(views_i, sigma),
+            f"{views_i.name}: noisy input, Gaussian filter, model and target{where}; "
+            "matched PSNR and SSIM above each panel.",
+            f"{stem}_comparison.png",
         )
-        report.add_figure(
-            _error_figure(views_i),
-            f"{views_i.name}: absolute error and local SSIM of the model (same view as above; "
-            "bright error / dark SSIM = poor match), and intensity histograms of the whole image.",
-            filename=f"{stem}_errors.png",
+        add_figure(
+            figures.error_figure(views_i),
+            f"{views_i.name}: absolute error and local SSIM of the matched model (same view "
+            "as above; bright error / dark SSIM = poor match), and intensity histograms of "
+            "the whole image before matching.",
+            f"{stem}_errors.png",
         )
+        if "uncertainty" in views_i.planes:
+            add_figure(
+                uncertainty_figure(views_i),
+                f"{views_i.name}: the model's actual error |model − target| (not matched) "
+                "beside the error it predicted for each pixel (its uncertainty), on the same "
+                "colour scale: where the right panel is dark but the left is bright, the "
+                "model was over-confident.",
+                f"{stem}_uncertainty.png",
+            )
+
+
+# --------------------------------------------------------------------- uncertainty
+
+
+def _sample_pixels(
+    scale: np.ndarray, error: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``_CALIBRATION_SAMPLES`` (scale, error) pixel pairs, chosen at random."""
+    scale, error = scale.ravel(), error.ravel()
+    if scale.size > _CALIBRATION_SAMPLES:
+        pick = np.random.default_rng(seed).choice(scale.size, _CALIBRATION_SAMPLES, False)
+        scale, error = scale[pick], error[pick]
+    return scale, error
+
+
+def uncertainty_calibration(
+    scales: Sequence[np.ndarray], errors: Sequence[np.ndarray], bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
+    """Compare predicted uncertainty with actual error, pixel by pixel, in bins.
+
+    Pixels are sorted by predicted uncertainty into ``bins`` groups of equal size; in a
+    well-calibrated model the mean actual absolute error of each group equals its mean
+    predicted uncertainty (for a Laplace prediction, the scale ``b`` is the expected
+    absolute error).
+
+    Parameters
+    ----------
+    scales
+        Predicted uncertainties (any shapes; flattened and pooled).
+    errors
+        Actual absolute errors, matching ``scales`` element by element.
+    bins
+        Number of groups.
+
+    Returns
+    -------
+    dict
+        ``mean_predicted_error``, ``mean_actual_error``, ``actual_to_predicted`` (their
+        ratio: 1 = calibrated, above 1 = over-confident), ``spearman_r`` (rank
+        correlation of predicted and actual error per pixel: does the map point at the
+        pixels with large errors?) and ``bins``: a list of ``{"predicted", "actual",
+        "pixels"}``, in increasing predicted uncertainty.
+    """
+    from scipy.stats import spearmanr
+
+    s = np.concatenate([np.ravel(a) for a in scales]).astype(np.float64)
+    e = np.concatenate([np.ravel(a) for a in errors]).astype(np.float64)
+    if s.size != e.size or s.size == 0:
+        raise ValueError("scales and errors must be non-empty and of the same size")
+    edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, bins + 1)))
+    index = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, max(len(edges) - 2, 0))
+    table = []
+    for b in range(max(len(edges) - 1, 1)):
+        inside = index == b
+        if inside.any():
+            table.append(
+                {
+                    "predicted": float(s[inside].mean()),
+                    "actual": float(e[inside].mean()),
+                    "pixels": int(inside.sum()),
+                }
+            )
+    constant = np.ptp(s) == 0 or np.ptp(e) == 0
+    return {
+        "mean_predicted_error": float(s.mean()),
+        "mean_actual_error": float(e.mean()),
+        "actual_to_predicted": float(e.mean() / s.mean()) if s.mean() > 0 else math.nan,
+        "spearman_r": math.nan if constant else float(spearmanr(s, e)[0]),
+        "bins": table,
+    }
+
+
+def uncertainty_figure(views: ImageViews) -> Any:
+    """Actual absolute error beside the predicted uncertainty, same colours, per channel.
+
+    Parameters
+    ----------
+    views
+        Crops from :func:`deepscope.workflow.qc_figures.image_views` holding
+        ``"abs_error"`` and ``"uncertainty"`` planes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    error, scale = views.planes["abs_error"], views.planes["uncertainty"]
+    n_rows = error.shape[0]
+    fig = Figure(figsize=(7.4, 3.2 * n_rows))
+    fig.subplots_adjust(left=0.02, right=0.9, bottom=0.03, top=0.88, wspace=0.08, hspace=0.15)
+    axes = fig.subplots(n_rows, 2, squeeze=False)
+    for row in range(n_rows):
+        top = float(np.percentile(np.concatenate([error[row].ravel(), scale[row].ravel()]), 99.5))
+        top = max(top, np.finfo(float).tiny)
+        panels = (
+            ("Actual error |model − target|", error[row]),
+            ("Predicted error (uncertainty)", scale[row]),
+        )
+        for col, (title, data) in enumerate(panels):
+            ax = axes[row, col]
+            image = ax.imshow(data, cmap="magma", vmin=0.0, vmax=top)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+        fig.colorbar(image, ax=list(axes[row]), fraction=0.04, pad=0.02)
+    return fig
+
+
+def calibration_figure(calibration: Mapping[str, Any]) -> Any:
+    """Mean actual error against mean predicted error per bin, with the ideal diagonal.
+
+    Parameters
+    ----------
+    calibration
+        The dict returned by :func:`uncertainty_calibration`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    bins = calibration["bins"]
+    predicted = np.array([b["predicted"] for b in bins])
+    actual = np.array([b["actual"] for b in bins])
+    fig = Figure(figsize=(5.2, 4.4))
+    fig.subplots_adjust(left=0.16, right=0.96, bottom=0.13, top=0.9)
+    ax = fig.subplots()
+    top = float(max(predicted.max(initial=0.0), actual.max(initial=0.0))) * 1.08 or 1.0
+    ax.plot([0, top], [0, top], ls="--", color="#999999", label="perfectly calibrated")
+    ax.plot(predicted, actual, "o-", color=figures.METHOD_COLORS["model"], label="groups of pixels")
+    ax.set(
+        xlim=(0, top),
+        ylim=(0, top),
+        xlabel="predicted error (mean uncertainty of the group)",
+        ylabel="actual error (mean |model − target|)",
+    )
+    ax.set_title("Calibration of the uncertainty", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def _add_calibration_section(
+    calibration: Mapping[str, Any],
+    report: HtmlReport,
+    add_figure: Callable[[Any, str, str], None],
+) -> None:
+    ratio = finite_or_nan(calibration.get("actual_to_predicted"))
+    rank = finite_or_nan(calibration.get("spearman_r"))
+    if not math.isfinite(ratio):
+        judgement = "The predicted uncertainty is zero, so its calibration cannot be judged."
+    elif ratio > 1.25:
+        judgement = (
+            f"The model is over-confident: its actual errors are on average {ratio:.2f} times "
+            "the errors it predicts. Treat the uncertainty map as a lower bound."
+        )
+    elif ratio < 0.8:
+        judgement = (
+            f"The model is cautious: its actual errors are on average {ratio:.2f} times the "
+            "errors it predicts, i.e. smaller than it expects."
+        )
+    else:
+        judgement = (
+            f"The predicted uncertainty is well calibrated on average: actual errors are "
+            f"{ratio:.2f} times the predicted ones (1 = perfect)."
+        )
+    report.add_heading("Uncertainty")
+    report.add_paragraph(
+        f"{judgement} Rank correlation between predicted and actual error per pixel: "
+        f"{rank:.2f} (1 = the uncertainty map ranks the pixels exactly by their error; "
+        "0 = it does not point at the errors).",
+        css_class="lead",
+    )
+    add_figure(
+        calibration_figure(calibration),
+        "Pixels of all QC images sorted by predicted uncertainty into groups of equal size: "
+        "mean actual error |model − target| (not matched) of each group against its mean "
+        "predicted error. Points on the dashed diagonal are calibrated; above it, the model "
+        "is over-confident.",
+        "calibration.png",
+    )

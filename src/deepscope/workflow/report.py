@@ -361,7 +361,7 @@ def _compact_png(png: bytes, max_colors: int | None) -> bytes:
         else:
             compact = Image.fromarray(np.ascontiguousarray(pixels))
     buffer = io.BytesIO()
-    compact.save(buffer, format="PNG", optimize=True)
+    compact.save(buffer, format="PNG")
     return buffer.getvalue() if buffer.tell() < len(png) else png
 
 

@@ -39,19 +39,26 @@ def fit_tile_shape(
 
 
 def blend_window(tile_shape: Sequence[int], overlap: int) -> np.ndarray:
-    """Separable window: 1 in the middle, cosine ramp over ``overlap`` pixels at each edge."""
+    """Separable window: 1 in the middle, cosine ramp over ``overlap`` pixels at each edge.
+
+    The ramp starts at (almost) zero on the outermost pixel, where a network with 'same'
+    padding lacks context, so a neighbouring tile's value wins there and no seam appears.
+    A tiny floor per axis keeps the weight sum non-zero at the image borders (where every
+    tile is at its edge) while still blending along the other axes there.
+    """
     w = np.ones(tuple(tile_shape), dtype=np.float32)
     for axis, n in enumerate(tile_shape):
         ramp_len = min(overlap, n // 2)
         line = np.ones(n, dtype=np.float32)
         if ramp_len > 0:
-            r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_len) + 0.5) / ramp_len)
+            r = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp_len) / ramp_len)
             line[:ramp_len] = r
             line[n - ramp_len :] = r[::-1]
+        line = np.maximum(line, 1e-6)
         shape = [1] * len(tile_shape)
         shape[axis] = n
         w = w * line.reshape(shape)
-    return np.maximum(w, 1e-4)
+    return w
 
 
 def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: int) -> Iterator[tuple[slice, ...]]:
@@ -105,9 +112,11 @@ def predict_tiled(
     tile = fit_tile_shape(spatial, tile_shape, divisibility)
     # Pad so that every spatial size is at least one tile (reflect keeps statistics).
     pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(spatial, tile, strict=True)]
-    padded = np.pad(image, pad, mode="reflect" if min(spatial) > 1 else "edge") if any(
-        p[1] for p in pad
-    ) else image
+    padded = (
+        np.pad(image, pad, mode="reflect" if min(spatial) > 1 else "edge")
+        if any(p[1] for p in pad)
+        else image
+    )
     work_shape = padded.shape[1:]
     overlap = min(overlap, min(tile) // 2)
     window = blend_window(tile, overlap)
@@ -120,8 +129,9 @@ def predict_tiled(
         group = slices[first : first + batch_size]
         batch = np.stack([padded[(slice(None),) + sl] for sl in group])
         x = torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)
-        with torch.inference_mode(), torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=autocast_bf16
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16),
         ):
             y = network(x).float().cpu().numpy()
         for sl, pred in zip(group, y, strict=True):

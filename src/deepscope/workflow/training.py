@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -28,6 +29,7 @@ from deepscope.engine import trainer as engine
 from deepscope.engine.module import TaskModule
 from deepscope.errors import DeepscopeError, OutputError
 from deepscope.tasks import get_task
+from deepscope.workflow import transfer
 from deepscope.workflow.model_folder import save_model_folder
 
 
@@ -36,7 +38,11 @@ class ValidationFailed(DeepscopeError):
 
     def __init__(self, report: ValidationReport):
         self.report = report
-        super().__init__(report.format(), fix="fix the problems listed above and run again")
+        super().__init__(
+            "the data check found problems that block training:\n" + report.format(),
+            fix="fix the problems listed above (check again with 'deepscope validate') and "
+            "run again",
+        )
 
 
 @dataclass
@@ -76,6 +82,8 @@ def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> Tas
         # Only the length of training may change when resuming.
         saved.training.epochs = config.training.epochs
         saved.training.max_minutes = config.training.max_minutes
+        for leftover in (run_dir / "checkpoints").glob(".*.partial"):
+            leftover.unlink()  # a save interrupted by a crash; the previous file is intact
         return saved
     if run_dir.exists() and any(run_dir.iterdir()):
         raise OutputError(
@@ -87,8 +95,11 @@ def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> Tas
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, config.to_yaml())
     except OSError as err:
-        raise OutputError(f"cannot write the run folder ({err.strerror})", run_dir,
-                          "choose a folder you can write to, with free space") from None
+        raise OutputError(
+            f"cannot write the run folder ({err.strerror})",
+            run_dir,
+            "choose a folder you can write to, with free space",
+        ) from None
     return config
 
 
@@ -126,11 +137,15 @@ def train(
     """
     run_dir = Path(run_dir)
     task_cls = get_task(config.task)
-    report = validate_dataset(task_cls, config, images, targets)
+    report = validate_dataset(
+        task_cls, config, images, targets, extra_checks=task_cls(config).extra_checks
+    )
     if not report.ok:
         raise ValidationFailed(report)
     for w in report.warnings:
         log(f"warning: {w.path or ''}: {w.problem}")
+    if config.training.start_from and not resume:
+        transfer.check_start_model(config.training.start_from, config)
     config = _prepare_run_dir(run_dir, config, resume)
     atomic_write_text(run_dir / "validation.json", json.dumps(report.to_dict(), indent=2))
     task = task_cls(config)
@@ -140,6 +155,10 @@ def train(
     tgts = None
     if task_cls.needs_targets:
         tgts, _ = load_images([t for _, t in report.items], d.axes, d.spatial_dims)
+        # Tasks whose targets need preparing (e.g. masks -> class maps, class weights).
+        prepare = getattr(task, "prepare_targets", None)
+        if prepare is not None:
+            tgts = prepare(tgts, log)
     norm_path = run_dir / "normalization.json"
     if resume and norm_path.exists():
         norm_d = json.loads(norm_path.read_text())
@@ -147,10 +166,12 @@ def train(
         tnorm = PercentileNormalizer.from_dict(norm_d["target"]) if "target" in norm_d else None
     else:
         split0 = split_train_val(inputs, tgts, d.val_fraction, d.patch_size, config.training.seed)
-        normalizer = PercentileNormalizer.fit(split0.train_inputs, d.normalize_low, d.normalize_high)
+        normalizer = PercentileNormalizer.fit(
+            split0.train_inputs, d.normalize_low, d.normalize_high
+        )
         tnorm = (
             PercentileNormalizer.fit(split0.train_targets, d.normalize_low, d.normalize_high)
-            if split0.train_targets is not None
+            if split0.train_targets is not None and task_cls.normalize_targets
             else None
         )
         norm_d = {"input": normalizer.to_dict()}
@@ -158,33 +179,85 @@ def train(
             norm_d["target"] = tnorm.to_dict()
         atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
     inputs = [normalizer.normalize(a) for a in inputs]
-    if tgts is not None:
+    if tgts is not None and task_cls.normalize_targets:
         tgts = [(tnorm or normalizer).normalize(a) for a in tgts]
     split = split_train_val(inputs, tgts, d.val_fraction, d.patch_size, config.training.seed)
     log(f"{len(inputs)} image(s); {split.how}.")
     t = config.training
-    train_ds = RandomPatches(split.train_inputs, split.train_targets, d.patch_size,
-                             t.patches_per_epoch, d, seed=t.seed, augment=True)
-    val_ds = RandomPatches(split.val_inputs, split.val_targets, d.patch_size, t.val_patches, d,
-                           seed=t.seed + 1, augment=False)
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=False, num_workers=0,
-                              drop_last=len(train_ds) >= t.batch_size)
+    train_ds = RandomPatches(
+        split.train_inputs,
+        split.train_targets,
+        d.patch_size,
+        t.patches_per_epoch,
+        d,
+        seed=t.seed,
+        augment=True,
+    )
+    val_ds = RandomPatches(
+        split.val_inputs,
+        split.val_targets,
+        d.patch_size,
+        t.val_patches,
+        d,
+        seed=t.seed + 1,
+        augment=False,
+    )
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=t.batch_size,
+        shuffle=False,
+        num_workers=0,
+        drop_last=len(train_ds) >= t.batch_size,
+    )
     val_loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=0)
     in_channels = inputs[0].shape[0]
+    L.seed_everything(t.seed, workers=True, verbose=False)  # same initial weights per seed
     module = TaskModule(task, in_channels)
     resume_from = _resume_checkpoint(run_dir) if resume else None
     if resume:
-        log(f"resuming from {resume_from.name}" if resume_from else "no checkpoint yet: starting over")
+        log(
+            f"resuming from {resume_from.name}"
+            if resume_from
+            else "no checkpoint yet: starting over"
+        )
+        log(
+            "A resumed training keeps the settings saved in config.yaml; only the number of "
+            "epochs and --max-minutes can change."
+        )
+    if t.start_from and resume_from is None:
+        start = transfer.load_start_weights(module.model, Path(t.start_from), config)
+        transfer.save_report(start, run_dir)
+        log(start.summary())
+    if t.freeze_encoder_epochs:
+        log(
+            f"the encoder is kept fixed for the first {t.freeze_encoder_epochs} epoch(s), "
+            "then the whole network is trained."
+        )
     (run_dir / "STOP").unlink(missing_ok=True)
     t0 = time.monotonic()
-    trainer = engine.fit(module, train_loader, val_loader, run_dir, t, resume_from, listener, show_bar)
+    trainer = engine.fit(
+        module, train_loader, val_loader, run_dir, t, resume_from, listener, show_bar
+    )
     minutes = (time.monotonic() - t0) / 60
     stopped = _why_stopped(trainer, run_dir, t.epochs)
-    model_dir = export_model(run_dir, config, in_channels, axes, normalizer, tnorm,
-                             {"images": len(inputs), "minutes": round(minutes, 2), "stopped_because": stopped})
+    training_info: dict[str, Any] = {
+        "images": len(inputs),
+        "minutes": round(minutes, 2),
+        "stopped_because": stopped,
+    }
+    started_from = transfer.read_report(run_dir)
+    if started_from is not None:
+        training_info["started_from"] = started_from
+    model_dir = export_model(run_dir, config, in_channels, axes, normalizer, tnorm, training_info)
     best = trainer.checkpoint_callback.best_model_score
-    return TrainResult(run_dir, model_dir, trainer.current_epoch, float(best) if best is not None
-                       else float("nan"), stopped, minutes)
+    return TrainResult(
+        run_dir,
+        model_dir,
+        trainer.current_epoch,
+        float(best) if best is not None else float("nan"),
+        stopped,
+        minutes,
+    )
 
 
 def _why_stopped(trainer: Any, run_dir: Path, max_epochs: int) -> str:
@@ -227,12 +300,19 @@ def export_model(
         checkpoints["last"] = _state_from_ckpt(ckpt_dir / engine.LAST)
     training = dict(training)
     training["best_epoch"] = int(best_ckpt.get("epoch", -1)) + 1
-    cb = {k: v for k, v in best_ckpt.get("callbacks", {}).items() if "ModelCheckpoint" in k and "best" in k}
+    cb = {
+        k: v
+        for k, v in best_ckpt.get("callbacks", {}).items()
+        if k.startswith("ModelCheckpoint") and "'val_loss'" in k
+    }  # the best-model callback
     for state in cb.values():
         if state.get("best_model_score") is not None:
             training["best_val_loss"] = round(float(state["best_model_score"]), 6)
-    training["epochs_trained"] = int(engine.load_checkpoint_state(ckpt_dir / engine.LAST)["epoch"]) + 1 \
-        if (ckpt_dir / engine.LAST).exists() else training["best_epoch"]
+    training["epochs_trained"] = (
+        int(engine.load_checkpoint_state(ckpt_dir / engine.LAST)["epoch"]) + 1
+        if (ckpt_dir / engine.LAST).exists()
+        else training["best_epoch"]
+    )
     return save_model_folder(
         run_dir / "model",
         config=config,

@@ -1,0 +1,238 @@
+"""Transfer learning: start a training from the weights of an earlier deepscope model.
+
+Any deepscope model folder whose network has the same shape (architecture, 2D/3D, depth,
+base channels, batch normalisation) can start a training of any task: every layer whose
+name and size match is copied, the others (typically the last layer when the number of
+output channels differs, or the first when the input channels differ) start new, and the
+report says which. Networks of a different shape are refused with both settings named.
+
+The encoder (the down-sampling half of the U-Net and its bottleneck) can then be kept
+fixed for the first epochs (``training.freeze_encoder_epochs``), so that a new decoder
+adapts to the transferred features before everything is fine-tuned; the freezing itself
+is done by :class:`deepscope.engine.module.TaskModule`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepscope.config import TaskConfigBase, load_config
+from deepscope.errors import ConfigError, DeepscopeError, ModelFolderError
+from deepscope.workflow.model_folder import INFO_FILE, load_model_folder
+
+#: Network settings that must be equal for weights to be transferable.
+SHAPE_FIELDS = ("architecture", "spatial_dims", "depth", "base_channels", "batch_norm")
+
+
+@dataclass
+class TransferReport:
+    """What was copied from the start model into the new network.
+
+    Attributes
+    ----------
+    source
+        The start model folder (absolute path).
+    source_task
+        Task of the start model (e.g. ``"n2v"``).
+    source_digest
+        Config digest of the start model (as in its ``deepscope_model.json``).
+    loaded
+        Names of the copied weight tensors.
+    not_loaded
+        Name → reason for every weight tensor of the new network left as new.
+    unused
+        Names of the start model's tensors that the new network does not have.
+    """
+
+    source: Path
+    source_task: str
+    source_digest: str
+    loaded: list[str] = field(default_factory=list)
+    not_loaded: dict[str, str] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """Return a short text for the training log."""
+        total = len(self.loaded) + len(self.not_loaded)
+        text = (
+            f"started from {self.source} ({self.source_task} model): copied {len(self.loaded)} "
+            f"of {total} weight tensors"
+        )
+        if self.not_loaded:
+            listed = "; ".join(f"{k} ({v})" for k, v in list(self.not_loaded.items())[:6])
+            more = len(self.not_loaded) - 6
+            text += f"; left new: {listed}" + (f" and {more} more" if more > 0 else "")
+        return text + "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready record (stored in the new model's ``deepscope_model.json``)."""
+        return {
+            "folder": str(self.source),
+            "task": self.source_task,
+            "config_digest": self.source_digest,
+            "loaded": len(self.loaded),
+            "not_loaded": dict(self.not_loaded),
+            "unused": list(self.unused),
+        }
+
+
+def _network_settings(config: TaskConfigBase) -> dict[str, Any]:
+    m = config.model
+    return {
+        "architecture": m.architecture,
+        "spatial_dims": config.data.spatial_dims,
+        "depth": m.depth,
+        "base_channels": m.base_channels,
+        "batch_norm": m.batch_norm,
+    }
+
+
+def describe_network(settings: dict[str, Any]) -> str:
+    """Describe network settings in words, e.g. ``"2D U-Net, depth 2, 32 base channels"``."""
+    bn = "with" if settings["batch_norm"] else "without"
+    return (
+        f"{settings['spatial_dims']}D {settings['architecture'].replace('unet', 'U-Net')}, "
+        f"depth {settings['depth']}, {settings['base_channels']} base channels, {bn} batch "
+        "normalisation"
+    )
+
+
+def check_start_model(source: str | Path, config: TaskConfigBase) -> TaskConfigBase:
+    """Check, before any training work, that ``source`` can start a training of ``config``.
+
+    Parameters
+    ----------
+    source
+        A deepscope model folder (the ``model`` folder of a training run).
+    config
+        The new training's config.
+
+    Returns
+    -------
+    TaskConfigBase
+        The start model's config.
+
+    Raises
+    ------
+    ModelFolderError
+        When ``source`` is not a readable deepscope model folder.
+    DeepscopeError
+        When its network has a different shape (both settings are named).
+    """
+    source = Path(source)
+    if not (source / INFO_FILE).exists():
+        load_model_folder(source)  # raises the explanatory "not a model folder" error
+    try:
+        source_config = load_config(source / "config.yaml")
+    except ConfigError as err:
+        raise ModelFolderError(
+            f"the model to start from has an invalid config: {err.problem}",
+            source / "config.yaml",
+            "start from another model folder, or retrain that model",
+        ) from None
+    ours, theirs = _network_settings(config), _network_settings(source_config)
+    differing = [k for k in SHAPE_FIELDS if ours[k] != theirs[k]]
+    if differing:
+        raise DeepscopeError(
+            f"cannot start from this model: its network is a {describe_network(theirs)} "
+            f"(see {source / 'config.yaml'}), but this training's network is a "
+            f"{describe_network(ours)} (your settings); they differ in "
+            f"{', '.join(differing)}, so no weights fit.",
+            source,
+            "start from a model trained with the same network settings, or change this "
+            "training's settings to match that config.yaml (model.depth, model.base_channels, "
+            "model.batch_norm, --3d).",
+        )
+    return source_config
+
+
+def load_start_weights(
+    network: nn.Module, source: str | Path, config: TaskConfigBase
+) -> TransferReport:
+    """Copy every matching weight tensor of the model in ``source`` into ``network``.
+
+    A tensor is copied when the new network has one of the same name and shape; all
+    others keep their fresh initialisation and are listed in the report.
+
+    Parameters
+    ----------
+    network
+        The new, freshly built network (modified in place).
+    source
+        The start model folder.
+    config
+        The new training's config (checked with :func:`check_start_model`).
+
+    Returns
+    -------
+    TransferReport
+        What was copied and what was not.
+
+    Raises
+    ------
+    DeepscopeError
+        When the networks differ in shape, or when not a single weight tensor fits.
+    """
+    source = Path(source)
+    check_start_model(source, config)
+    start = load_model_folder(source)
+    theirs = start.network.state_dict()
+    ours = network.state_dict()
+    report = TransferReport(
+        source=source.resolve(),
+        source_task=start.config.task,
+        source_digest=str(start.info.get("config_digest", "")),
+    )
+    merged: dict[str, torch.Tensor] = {}
+    for name, tensor in ours.items():
+        other = theirs.get(name)
+        if other is None:
+            reason = "not in the start model"
+        elif other.shape != tensor.shape:
+            reason = f"size {tuple(other.shape)} there, {tuple(tensor.shape)} here"
+        else:
+            merged[name] = other.to(dtype=tensor.dtype)
+            if _is_weight(name):
+                report.loaded.append(name)
+            continue
+        merged[name] = tensor
+        if _is_weight(name):
+            report.not_loaded[name] = reason
+    report.unused = [n for n in theirs if n not in ours and _is_weight(n)]
+    if not report.loaded:
+        raise DeepscopeError(
+            f"no layer of the model in {source} fits this training's network "
+            f"({describe_network(_network_settings(start.config))} there, "
+            f"{describe_network(_network_settings(config))} here)",
+            source,
+            "start from a model trained with the same network settings, or train from scratch "
+            "(leave out --from).",
+        )
+    network.load_state_dict(merged, strict=True)
+    return report
+
+
+def _is_weight(name: str) -> bool:
+    """Learnt tensors (not batch-norm counters or fixed filters such as blur kernels)."""
+    return name.endswith(("weight", "bias", "running_mean", "running_var"))
+
+
+def save_report(report: TransferReport, run_dir: Path) -> Path:
+    """Write the report as ``run_dir/transfer.json`` (read again when the model is saved)."""
+    from deepscope.data.io import atomic_write_text
+
+    path = Path(run_dir) / "transfer.json"
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2))
+    return path
+
+
+def read_report(run_dir: Path) -> dict[str, Any] | None:
+    """Return the ``transfer.json`` record of a run, or None if it started from scratch."""
+    path = Path(run_dir) / "transfer.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,233 @@
+"""Tiled prediction: coverage, blending and exactness against untiled prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepscope.workflow.tiling import blend_window, fit_tile_shape, predict_tiled, tile_starts
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: thread start-up costs more than it saves on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("size", [1, 5, 15, 16, 17, 28, 31, 32, 37, 53, 64, 100])
+@pytest.mark.parametrize("overlap", [0, 1, 4, 8, 15])
+def test_tile_starts_cover_with_overlap(size, overlap):
+    tile = 16
+    starts = tile_starts(size, tile, overlap)
+    if size <= tile:
+        assert starts == [0]
+        return
+    assert starts[0] == 0
+    assert starts == sorted(set(starts))
+    assert starts[-1] + tile == size  # last tile flush with the end, never past it
+    covered = np.zeros(size, dtype=int)
+    for s in starts:
+        covered[s : s + tile] += 1
+    assert (covered >= 1).all()
+    gaps = np.diff(starts)
+    assert (gaps <= tile - overlap).all()  # neighbours overlap by at least `overlap`
+    # No more tiles than needed at the requested step.
+    assert len(starts) == int(np.ceil((size - tile) / (tile - overlap))) + 1
+
+
+def test_tile_starts_examples():
+    assert tile_starts(37, 16, 4) == [0, 12, 21]
+    assert tile_starts(53, 16, 4) == [0, 12, 24, 36, 37]
+    assert tile_starts(32, 16, 0) == [0, 16]
+
+
+def test_fit_tile_shape_clips_and_rounds_to_divisibility():
+    assert fit_tile_shape((37, 53), (16, 16), 8) == (16, 16)
+    assert fit_tile_shape((5, 7), (16, 16), 8) == (8, 8)
+    assert fit_tile_shape((37, 100), (20, 64), 8) == (24, 64)
+    assert fit_tile_shape((5, 20, 33), (8, 16, 16), 4) == (8, 16, 16)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (16, 24), (8, 16, 16)])
+@pytest.mark.parametrize("overlap", [0, 1, 4, 8])
+def test_blend_window_positive_and_shaped(shape, overlap):
+    w = blend_window(shape, overlap)
+    assert w.shape == shape and w.dtype == np.float32
+    assert (w > 0).all() and (w <= 1).all()
+    centre = tuple(s // 2 for s in shape)
+    assert w[centre] == w.max()
+    if all(2 * overlap < s for s in shape):
+        assert w[centre] == 1.0
+    for axis in range(len(shape)):
+        assert np.array_equal(w, np.flip(w, axis))  # symmetric
+    if overlap > 0:
+        corner = (0,) * len(shape)
+        assert w[corner] < 1e-3  # outermost pixels (no context) hardly count
+    else:
+        assert (w == 1).all()
+
+
+class Recorder(nn.Module):
+    """Identity network with one dummy parameter; records the tile shapes it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape))
+        return x + self.dummy
+
+
+def conv_1x1(dims: int, weight: list[list[float]]) -> nn.Module:
+    w = torch.tensor(weight, dtype=torch.float32)
+    conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(w.shape[1], w.shape[0], 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(w.reshape(conv.weight.shape))
+    return conv.eval()
+
+
+def mean_filter(dims: int, channels: int = 1) -> nn.Module:
+    conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(
+        channels, channels, 3, padding=1, bias=False, groups=channels
+    )
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / 3**dims)
+    return conv.eval()
+
+
+def untiled(network: nn.Module, image: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return network(torch.from_numpy(image)[None]).numpy()[0]
+
+
+def rand(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "divisibility"),
+    [((1, 37, 53), (16, 16), 1), ((3, 37, 53), (16, 16), 8), ((2, 5, 20, 33), (4, 16, 16), 4)],
+)
+def test_identity_network_reproduces_image(shape, tile, divisibility):
+    image = rand(shape)
+    net = Recorder()
+    progress: list[tuple[int, int]] = []
+    out = predict_tiled(
+        net,
+        image,
+        out_channels=shape[0],
+        tile_shape=tile,
+        overlap=4,
+        divisibility=divisibility,
+        batch_size=3,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, image, rtol=0, atol=1e-6)
+    tile_shape = fit_tile_shape(shape[1:], tile, divisibility)
+    assert all(s[2:] == tile_shape for s in net.seen)
+    overlap = min(4, min(tile_shape) // 2)
+    starts = [tile_starts(s, t, overlap) for s, t in zip(shape[1:], tile_shape, strict=True)]
+    n_tiles = int(np.prod([len(s) for s in starts]))
+    assert sum(s[0] for s in net.seen) == n_tiles > 1
+    assert progress[-1] == (n_tiles, n_tiles)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+
+def test_two_output_channels_from_one():
+    image = rand((1, 37, 53), seed=1)
+    out = predict_tiled(
+        conv_1x1(2, [[1.0], [-2.0]]),
+        image,
+        out_channels=2,
+        tile_shape=(16, 16),
+        overlap=4,
+        divisibility=4,
+    )
+    assert out.shape == (2, 37, 53)
+    np.testing.assert_allclose(out[0], image[0], atol=1e-6)
+    np.testing.assert_allclose(out[1], -2 * image[0], atol=1e-5)
+
+
+def test_two_output_channels_in_3d():
+    image = rand((1, 5, 20, 33), seed=2)
+    out = predict_tiled(
+        conv_1x1(3, [[1.0], [0.5]]),
+        image,
+        out_channels=2,
+        tile_shape=(4, 16, 16),
+        overlap=2,
+        divisibility=4,
+    )
+    assert out.shape == (2, 5, 20, 33)
+    np.testing.assert_allclose(out, np.concatenate([image, 0.5 * image]), atol=1e-6)
+
+
+@pytest.mark.parametrize("overlap", [2, 4, 6])
+def test_mean_filter_tiled_equals_untiled_2d(overlap):
+    image = rand((2, 37, 53), seed=3)
+    net = mean_filter(2, channels=2)
+    expected = untiled(net, image)
+    out = predict_tiled(
+        net, image, out_channels=2, tile_shape=(16, 16), overlap=overlap, divisibility=1
+    )
+    np.testing.assert_allclose(out[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-4)
+    # The tiles' outer edges coincide with the image's, so the borders agree too.
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_mean_filter_tiled_equals_untiled_3d():
+    image = rand((1, 6, 20, 33), seed=4)
+    net = mean_filter(3)
+    expected = untiled(net, image)
+    out = predict_tiled(
+        net, image, out_channels=1, tile_shape=(4, 16, 16), overlap=2, divisibility=1
+    )
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_without_enough_overlap_seams_appear():
+    # Makes sure the comparison above can fail: with overlap 0 every tile edge is wrong.
+    image = rand((1, 37, 53), seed=3)
+    net = mean_filter(2)
+    out = predict_tiled(net, image, out_channels=1, tile_shape=(16, 16), overlap=0, divisibility=1)
+    assert np.abs(out - untiled(net, image))[:, 1:-1, 1:-1].max() > 0.05
+
+
+def test_image_smaller_than_tile_is_padded_and_cropped():
+    image = rand((1, 5, 7), seed=5)
+    net = Recorder()
+    out = predict_tiled(net, image, out_channels=1, tile_shape=(16, 16), overlap=4, divisibility=8)
+    assert out.shape == (1, 5, 7)
+    np.testing.assert_allclose(out, image, atol=1e-6)
+    assert net.seen == [(1, 1, 8, 8)]
+
+
+def test_image_smaller_than_tile_along_one_axis_3d():
+    image = rand((1, 3, 20, 20), seed=6)
+    net = Recorder()
+    out = predict_tiled(
+        net, image, out_channels=1, tile_shape=(8, 16, 16), overlap=4, divisibility=4
+    )
+    assert out.shape == image.shape
+    np.testing.assert_allclose(out, image, atol=1e-6)
+    assert {s[2:] for s in net.seen} == {(4, 16, 16)}
+
+
+def test_result_does_not_depend_on_batch_size():
+    image = rand((1, 37, 53), seed=7)
+    net = mean_filter(2)
+    a = predict_tiled(
+        net, image, out_channels=1, tile_shape=(16, 16), overlap=4, divisibility=1, batch_size=1
+    )
+    b = predict_tiled(
+        net, image, out_channels=1, tile_shape=(16, 16), overlap=4, divisibility=1, batch_size=16
+    )
+    np.testing.assert_allclose(a, b, atol=1e-6)

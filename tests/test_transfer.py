@@ -1,0 +1,242 @@
+"""Transfer learning: ``--from MODEL`` and ``--freeze-encoder``.
+
+One tiny Noise2Void model is trained once per module and used as the start model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from conftest import TINY_CONFIG, synthetic_pair, write_tif
+from deepscope.config import config_from_dict, load_config
+from deepscope.engine import performance
+from deepscope.errors import DeepscopeError
+from deepscope.interfaces.cli import main
+from deepscope.workflow.model_folder import load_model_folder
+from deepscope.workflow.training import train
+from deepscope.workflow.transfer import check_start_model, load_start_weights
+
+ENCODER = ("encoders.", "bottleneck.")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny networks gain nothing from threads; on a shared machine they only wait."""
+    monkeypatch.setattr(performance, "available_cores", lambda: 1)
+    torch.set_num_threads(1)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Noisy/clean 2D pairs, a tiny config file and a trained n2v start model."""
+    root = tmp_path_factory.mktemp("transfer")
+    for i, name in enumerate("abc"):
+        noisy, clean = synthetic_pair((64, 64), seed=i)
+        write_tif(root / "low" / f"{name}.tif", noisy)
+        write_tif(root / "high" / f"{name}.tif", clean)
+    tiny = root / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY_CONFIG))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(performance, "available_cores", lambda: 1)
+        result = train(
+            config_from_dict(TINY_CONFIG),
+            root / "low",
+            root / "n2v_run",
+            show_bar=False,
+            log=_quiet,
+        )
+    return {
+        "root": root,
+        "low": root / "low",
+        "high": root / "high",
+        "tiny": tiny,
+        "n2v": result.model_dir,
+    }
+
+
+def _config(task: str, **training: object):
+    d = copy.deepcopy(TINY_CONFIG)
+    d["task"] = task
+    d["training"].update(training)
+    return config_from_dict(d)
+
+
+def _encoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(ENCODER)}
+
+
+def _cli_train(data: dict[str, Path], task: str, out: Path, *extra: str) -> int:
+    args = [
+        "train",
+        task,
+        "--images",
+        str(data["low"]),
+        "--out",
+        str(out),
+        "--config",
+        str(data["tiny"]),
+    ]
+    if task != "n2v":
+        args += ["--targets", str(data["high"])]
+    return main(args + list(extra))
+
+
+def _cli_config(data: dict[str, Path], task: str) -> Path:
+    """The tiny settings file, for ``task``."""
+    path = data["root"] / f"tiny_{task}.yaml"
+    d = copy.deepcopy(TINY_CONFIG)
+    d["task"] = task
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+# ------------------------------------------------------------------- compatible
+
+
+def test_care_starts_from_an_n2v_model_and_records_it(data, tmp_path, capsys) -> None:
+    data = {**data, "tiny": _cli_config(data, "care")}
+    out = tmp_path / "care_run"
+    rc = _cli_train(data, "care", out, "--from", str(data["n2v"]), "--probabilistic")
+    assert rc == 0, capsys.readouterr().err
+    info = json.loads((out / "model" / "deepscope_model.json").read_text())
+    started = info["training"]["started_from"]
+    assert started["folder"] == str(data["n2v"].resolve()) and started["task"] == "n2v"
+    assert started["loaded"] > 0
+    # Probabilistic CARE predicts mean and scale: its last layer has 2 outputs, n2v's 1.
+    assert set(started["not_loaded"]) == {"head.weight", "head.bias"}
+    assert "size (1, 4, 1, 1) there, (2, 4, 1, 1) here" in started["not_loaded"]["head.weight"]
+    assert load_config(out / "config.yaml").training.start_from == str(data["n2v"].resolve())
+    assert "copied" in capsys.readouterr().out
+
+
+def test_n2v_starts_from_a_care_model(data, tmp_path, capsys) -> None:
+    care = train(
+        _config("care"), data["low"], tmp_path / "care", data["high"], show_bar=False, log=_quiet
+    ).model_dir
+    data = {**data, "tiny": _cli_config(data, "n2v")}
+    out = tmp_path / "n2v_from_care"
+    assert _cli_train(data, "n2v", out, "--from", str(care)) == 0, capsys.readouterr().err
+    started = json.loads((out / "model" / "deepscope_model.json").read_text())["training"][
+        "started_from"
+    ]
+    assert started["task"] == "care" and started["not_loaded"] == {}
+
+
+def test_start_weights_are_copied_exactly(data) -> None:
+    config = _config("care")
+    from deepscope.tasks import get_task
+
+    network = get_task("care")(config).build_model(1)
+    report = load_start_weights(network, data["n2v"], config)
+    source = load_model_folder(data["n2v"]).network.state_dict()
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(tensor, source[name]), name
+    assert not report.not_loaded and "copied" in report.summary()
+
+
+# ----------------------------------------------------------------- incompatible
+
+
+def test_other_network_depth_is_refused_naming_both(data, tmp_path, capsys) -> None:
+    d = copy.deepcopy(TINY_CONFIG)
+    d["task"] = "care"
+    d["model"]["depth"] = 2
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    out = tmp_path / "refused"
+    rc = _cli_train({**data, "tiny": cfg}, "care", out, "--from", str(data["n2v"]))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "depth 1" in err and "depth 2" in err and "config.yaml" in err
+    assert not out.exists(), "nothing may be written when the start model does not fit"
+
+
+def test_2d_model_cannot_start_a_3d_training(data) -> None:
+    d = copy.deepcopy(TINY_CONFIG)
+    d.update(task="care", data={"patch_size": [8, 16, 16], "spatial_dims": 3})
+    with pytest.raises(DeepscopeError, match="2D U-Net.*3D U-Net"):
+        check_start_model(data["n2v"], config_from_dict(d))
+
+
+def test_nothing_matching_is_refused(data) -> None:
+    with pytest.raises(DeepscopeError, match="no layer"):
+        load_start_weights(nn.Conv2d(1, 1, 3), data["n2v"], _config("care"))
+
+
+def test_a_run_folder_is_not_a_model_folder(data, tmp_path, capsys) -> None:
+    run_dir = data["n2v"].parent
+    rc = _cli_train(
+        {**data, "tiny": _cli_config(data, "care")}, "care", tmp_path / "x", "--from", str(run_dir)
+    )
+    assert rc == 2 and "run folder" in capsys.readouterr().err
+
+
+def test_freeze_encoder_needs_a_start_model(data, tmp_path, capsys) -> None:
+    rc = _cli_train(
+        {**data, "tiny": _cli_config(data, "care")}, "care", tmp_path / "x", "--freeze-encoder", "1"
+    )
+    assert rc == 2 and "--from" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ freeze
+
+
+def test_freeze_encoder_keeps_it_fixed_then_trains_it(data, tmp_path) -> None:
+    config = _config(
+        "care", start_from=str(data["n2v"]), freeze_encoder_epochs=1, epochs=2, learning_rate=0.01
+    )
+    result = train(config, data["low"], tmp_path / "run", data["high"], show_bar=False, log=_quiet)
+    source = load_model_folder(data["n2v"]).network.state_dict()
+    folder = result.model_dir / "checkpoints"
+    frozen = torch.load(folder / "epoch_0001.pt", weights_only=True)
+    free = torch.load(folder / "epoch_0002.pt", weights_only=True)
+    for name, tensor in _encoder(source).items():  # weights and batch-norm statistics
+        assert torch.equal(frozen[name], tensor), f"{name} changed while frozen"
+    assert any(not torch.equal(free[k], v) for k, v in _encoder(source).items())
+    assert any(not torch.equal(frozen[k], v) for k, v in source.items() if k.startswith("dec"))
+
+
+def test_freeze_encoder_without_number_uses_a_fifth_of_the_epochs(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    rc = _cli_train(
+        {**data, "tiny": _cli_config(data, "care")},
+        "care",
+        out,
+        "--epochs",
+        "5",
+        "--from",
+        str(data["n2v"]),
+        "--freeze-encoder",
+    )
+    assert rc == 0
+    assert load_config(out / "config.yaml").training.freeze_encoder_epochs == 1
+
+
+def test_resume_keeps_the_start_record(data, tmp_path) -> None:
+    config = _config("care", start_from=str(data["n2v"]), epochs=1)
+    train(config, data["low"], tmp_path / "run", data["high"], show_bar=False, log=_quiet)
+    longer = _config("care", start_from=str(data["n2v"]), epochs=2)
+    messages: list[str] = []
+    result = train(
+        longer,
+        data["low"],
+        tmp_path / "run",
+        data["high"],
+        resume=True,
+        show_bar=False,
+        log=messages.append,
+    )
+    assert not any("started from" in m for m in messages), "resume must not reload start weights"
+    info = json.loads((result.model_dir / "deepscope_model.json").read_text())
+    assert info["training"]["started_from"]["task"] == "n2v"
