@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from deepscope.data.io import atomic_write_text
 
@@ -163,6 +164,48 @@ class SessionTimer(Timer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Ignore the previous session's elapsed time."""
+
+
+class RecalibrateBatchNorm(L.Callback):
+    """Recompute batch-norm statistics with the current weights before each validation.
+
+    Batch norm keeps running averages of activation statistics that lag behind the
+    weights; after a short training (minutes on a CPU) the lag is large and the network
+    in evaluation mode can be worse than the noisy input (measured: 17.7 dB instead of
+    22.7 dB on the demo). Re-estimating the statistics over a few unmasked training
+    batches, with the final weights, removes the lag; validation, checkpoints and the
+    exported model all use the recalibrated statistics.
+    """
+
+    def __init__(self, batches: int = 8):
+        self.batches = batches
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Re-estimate the statistics (only while fitting)."""
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        norms = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
+        loader = trainer.train_dataloader
+        if not norms or loader is None:
+            return
+        dataset, batch_size = loader.dataset, loader.batch_size or 1
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        was_training = pl_module.training
+        pl_module.train()
+        fmt = getattr(pl_module, "_format", torch.contiguous_format)
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                for _ in range(self.batches):
+                    idx = torch.randint(len(dataset), (batch_size,)).tolist()
+                    x = torch.stack([dataset[i]["input"] for i in idx]).to(pl_module.device)
+                    pl_module.model(x.contiguous(memory_format=fmt))
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            pl_module.train(was_training)
 
 
 class StopFile(L.Callback):

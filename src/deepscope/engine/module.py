@@ -80,7 +80,14 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss of one training batch."""
         loss = self.task.training_loss(self.model, self._prepare(batch))
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["input"]),
+        )
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -92,7 +99,9 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """AdamW, learning rate halved when the validation loss stops improving."""
         t = self.task.config.training
-        opt = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        opt = torch.optim.AdamW(
+            self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=10)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
 

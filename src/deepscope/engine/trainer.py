@@ -20,6 +20,7 @@ from deepscope.engine.callbacks import (
     AtomicCheckpointIO,
     History,
     ProgressReport,
+    RecalibrateBatchNorm,
     SessionTimer,
     StopFile,
 )
@@ -97,6 +98,7 @@ def build_trainer(
         History(run_dir / "metrics.csv"),
         ProgressReport(cfg.epochs, cfg.max_minutes, listener),
         StopFile(run_dir / "STOP"),
+        RecalibrateBatchNorm(),
     ]
     if cfg.max_minutes:
         callbacks.append(SessionTimer(duration=timedelta(minutes=cfg.max_minutes)))
