@@ -23,7 +23,17 @@ from conftest import TINY_CONFIG, folder_digest, synthetic_pair, write_tif
 from deepscope.interfaces.cli import build_parser, main
 
 OPTIONS = {
-    "validate": ["--images", "--targets", "--axes", "--3d", "--patch-size", "--config"],
+    "validate": [
+        "--images",
+        "--targets",
+        "--masks",
+        "--classes",
+        "--boundary",
+        "--axes",
+        "--3d",
+        "--patch-size",
+        "--config",
+    ],
     "train": [
         "--images",
         "--targets",
@@ -46,9 +56,20 @@ OPTIONS = {
         "--probabilistic",
         "--from",
         "--freeze-encoder",
+        "--masks",
+        "--classes",
+        "--boundary",
     ],
-    "predict": ["--input", "--out", "--axes", "--tile", "--overwrite"],
-    "qc": ["--images", "--targets", "--out", "--tile"],
+    "predict": [
+        "--input",
+        "--out",
+        "--axes",
+        "--tile",
+        "--overwrite",
+        "--instances",
+        "--probabilities",
+    ],
+    "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
     "demo": ["--out", "--max-minutes"],
 }
 POSITIONALS = {

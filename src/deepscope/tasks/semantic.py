@@ -286,9 +286,10 @@ def mask_to_classes(mask: np.ndarray, settings: SemanticSettings) -> tuple[np.nd
         return boundary_classes(ints), note
     n = settings.n_classes
     if binary is not None and n == 2:
+        names = class_names(settings)
         note = (
             f"binary mask with values 0 and {binary}: read as 0 → class 0 "
-            f"(background), {binary} → class 1 (foreground)"
+            f"({names[0]}), {binary} → class 1 ({names[1]})"
         )
         return (data > 0).astype(np.uint8), note
     top = int(values.max()) if values.size else 0

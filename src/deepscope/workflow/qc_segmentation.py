@@ -422,6 +422,7 @@ def segmentation_qc(
 
     used = task.threshold if task.threshold is not None else 0.5
     curve: list[dict[str, float]] = []
+    tuned: dict[str, Any] = {}
     if binary:
         curve = threshold_curve(pos, neg)
         best_row = max(curve, key=lambda r: (r["mean_iou"], -abs(r["threshold"] - 0.5)))
@@ -439,10 +440,11 @@ def segmentation_qc(
             "qc_images": sorted(p.name for p, _ in pairs),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if s.threshold is None:
-            atomic_write_text(model.folder / TUNED_SETTINGS_FILE, json.dumps(tuned, indent=2))
 
+    # Checkpoints are scored with the threshold used above, before the new one is stored.
     summary["checkpoints"] = _score_checkpoints(model, pairs, truths, tiles, progress)
+    if binary and s.threshold is None:
+        atomic_write_text(model.folder / TUNED_SETTINGS_FILE, json.dumps(tuned, indent=2))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     _write_csv(out_dir / "metrics.csv", rows)
     _write_report(model, out_dir, summary, rows, kept, curve, used, names)

@@ -1,0 +1,170 @@
+"""U-Net membrane segmentation on ISBI 2012 EM slices, against an Otsu threshold.
+
+Data (``../shared/data/em_membranes``, see its PROVENANCE.txt): ``images/NN.png`` (serial
+section TEM, uint8 512×512) and ``masks/NN.png`` (0 = membrane, 255 = cell interior),
+22 slices ``00``–``21``. The masks are used as they are: deepscope reads 0/255 as
+classes 0 (membrane) and 1 (cell interior); membrane is the class of interest.
+
+Split, fixed here so every run is comparable: the last slices ``TEST_SLICES`` (a
+contiguous block, because neighbouring sections look alike) are only used for
+evaluation; the model trains on the others.
+
+Reported on the test slices, from the pixels of all of them together: membrane IoU and
+Dice, mean IoU, pixel accuracy and the adapted Rand error (ISBI 2012 style: cells are
+the connected regions of "cell interior"; membrane pixels of the truth are ignored).
+The model is scored at probability threshold 0.5 (QC also stores the best threshold,
+but it is chosen on these test slices, so it is not used for the scores here).
+Baseline: Otsu's threshold on each test slice (dark pixels = membrane).
+Targets (issue 5): membrane IoU ≥ 0.80 and adapted Rand error ≤ 0.10 within 20 minutes of
+CPU training.
+
+Usage::
+
+    .venv/bin/python benchmarks/em_isbi.py [--minutes 20] [--data ../shared/data/em_membranes]
+
+Writes ``benchmarks/out/em_isbi/`` (run, QC report) and prints a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepscope.config import config_from_dict
+from deepscope.data.io import read_image
+from deepscope.engine import performance
+from deepscope.workflow.model_folder import load_model_folder
+from deepscope.workflow.qc import run_qc
+from deepscope.workflow.qc_segmentation import adapted_rand, confusion_matrix, scores_from_confusion
+from deepscope.workflow.training import train
+
+HERE = Path(__file__).parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "em_membranes"
+TEST_SLICES = ("17", "18", "19", "20", "21")
+"""Slices kept for evaluation only (5 of 22); slices 00–16 train the model."""
+NAMES = ["membrane", "cell interior"]
+
+CONFIG: dict[str, Any] = {
+    "task": "semantic",
+    "data": {"patch_size": [128, 128], "spatial_dims": 2, "val_fraction": 0.12},
+    "model": {"depth": 3, "base_channels": 16},
+    "training": {
+        "epochs": 1000,
+        "patches_per_epoch": 256,
+        "batch_size": 8,
+        "val_patches": 64,
+        "learning_rate": 1e-3,
+        "checkpoint_every": 1000,
+        "seed": 0,
+    },
+    "semantic": {"class_names": NAMES, "class_weights": "auto", "instances": "components"},
+}
+
+
+def split(data: Path, out: Path) -> dict[str, Path]:
+    """Link the slices into train/test folders (nothing is copied)."""
+    folders = {k: out / k for k in ("train_images", "train_masks", "test_images", "test_masks")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    for image in sorted((data / "images").glob("*.png")):
+        part = "test" if image.stem in TEST_SLICES else "train"
+        (folders[f"{part}_images"] / image.name).symlink_to(image.resolve())
+        mask = (data / "masks" / image.name).resolve()
+        (folders[f"{part}_masks"] / image.name).symlink_to(mask)
+    return folders
+
+
+def otsu_baseline(images: Path, masks: Path) -> dict[str, Any]:
+    """Score Otsu's threshold per slice (pixels at or below it are membrane)."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+
+    cm = np.zeros((2, 2), np.int64)
+    ares = []
+    for path in sorted(images.glob("*.png")):
+        image = read_image(path).data.astype(np.float32)
+        truth = (read_image(masks / path.name).data > 0).astype(np.uint8)
+        pred = (image > threshold_otsu(image)).astype(np.uint8)
+        cm += confusion_matrix(truth, pred, 2)
+        ares.append(adapted_rand(label(truth, connectivity=1), label(pred, connectivity=1)))
+    return _scores(scores_from_confusion(cm, NAMES), float(np.mean(ares)))
+
+
+def _scores(s: dict[str, Any], are: float | None) -> dict[str, Any]:
+    return {
+        "membrane_iou": round(s["iou"]["membrane"], 4),
+        "membrane_dice": round(s["dice"]["membrane"], 4),
+        "mean_iou": round(s["mean_iou"], 4),
+        "pixel_accuracy": round(s["pixel_accuracy"], 4),
+        "adapted_rand_error": None if are is None else round(are, 4),
+    }
+
+
+def main() -> None:
+    """Run the benchmark and print its JSON summary."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=HERE / "out" / "em_isbi")
+    args = parser.parse_args()
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    folders = split(args.data, args.out / "data")
+    config = config_from_dict({**CONFIG, "training": {**CONFIG["training"],
+                                                      "max_minutes": args.minutes}})  # fmt: skip
+    t0 = time.monotonic()
+    result = train(
+        config,
+        folders["train_images"],
+        args.out / "run",
+        folders["train_masks"],
+        show_bar=False,
+    )
+    train_minutes = (time.monotonic() - t0) / 60
+    model = load_model_folder(result.model_dir)
+    summary = run_qc(model, folders["test_images"], folders["test_masks"], args.out / "qc")
+    scores = _scores(summary, summary["adapted_rand_error"])
+    otsu = otsu_baseline(folders["test_images"], folders["test_masks"])
+    report = {
+        "benchmark": "em_isbi (ISBI 2012 membranes)",
+        "split": {
+            "train": sorted(p.stem for p in folders["train_images"].glob("*.png")),
+            "test": list(TEST_SLICES),
+        },
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "accelerator": performance.choose_accelerator(),
+        },
+        "training": {
+            "budget_minutes": args.minutes,
+            "minutes": round(train_minutes, 2),
+            "epochs": result.epochs_trained,
+            "stopped_because": result.stopped_because,
+            "best_val_loss": round(result.best_val_loss, 4),
+        },
+        "model": scores,
+        "otsu": otsu,
+        "model_best_threshold_on_test": summary.get("threshold", {}).get("best"),
+        "targets": {"membrane_iou": ">= 0.80", "adapted_rand_error": "<= 0.10"},
+        "targets_met": bool(
+            scores["membrane_iou"] >= 0.80
+            and scores["adapted_rand_error"] is not None
+            and scores["adapted_rand_error"] <= 0.10
+        ),
+        "qc_report": str(args.out / "qc" / "report.html"),
+    }
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
