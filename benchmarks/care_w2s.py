@@ -20,7 +20,8 @@ Usage::
 
     .venv/bin/python benchmarks/care_w2s.py [--minutes 15] [--data ../shared/data/denoise_w2s]
 
-``--minutes`` is the training budget of each model (CARE, then N2V). Writes
+``--minutes`` is the training budget of each model (CARE, then N2V); ``--probabilistic``
+trains CARE with the Laplace likelihood and adds the calibration of its uncertainty. Writes
 ``benchmarks/out/care_w2s/`` (runs, QC reports) and prints a JSON summary.
 """
 
@@ -61,11 +62,13 @@ def split_by_fov(data: Path, out: Path) -> dict[str, Path]:
     return folders
 
 
-def config(task: str, minutes: float, patches: int) -> Any:
+def config(task: str, minutes: float, patches: int, probabilistic: bool = False) -> Any:
     """The same network and training settings for both methods."""
+    extra = {"care": {"probabilistic": True}} if probabilistic and task == "care" else {}
     return config_from_dict(
         {
             "task": task,
+            **extra,
             "data": {"patch_size": [64, 64]},
             "model": {"depth": 2, "base_channels": 32},
             "training": {
@@ -91,6 +94,11 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     p.add_argument("--patches-per-epoch", type=int, default=512)
     p.add_argument("--out", type=Path, default=HERE / "out/care_w2s")
+    p.add_argument(
+        "--probabilistic",
+        action="store_true",
+        help="train probabilistic CARE (Laplace) and report the calibration of its uncertainty",
+    )
     a = p.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
     folders = split_by_fov(a.data, a.out / "data")
@@ -100,7 +108,7 @@ def main() -> None:
         t0 = time.monotonic()
         targets = folders["train_clean"] if task == "care" else None
         result = train(
-            config(task, a.minutes, a.patches_per_epoch),
+            config(task, a.minutes, a.patches_per_epoch, a.probabilistic),
             folders["train_noisy"],
             a.out / f"{task}_run",
             targets,
@@ -142,6 +150,8 @@ def main() -> None:
             "care >= n2v + 2 dB": gain_n2v >= 2.0,
             "care >= gaussian + 5 dB": gain_gauss >= 5.0,
         },
+        "care_uncertainty": {k: v for k, v in care.get("uncertainty", {}).items() if k != "bins"}
+        or None,
         "reports": [str(a.out / f"{t}_qc" / "report.html") for t in ("care", "n2v")],
     }
     text = json.dumps(out, indent=2)

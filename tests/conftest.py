@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+import torch
 import yaml
 from scipy import ndimage
 
@@ -38,6 +40,11 @@ TINY_CONFIG: dict[str, Any] = {
 
 TINY_CONFIG_3D: dict[str, Any] = copy.deepcopy(TINY_CONFIG)
 TINY_CONFIG_3D["data"] = {"patch_size": [8, 16, 16], "spatial_dims": 3}
+
+
+# Tiny test networks run fastest on one thread (and do not fight over a busy machine).
+os.environ.setdefault("DEEPSCOPE_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def synthetic_pair(

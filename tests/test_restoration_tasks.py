@@ -26,6 +26,7 @@ from deepscope.errors import ConfigError
 from deepscope.interfaces.cli import main
 from deepscope.tasks import get_task
 from deepscope.tasks.restoration import (
+    INITIAL_SCALE,
     describe_shift,
     estimate_shift,
     laplace_nll,
@@ -126,6 +127,9 @@ def test_probabilistic_care_has_mean_and_scale_outputs() -> None:
     assert task.postprocess(den).shape == (2, 4, 4)
     assert set(task.side_outputs(den)) == {"uncertainty"}
     assert get_task("care")(tiny("care")).side_outputs(den[:2]) == {}
+    # A new network starts with small scales, so a short training ends calibrated.
+    bias = task.build_model(2).head.bias.detach()
+    assert torch.allclose(laplace_scale(bias[2:]), torch.tensor(INITIAL_SCALE))
 
 
 def test_laplace_nll_is_smallest_at_the_true_mean_and_error_scale() -> None:

@@ -59,20 +59,17 @@ class TaskModule(L.LightningModule):
         return bool(freeze) and self.current_epoch < freeze
 
     def on_train_epoch_start(self) -> None:
-        """Freeze the encoder during the first ``training.freeze_encoder_epochs`` epochs."""
+        """Freeze the encoder during the first ``training.freeze_encoder_epochs`` epochs.
+
+        Its weights (convolutions and batch-norm scales and offsets) get no gradient.
+        Its batch-norm statistics, like every layer's, are re-estimated on the new images
+        before each validation (``RecalibrateBatchNorm``), which adapts the transferred
+        encoder to them.
+        """
         if self.task.config.training.freeze_encoder_epochs:
             frozen = self.encoder_frozen
             for module in encoder_modules(self.model):
                 module.requires_grad_(not frozen)
-            self.train(self.training)
-
-    def train(self, mode: bool = True) -> TaskModule:
-        """Set training mode; a frozen encoder stays in eval mode (batch-norm stats fixed)."""
-        super().train(mode)
-        if mode and self.task.config.training.freeze_encoder_epochs and self.encoder_frozen:
-            for module in encoder_modules(self.model):
-                module.eval()
-        return self
 
     def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.contiguous(memory_format=self._format) for k, v in batch.items()}

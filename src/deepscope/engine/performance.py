@@ -88,7 +88,7 @@ def choose_precision(requested: str, accelerator: str) -> str:
 
 
 def setup_threads() -> int:
-    """Use one intra-op thread per available core; return the count."""
-    n = available_cores()
+    """Use one intra-op thread per available core (or ``DEEPSCOPE_NUM_THREADS``)."""
+    n = int(os.environ.get("DEEPSCOPE_NUM_THREADS", 0)) or available_cores()
     torch.set_num_threads(n)
     return n

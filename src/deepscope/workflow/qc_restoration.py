@@ -1189,12 +1189,19 @@ def calibration_figure(calibration: Mapping[str, Any]) -> Any:
     fig = Figure(figsize=(5.2, 4.4))
     fig.subplots_adjust(left=0.16, right=0.96, bottom=0.13, top=0.9)
     ax = fig.subplots()
-    top = float(max(predicted.max(initial=0.0), actual.max(initial=0.0))) * 1.08 or 1.0
-    ax.plot([0, top], [0, top], ls="--", color="#999999", label="perfectly calibrated")
+    values = np.concatenate([predicted, actual])
+    top = float(values.max(initial=0.0)) * 1.08 or 1.0
+    # Errors often span decades (background vs bright structures): then log axes.
+    log = values.size > 0 and values.min() > 0 and values.max() / values.min() > 20
+    bottom = float(values.min()) / 1.5 if log else 0.0
+    ax.plot([bottom, top], [bottom, top], ls="--", color="#999999", label="perfectly calibrated")
     ax.plot(predicted, actual, "o-", color=figures.METHOD_COLORS["model"], label="groups of pixels")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set(
-        xlim=(0, top),
-        ylim=(0, top),
+        xlim=(bottom, top),
+        ylim=(bottom, top),
         xlabel="predicted error (mean uncertainty of the group)",
         ylabel="actual error (mean |model − target|)",
     )

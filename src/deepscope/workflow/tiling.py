@@ -38,7 +38,11 @@ def fit_tile_shape(
     return tuple(out)
 
 
-def blend_window(tile_shape: Sequence[int], overlap: int) -> np.ndarray:
+def _per_axis(overlap: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    return (overlap,) * ndim if isinstance(overlap, int) else tuple(overlap)
+
+
+def blend_window(tile_shape: Sequence[int], overlap: int | Sequence[int]) -> np.ndarray:
     """Separable window: 1 in the middle, cosine ramp over ``overlap`` pixels at each edge.
 
     The ramp starts at (almost) zero on the outermost pixel, where a network with 'same'
@@ -47,8 +51,9 @@ def blend_window(tile_shape: Sequence[int], overlap: int) -> np.ndarray:
     tile is at its edge) while still blending along the other axes there.
     """
     w = np.ones(tuple(tile_shape), dtype=np.float32)
+    overlaps = _per_axis(overlap, len(tile_shape))
     for axis, n in enumerate(tile_shape):
-        ramp_len = min(overlap, n // 2)
+        ramp_len = min(overlaps[axis], n // 2)
         line = np.ones(n, dtype=np.float32)
         if ramp_len > 0:
             r = 0.5 - 0.5 * np.cos(np.pi * np.arange(ramp_len) / ramp_len)
@@ -61,8 +66,11 @@ def blend_window(tile_shape: Sequence[int], overlap: int) -> np.ndarray:
     return w
 
 
-def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: int) -> Iterator[tuple[slice, ...]]:
-    starts = [tile_starts(s, t, overlap) for s, t in zip(shape, tile, strict=True)]
+def _tiles(
+    shape: Sequence[int], tile: Sequence[int], overlap: int | Sequence[int]
+) -> Iterator[tuple[slice, ...]]:
+    overlaps = _per_axis(overlap, len(tile))
+    starts = [tile_starts(s, t, o) for s, t, o in zip(shape, tile, overlaps, strict=True)]
     for corner in itertools.product(*starts):
         yield tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True))
 
@@ -118,11 +126,12 @@ def predict_tiled(
         else image
     )
     work_shape = padded.shape[1:]
-    overlap = min(overlap, min(tile) // 2)
-    window = blend_window(tile, overlap)
+    # Per axis: a thin Z tile must not shrink the overlap in Y and X (that left seams).
+    overlaps = tuple(min(overlap, t // 2) for t in tile)
+    window = blend_window(tile, overlaps)
     out = np.zeros((out_channels,) + tuple(work_shape), dtype=np.float32)
     weight = np.zeros(tuple(work_shape), dtype=np.float32)
-    slices = list(_tiles(work_shape, tile, overlap))
+    slices = list(_tiles(work_shape, tile, overlaps))
     device = next(network.parameters()).device
     fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
     for first in range(0, len(slices), batch_size):
