@@ -16,6 +16,16 @@ from deepscope.errors import DeepscopeError
 EPILOG = "Documentation: README.md. Every command has --help."
 
 
+def _add_targets_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--targets",
+        "--masks",
+        dest="targets",
+        type=Path,
+        help="folder of target images or masks (paired tasks), same file names as the images",
+    )
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("how to read your images")
     g.add_argument(
@@ -90,13 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("task", help="what you want to do, e.g. n2v (denoising)")
     p.add_argument("--images", type=Path, required=True, help="folder of input images")
-    p.add_argument(
-        "--targets",
-        "--masks",
-        dest="targets",
-        type=Path,
-        help="folder of target images or masks (paired tasks), same file names as the images",
-    )
+    _add_targets_option(p)
     _add_data_options(p)
     p.add_argument("--config", type=Path, help="a YAML settings file")
     _add_semantic_options(p)
@@ -110,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("task", help="what to train, e.g. n2v (Noise2Void denoising)")
     p.add_argument("--images", type=Path, required=True, help="folder of training images")
-    p.add_argument(
-        "--targets",
-        "--masks",
-        dest="targets",
-        type=Path,
-        help="folder of target images or masks (paired tasks), same file names as the images",
-    )
+    _add_targets_option(p)
     p.add_argument(
         "--out",
         type=Path,
