@@ -42,9 +42,18 @@ TINY_CONFIG_3D: dict[str, Any] = copy.deepcopy(TINY_CONFIG)
 TINY_CONFIG_3D["data"] = {"patch_size": [8, 16, 16], "spatial_dims": 3}
 
 
-# Tiny test networks run fastest on one thread (and do not fight over a busy machine).
+# Tiny test networks run fastest on one thread (and do not fight over a busy machine):
+# the environment variable reaches deepscope's own thread set-up inside training.
 os.environ.setdefault("DEEPSCOPE_NUM_THREADS", "1")
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Keep every test on one torch thread, whatever an earlier test set."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def synthetic_pair(

@@ -27,16 +27,6 @@ from deepscope.workflow.model_folder import (
     save_model_folder,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- config
 
 

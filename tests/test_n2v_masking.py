@@ -17,15 +17,6 @@ from deepscope.tasks.n2v import (
 SCALE = 1000  # pixel value = z * SCALE**2 + y * SCALE + x (float64: exact)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def coordinate_image(batch: int, channels: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Every pixel holds its own coordinate; channel c adds c * SCALE**3."""
     grids = torch.meshgrid(*(torch.arange(s, dtype=torch.float64) for s in shape), indexing="ij")

@@ -20,7 +20,6 @@ from conftest import TINY_CONFIG, write_tif
 from deepscope.config import DataConfig, config_from_dict
 from deepscope.data.patches import RandomPatches
 from deepscope.data.validation import validate_dataset
-from deepscope.engine import performance
 from deepscope.errors import ConfigError
 from deepscope.interfaces.cli import main
 from deepscope.tasks import get_task
@@ -43,13 +42,6 @@ from deepscope.workflow.qc_segmentation import (
     threshold_curve,
 )
 from deepscope.workflow.training import train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny networks gain nothing from threads; on a shared machine they only wait."""
-    monkeypatch.setattr(performance, "available_cores", lambda: 1)
-    torch.set_num_threads(1)
 
 
 def _quiet(_msg: str) -> None:

@@ -10,15 +10,6 @@ from torch import nn
 from deepscope.workflow.tiling import blend_window, fit_tile_shape, predict_tiled, tile_starts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread start-up costs more than it saves on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("size", [1, 5, 15, 16, 17, 28, 31, 32, 37, 53, 64, 100])
 @pytest.mark.parametrize("overlap", [0, 1, 4, 8, 15])
 def test_tile_starts_cover_with_overlap(size, overlap):

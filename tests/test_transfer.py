@@ -26,13 +26,6 @@ from deepscope.workflow.transfer import check_start_model, load_start_weights
 ENCODER = ("encoders.", "bottleneck.")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny networks gain nothing from threads; on a shared machine they only wait."""
-    monkeypatch.setattr(performance, "available_cores", lambda: 1)
-    torch.set_num_threads(1)
-
-
 def _quiet(_msg: str) -> None:
     pass
 

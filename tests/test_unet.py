@@ -12,13 +12,8 @@ from deepscope.tasks.n2v import N2VConfig, N2VTask
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny convolutions: thread start-up costs more than it saves on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("n2v2", [False, True])
