@@ -269,8 +269,9 @@ def _why_stopped(trainer: Any, run_dir: Path, max_epochs: int) -> str:
     return "time budget reached"
 
 
-def _state_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
-    state = engine.load_checkpoint_state(path)["state_dict"]
+def _network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The network's weights from a loaded Lightning checkpoint."""
+    state = checkpoint["state_dict"]
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
@@ -295,9 +296,14 @@ def export_model(
             "give more time (--max-minutes) or fewer patches per epoch, then run with --resume",
         )
     best_ckpt = engine.load_checkpoint_state(best_path)
-    checkpoints = {p.stem: _state_from_ckpt(p) for p in sorted(ckpt_dir.glob("epoch_*.ckpt"))}
-    if (ckpt_dir / engine.LAST).exists():
-        checkpoints["last"] = _state_from_ckpt(ckpt_dir / engine.LAST)
+    last_path = ckpt_dir / engine.LAST
+    last_ckpt = engine.load_checkpoint_state(last_path) if last_path.exists() else None
+    checkpoints = {
+        p.stem: _network_state(engine.load_checkpoint_state(p))
+        for p in sorted(ckpt_dir.glob("epoch_*.ckpt"))
+    }
+    if last_ckpt is not None:
+        checkpoints["last"] = _network_state(last_ckpt)
     training = dict(training)
     training["best_epoch"] = int(best_ckpt.get("epoch", -1)) + 1
     cb = {
@@ -309,14 +315,12 @@ def export_model(
         if state.get("best_model_score") is not None:
             training["best_val_loss"] = round(float(state["best_model_score"]), 6)
     training["epochs_trained"] = (
-        int(engine.load_checkpoint_state(ckpt_dir / engine.LAST)["epoch"]) + 1
-        if (ckpt_dir / engine.LAST).exists()
-        else training["best_epoch"]
+        int(last_ckpt["epoch"]) + 1 if last_ckpt is not None else training["best_epoch"]
     )
     return save_model_folder(
         run_dir / "model",
         config=config,
-        weights=_state_from_ckpt(best_path),
+        weights=_network_state(best_ckpt),
         in_channels=in_channels,
         input_axes=axes,
         normalizer=normalizer,
