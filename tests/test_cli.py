@@ -63,6 +63,7 @@ OPTIONS = {
     "predict": [
         "--input",
         "--out",
+        "--memory-limit",
         "--axes",
         "--tile",
         "--overwrite",

@@ -491,6 +491,78 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
     return Image(data=data, axes=final_axes, path=path, metadata=metadata)
 
 
+def _open_tiff_lazy(path: Path) -> tuple[Any, str | None, dict[str, Any]]:
+    import tifffile
+    import zarr
+
+    with _tifffile_errors() as problems, tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = _tiff_axes(series.axes, tuple(series.shape))
+        if tif.is_imagej:
+            metadata = _imagej_physical(tif, axes or "")
+        elif tif.is_ome:
+            metadata = _ome_physical(tif)
+        else:
+            metadata = {}
+    if problems:
+        raise ValueError("; ".join(problems))
+    # The store keeps its own file handle open; regions are decoded when indexed.
+    store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    return zarr.open(store, mode="r"), axes, metadata
+
+
+def _open_zarr_lazy(path: Path) -> tuple[Any, str | None, dict[str, Any]]:
+    import zarr
+
+    node = zarr.open(store=str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node, None, {}
+    group, multiscales = _zarr_multiscales(node)
+    level0 = multiscales[0]["datasets"][0]
+    data = group[level0["path"]]
+    raw_axes = multiscales[0].get("axes") or list("tczyx"[-data.ndim :])
+    names = [(a["name"] if isinstance(a, dict) else a).upper() for a in raw_axes]
+    units = [a.get("unit") if isinstance(a, dict) else None for a in raw_axes]
+    axes = "".join(names) if all(len(n) == 1 for n in names) else None
+    metadata = _zarr_physical(level0, axes, units) if axes else {}
+    return data, axes, metadata
+
+
+def open_image(path: str | os.PathLike, axes: str | None = None) -> Image:
+    """Open an image without loading its pixels: they are read region by region.
+
+    Like :func:`read_image` (same checks, axes and metadata), except that for TIFF and
+    OME-Zarr ``Image.data`` is a read-only array-like (a zarr array: ``shape``, ``dtype``,
+    ``ndim`` and slicing, which reads only the region asked for). PNG/JPEG pictures are
+    small and are loaded as usual. Use it for images that may not fit in memory.
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`read_image`.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    _check_readable(path, suffix)
+    if suffix not in _TIFF_SUFFIXES and suffix not in _ZARR_SUFFIXES:
+        return read_image(path, axes)
+    opener = _open_tiff_lazy if suffix in _TIFF_SUFFIXES else _open_zarr_lazy
+    try:
+        data, file_axes, metadata = opener(path)
+    except Exception:
+        # Let the eager reader produce its precise message for the damaged file.
+        return read_image(path, axes)
+    if np.dtype(data.dtype).kind not in "uif":
+        return read_image(path, axes)  # e.g. 1-bit images: converted by the reader
+    try:
+        final_axes = check_axes(axes or file_axes or guess_axes(tuple(data.shape)), data.ndim)
+    except DeepscopeError as exc:
+        raise ImageReadError(
+            f"{exc.problem} (image shape {tuple(data.shape)})", path=path, fix=exc.fix
+        ) from exc
+    return Image(data=data, axes=final_axes, path=path, metadata=metadata)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -659,16 +731,22 @@ def _imagej_axes(data: np.ndarray, axes: str) -> str | None:
     return axes if list(axes) == order else None
 
 
-def _write_tiff(tmp: Path, data: np.ndarray, axes: str, metadata: dict | None) -> None:
-    import tifffile
-
+def _tiff_options(
+    data: Any, axes: str, metadata: dict | None, *, ome: bool = False
+) -> dict[str, Any]:
+    """Tifffile writing options for an array (or shape/dtype holder) with ``axes``."""
     sizes, unit = _pixel_sizes(metadata, axes)
+    if ome:
+        ome_meta: dict[str, Any] = {"axes": axes}
+        for axis, size in sizes.items():
+            ome_meta[f"PhysicalSize{axis}"] = size
+            ome_meta[f"PhysicalSize{axis}Unit"] = _OME_UNIT.get(unit, unit)
+        return {"ome": True, "metadata": ome_meta}
     imagej_axes = _imagej_axes(data, axes)
     rgb = axes.endswith("C") and data.shape[-1] in (3, 4) and data.dtype.kind == "u"
     photometric = "rgb" if rgb else "minisblack"
     if imagej_axes is None:
-        tifffile.imwrite(tmp, data, photometric=photometric, metadata={"axes": axes})
-        return
+        return {"photometric": photometric, "metadata": {"axes": axes}}
     ij_meta: dict[str, Any] = {"axes": imagej_axes}
     resolution = None
     if sizes:
@@ -677,25 +755,44 @@ def _write_tiff(tmp: Path, data: np.ndarray, axes: str, metadata: dict | None) -
             ij_meta["spacing"] = sizes["Z"]
         if "X" in sizes and "Y" in sizes:
             resolution = (1.0 / sizes["X"], 1.0 / sizes["Y"])
-    tifffile.imwrite(
-        tmp,
-        data,
-        imagej=True,
-        photometric=photometric,
-        metadata=ij_meta,
-        resolution=resolution,
-    )
+    return {
+        "imagej": True,
+        "photometric": photometric,
+        "metadata": ij_meta,
+        "resolution": resolution,
+    }
+
+
+def _write_tiff(tmp: Path, data: np.ndarray, axes: str, metadata: dict | None) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp, data, **_tiff_options(data, axes, metadata))
 
 
 def _write_ome_tiff(tmp: Path, data: np.ndarray, axes: str, metadata: dict | None) -> None:
     import tifffile
 
-    sizes, unit = _pixel_sizes(metadata, axes)
-    ome_meta: dict[str, Any] = {"axes": axes}
-    for axis, size in sizes.items():
-        ome_meta[f"PhysicalSize{axis}"] = size
-        ome_meta[f"PhysicalSize{axis}Unit"] = _OME_UNIT.get(unit, unit)
-    tifffile.imwrite(tmp, data, ome=True, metadata=ome_meta)
+    tifffile.imwrite(tmp, data, **_tiff_options(data, axes, metadata, ome=True))
+
+
+def tiff_memmap(
+    path: Path, shape: tuple[int, ...], dtype: Any, axes: str, metadata: dict | None
+) -> np.memmap:
+    """Create an uncompressed TIFF (OME-TIFF if the name says so) and map its pixels.
+
+    The file is laid out exactly as :func:`write_image` would write it (ImageJ hyperstack
+    when possible, pixel size kept); writing into the returned array writes the file, so
+    images larger than memory can be built region by region. ``path`` is written as
+    given (use :func:`atomic_target` for an atomic result).
+    """
+    import tifffile
+
+    holder = np.empty((0,) * len(shape), dtype=dtype)  # carries dtype for the options
+    holder = np.lib.stride_tricks.as_strided(holder, shape=shape, strides=(0,) * len(shape))
+    ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+    return tifffile.memmap(
+        path, shape=shape, dtype=dtype, **_tiff_options(holder, axes, metadata, ome=ome)
+    )
 
 
 def _png_array(target: Path, data: np.ndarray, axes: str) -> np.ndarray:
@@ -734,20 +831,20 @@ def _pyramid_factors(shape_yx: tuple[int, ...]) -> list[int]:
     return factors
 
 
-def _write_zarr(tmp: Path, data: np.ndarray, axes: str, metadata: dict | None) -> None:
+def _write_zarr(tmp: Path, data: Any, axes: str, metadata: dict | None) -> None:
+    """Write an OME-Zarr folder; ``data`` may be a numpy or a dask array (streamed)."""
     import dask.array as da
     from ome_zarr.format import FormatV04
     from ome_zarr.scale import Methods
     from ome_zarr.writer import write_image as write_ome_zarr
 
     order = [a for a in "TCZYX" if a in axes]
-    data = np.transpose(data, [axes.index(a) for a in order])
+    data = data.transpose([axes.index(a) for a in order])
     chunks = tuple({"Y": 512, "X": 512, "Z": 32}.get(a, 1) for a in order)
+    chunks = tuple(min(c, s) for c, s in zip(chunks, data.shape, strict=True))
     sizes, unit = _pixel_sizes(metadata, axes)
     write_ome_zarr(
-        da.from_array(
-            data, chunks=tuple(min(c, s) for c, s in zip(chunks, data.shape, strict=True))
-        ),
+        data.rechunk(chunks) if isinstance(data, da.Array) else da.from_array(data, chunks=chunks),
         str(tmp),
         scale_factors=_pyramid_factors(data.shape[-2:]),
         method=Methods.RESIZE if data.dtype.kind == "f" else Methods.NEAREST,
@@ -756,6 +853,13 @@ def _write_zarr(tmp: Path, data: np.ndarray, axes: str, metadata: dict | None) -
         scale={a.lower(): sizes.get(a, 1.0) for a in order},
         axes_units={a.lower(): unit for a in "ZYX" if a in order} if sizes else None,
     )
+
+
+write_ome_zarr_array = _write_zarr
+"""Write a (numpy or dask) array as an OME-Zarr folder at a path (no atomic rename)."""
+
+atomic_target = _atomic_target
+"""Context manager: a temporary sibling path that replaces the target on success."""
 
 
 _WRITERS: dict[str, Callable[[Path, np.ndarray, str, dict | None], None]] = {

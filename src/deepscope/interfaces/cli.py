@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=512,
         help="large images are processed in tiles of this size (default 512)",
     )
+    p.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GIB",
+        help="images whose prediction would need more memory than this (in GiB; default: a "
+        "quarter of this computer's memory) are read, predicted and written block by block, "
+        "so images larger than memory work (restoration and class maps)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace results from an earlier run")
     p.add_argument(
         "--instances",
@@ -402,7 +410,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.input,
         args.out,
         axes=args.axes,
-        tiles=TileSettings(tile=args.tile),
+        tiles=TileSettings(
+            tile=args.tile,
+            memory_limit=int(args.memory_limit * 2**30) if args.memory_limit else None,
+        ),
         overwrite=args.overwrite,
         progress=_bar("predicting"),
     )

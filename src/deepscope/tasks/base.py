@@ -95,6 +95,15 @@ class Task(ABC):
         """
         return normalizer.denormalize(output)
 
+    def blockwise_ok(self) -> bool:
+        """Whether images may be predicted block by block (for images larger than memory).
+
+        True only when the result and side outputs at a pixel depend on the network output
+        near that pixel (restoration, class maps); False (the safe default) for results
+        that need the whole image at once, such as instance labels.
+        """
+        return False
+
     def side_outputs(self, output: np.ndarray) -> dict[str, np.ndarray]:
         """Extra result images of a de-normalised output, written beside the result.
 

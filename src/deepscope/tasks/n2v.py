@@ -145,6 +145,10 @@ class N2VTask(Task):
     config_class = N2VConfig
     needs_targets = False
 
+    def blockwise_ok(self) -> bool:
+        """Denoised pixels depend only on their neighbourhood: large images go in blocks."""
+        return True
+
     def extra_model_kwargs(self) -> dict:
         """Return the N2V2 architecture switch (blur pool, no top skip)."""
         return {"n2v2": self.config.n2v.variant == "n2v2"}

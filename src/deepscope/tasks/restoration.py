@@ -290,6 +290,10 @@ class PairedRestorationTask(Task):
     #: a shift found by cross-correlation is less certain).
     same_modality: ClassVar[bool] = True
 
+    def blockwise_ok(self) -> bool:
+        """Restored pixels depend only on their neighbourhood: large images go in blocks."""
+        return True
+
     @property
     def loss_kind(self) -> str:
         """The pixel loss chosen in the task's settings (``"l1"`` or ``"l2"``)."""

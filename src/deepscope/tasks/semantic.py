@@ -630,6 +630,10 @@ class SemanticTask(Task):
             probabilities, self.settings, self.class_map(probabilities)
         )
 
+    def blockwise_ok(self) -> bool:
+        """Class maps are per pixel; instance labels need the whole image at once."""
+        return not self.settings.predict_instances
+
     def side_outputs(self, output: np.ndarray) -> dict[str, np.ndarray]:
         """``instances`` and ``probabilities`` images, when asked for in the settings."""
         out: dict[str, np.ndarray] = {}

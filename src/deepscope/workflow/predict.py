@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,9 +14,17 @@ import numpy as np
 
 from deepscope import __version__
 from deepscope.data.axes import from_channel_first, output_axes, to_channel_first
-from deepscope.data.io import atomic_write_text, is_image_path, list_images, read_image, write_image
+from deepscope.data.io import (
+    atomic_write_text,
+    is_image_path,
+    list_images,
+    open_image,
+    read_image,
+    write_image,
+)
 from deepscope.engine import performance
 from deepscope.errors import DeepscopeError, OutputError
+from deepscope.workflow import large_images
 from deepscope.workflow.model_folder import TrainedModel
 from deepscope.workflow.tiling import predict_tiled
 
@@ -28,6 +37,11 @@ class TileSettings:
     tile_z: int = 32
     overlap: int = 32
     batch_size: int = 4
+    #: Bytes one image's prediction may use before it is done block by block from disk
+    #: (None: a quarter of this computer's memory). See :mod:`deepscope.workflow.large_images`.
+    memory_limit: int | None = None
+    #: Block size in Y and X for images over the memory limit.
+    block: int = 2048
 
 
 def predict_array(
@@ -226,13 +240,21 @@ def predict_files(
     }
     written = []
     for i, (src, dst) in enumerate(zip(inputs, targets, strict=True)):
-        img = read_image(src, axes=axes or model.config.data.axes)
-        cf = to_channel_first(img.data, img.axes, dims, path=src)
         tile_cb = (
             (lambda d, t, i=i, name=src.name: progress(name, i + d / t, len(inputs)))
             if progress
             else None
         )
+        blockwise = _predict_if_too_large(
+            model, src, dst, axes or model.config.data.axes, tiles, overwrite, tile_cb
+        )
+        if blockwise is not None:
+            written.append(dst)
+            record["files"].append(blockwise)
+            atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
+            continue
+        img = read_image(src, axes=axes or model.config.data.axes)
+        cf = to_channel_first(img.data, img.axes, dims, path=src)
         raw = predict_raw(model, cf, tiles, progress=tile_cb)
         result = model.task.postprocess(raw)
         out_axes = output_axes(img.axes, dims, result.shape[0])
@@ -264,6 +286,78 @@ def predict_files(
         record["files"].append(entry)
         atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
     return written
+
+
+def _predict_if_too_large(
+    model: TrainedModel,
+    src: Path,
+    dst: Path,
+    axes: str | None,
+    tiles: TileSettings | None,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+) -> dict | None:
+    """Predict ``src`` block by block if it is too large for memory; else return None.
+
+    Returns the provenance entry of the written result(s).
+    """
+    tiles = tiles or TileSettings()
+    dims = model.config.data.spatial_dims
+    image = open_image(src, axes=axes)
+    try:
+        spatial, channels = large_images.image_sizes(image, dims)
+    except ValueError:  # axes do not fit the model: the in-memory path explains why
+        return None
+    out_channels = int(model.info["out_channels"])
+    needed = large_images.memory_needed(spatial, channels, out_channels)
+    limit = tiles.memory_limit or large_images.default_memory_limit()
+    if needed <= limit:
+        return None
+    if not model.task.blockwise_ok():
+        warnings.warn(
+            f"{src.name}: predicting this image needs about {needed / 2**30:.1f} GiB, more "
+            f"than the {limit / 2**30:.1f} GiB limit, but the {model.config.task} task needs "
+            "the whole image at once; trying in memory. If it fails, crop the image.",
+            stacklevel=2,
+        )
+        return None
+    margin = 2 * tiles.overlap
+    block = large_images.block_shape(dims, tiles.block, tiles.tile_z)
+    paths = large_images.predict_in_blocks(
+        image,
+        dst,
+        dims,
+        lambda cf: predict_raw(model, cf, tiles),
+        model.task.side_outputs,
+        model.task.postprocess,
+        lambda suffix: dst.with_name(side_output_name(dst.name, suffix)),
+        block=block,
+        margin=(margin,) * dims,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    result_axes = tifffile_axes(paths[""])
+    entry = {
+        "input": str(src.resolve()),
+        "input_sha256": _sha256(src),
+        "output": dst.name,
+        "axes": result_axes,
+        "date": _now(),
+        "predicted_in_blocks": {
+            "reason": f"needs about {needed / 2**30:.1f} GiB, limit {limit / 2**30:.1f} GiB",
+            "block": list(block),
+            "margin": margin,
+        },
+    }
+    for suffix, path in paths.items():
+        if suffix:
+            entry[suffix] = path.name
+    return entry
+
+
+def tifffile_axes(path: Path) -> str:
+    """Axes of a written result, as deepscope reads them back."""
+    return open_image(path).axes
 
 
 def _now() -> str:
