@@ -71,6 +71,20 @@ OPTIONS = {
     ],
     "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
     "demo": ["--out", "--max-minutes"],
+    "track": [
+        "--input",
+        "--model",
+        "--labels",
+        "--out",
+        "--axes",
+        "--max-distance",
+        "--gap-frames",
+        "--division-distance",
+        "--no-divisions",
+        "--tile",
+        "--overwrite",
+    ],
+    "qc-track": ["--gt", "--seg-gt", "--out"],
 }
 POSITIONALS = {
     "validate": ["task"],
@@ -78,6 +92,8 @@ POSITIONALS = {
     "predict": ["model"],
     "qc": ["model"],
     "demo": [],
+    "track": [],
+    "qc-track": ["tracks"],
 }
 
 

@@ -99,8 +99,10 @@ def seg_score(seg_folder: Path, result: np.ndarray) -> tuple[float, int]:
                                  f"{result[t].shape}", path, "give the SEG folder of this movie")
         gt = gt.astype(np.int64)
         res = np.asarray(result[t], np.int64)
-        iogt = {(g, r): v for g, r, v in get_labels_with_overlap(gt, res, overlap="iogt")}
-        iou = {(g, r): v for g, r, v in get_labels_with_overlap(gt, res, overlap="iou")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "boxes not provided": regionprops is used
+            iogt = {(g, r): v for g, r, v in get_labels_with_overlap(gt, res, overlap="iogt")}
+            iou = {(g, r): v for g, r, v in get_labels_with_overlap(gt, res, overlap="iou")}
         best: dict[int, float] = {int(g): 0.0 for g in np.unique(gt) if g}
         for (g, r), v in iogt.items():
             if v > 0.5:
@@ -209,3 +211,63 @@ def score_tracks(
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     """Write ``summary.json`` atomically."""
     return atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2))
+
+
+def run_qc_track(
+    result: Path,
+    gt: Path,
+    out_dir: Path,
+    seg_gt: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score a tracking result and write ``summary.json`` and ``report.html`` to ``out_dir``.
+
+    ``summary.json`` holds ``{"TRA": …, "DET": …, "SEG": …, "division_f1": …}`` plus
+    division precision/recall, LNK, the tolerant division scores and error counts.
+    """
+    from deepscope.workflow.report import HtmlReport
+
+    out_dir = Path(out_dir)
+    if out_dir.resolve() in (Path(result).resolve(), find_result_folder(result).resolve(),
+                             Path(gt).resolve()):
+        raise DeepscopeError("the QC output folder is the result or ground-truth folder",
+                             out_dir, "choose a new folder, e.g. --out qc/")
+    summary = score_tracks(result, gt, seg_gt, progress)
+    write_summary(out_dir, summary)
+    report = HtmlReport("Tracking quality control")
+    report.add_paragraph(
+        f"TRA {_fmt(summary['TRA'])}, DET {_fmt(summary['DET'])}, SEG {_fmt(summary['SEG'])}, "
+        f"division F1 {_fmt(summary['division_f1'])} (1 is perfect for all).",
+        css_class="lead",
+    )
+    report.add_table(
+        [
+            {"measure": "TRA", "value": summary["TRA"],
+             "meaning": "tracking: objects and links, weighted as in the CTC (AOGM)"},
+            {"measure": "DET", "value": summary["DET"], "meaning": "detection of the objects"},
+            {"measure": "LNK", "value": summary["LNK"], "meaning": "links between frames only"},
+            {"measure": "SEG", "value": summary["SEG"],
+             "meaning": "mean IoU with the reference outlines (needs SEG masks)"},
+            {"measure": "division precision", "value": summary["division_precision"],
+             "meaning": "found divisions that are real (same frame)"},
+            {"measure": "division recall", "value": summary["division_recall"],
+             "meaning": "real divisions that were found (same frame)"},
+            {"measure": "division F1", "value": summary["division_f1"],
+             "meaning": "both together"},
+            {"measure": "division F1 (±1 frame)", "value": summary["division_f1_tolerant"],
+             "meaning": "divisions found one frame early or late count as found"},
+        ],
+        caption="Scores",
+    )
+    report.add_key_values(summary["counts"], caption="Counts and errors")
+    if summary["SEG"] is None:
+        report.add_paragraph("SEG was not computed: no SEG folder beside the ground truth; "
+                             "give one with --seg-gt.", css_class="note")
+    report.add_paragraph(f"Result: {summary['result']}. Ground truth: {summary['ground_truth']}."
+                         " Metrics computed with traccuracy.", css_class="note")
+    report.write(out_dir / "report.html")
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
