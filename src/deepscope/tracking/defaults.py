@@ -18,6 +18,8 @@ Then
 - ``division_distance`` = ``max_distance``: a new object appearing this close to an
   existing one is its daughter (division). ``--no-divisions`` turns divisions off
   (a new object then starts a new track).
+- drift correction on: a shift of the whole field between two frames (stage jump,
+  drifting dish) is measured and removed before linking (``--no-drift-correction``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class LinkSettings:
     gap_frames: int
     divisions: bool
     division_distance: float
+    drift_correction: bool = True
     object_diameter: float | None = None
     displacement_p90: float | None = None
     spacing: tuple[float, ...] = (1.0, 1.0)
@@ -75,6 +78,8 @@ class LinkSettings:
                          f"mother ({origin('division_distance')})")
         else:
             lines.append("divisions: off")
+        lines.append("drift correction: " + ("on (a shift of the whole field between frames "
+                     "is removed before linking)" if self.drift_correction else "off"))
         return lines
 
 
@@ -108,6 +113,7 @@ def derive_settings(
     gap_frames: int | None = None,
     divisions: bool = True,
     division_distance: float | None = None,
+    drift_correction: bool = True,
 ) -> LinkSettings:
     """Fill in the settings not given, from object size and displacement statistics.
 
@@ -121,6 +127,8 @@ def derive_settings(
         Given values, or None for automatic ones (see the module documentation).
     divisions
         Whether objects may divide.
+    drift_correction
+        Whether a global shift of the whole field between frames is removed before linking.
 
     Raises
     ------
@@ -152,6 +160,7 @@ def derive_settings(
         gap_frames=int(gap_frames),
         divisions=divisions,
         division_distance=float(division_distance),
+        drift_correction=drift_correction,
         object_diameter=diameter,
         displacement_p90=p90,
         spacing=tuple(spacing),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from deepscope.tracking.defaults import LinkSettings, coordinate_columns
+from deepscope.tracking.drift import aligned_pair, estimate_drift
 
 
 @dataclass
@@ -36,10 +37,14 @@ class Tracks:
         One row per track: ``track``, ``start``, ``end`` (frames) and ``parent``
         (0 = none), as in CTC ``res_track.txt``; ``division`` tells whether the
         parent link is a division (False for a gap).
+    drift
+        Cumulative drift of every frame ``(T, ndim)`` pixels that was subtracted before
+        linking (see :mod:`deepscope.tracking.drift`), or None.
     """
 
     objects: pd.DataFrame
     lineage: pd.DataFrame
+    drift: np.ndarray | None = None
 
     @property
     def n_divisions(self) -> int:
@@ -48,7 +53,9 @@ class Tracks:
         return int(div["parent"].nunique())
 
 
-def overlap_cost(labels: np.ndarray | None) -> Callable[[np.ndarray, np.ndarray], float] | str:
+def overlap_cost(
+    labels: np.ndarray | None, drift: np.ndarray | None = None
+) -> Callable[[np.ndarray, np.ndarray], float] | str:
     """The link cost: squared distance, lowered by how much two objects overlap.
 
     Points are ``(frame, label, *scaled centroid)``. The cost is ``d² (1 - f)``, where
@@ -56,11 +63,12 @@ def overlap_cost(labels: np.ndarray | None) -> Callable[[np.ndarray, np.ndarray]
     the smaller object: objects that do not overlap cost ``d²`` (the usual LAP cost),
     a daughter lying inside its mother's last outline costs almost nothing, and
     neighbours that happen to be close but do not overlap are not preferred over it.
-    Without labels, plain squared distance.
+    Without labels, plain squared distance. ``drift`` (``(T, ndim)`` pixels) is removed
+    before overlaps are counted.
     """
     if labels is None:
         return "sqeuclidean"
-    overlaps = _Overlaps(labels)
+    overlaps = _Overlaps(labels, drift)
 
     def cost(a: np.ndarray, b: np.ndarray) -> float:
         d2 = float(np.sum((a[2:] - b[2:]) ** 2))
@@ -73,8 +81,9 @@ def overlap_cost(labels: np.ndarray | None) -> Callable[[np.ndarray, np.ndarray]
 class _Overlaps:
     """Shared pixels of the objects of two frames, counted once per pair of frames."""
 
-    def __init__(self, labels: np.ndarray):
+    def __init__(self, labels: np.ndarray, drift: np.ndarray | None = None):
         self.labels = labels
+        self.drift = drift if drift is not None else np.zeros((len(labels), labels.ndim - 1))
         self._pairs: dict[tuple[int, int], dict[tuple[int, int], int]] = {}
         self._areas: dict[int, np.ndarray] = {}
 
@@ -85,7 +94,8 @@ class _Overlaps:
 
     def _pair(self, f1: int, f2: int) -> dict[tuple[int, int], int]:
         if (f1, f2) not in self._pairs:
-            a, b = self.labels[f1].ravel(), self.labels[f2].ravel()
+            a, b = aligned_pair(self.labels[f1], self.labels[f2], self.drift[f1], self.drift[f2])
+            a, b = a.ravel(), b.ravel()
             both = (a > 0) & (b > 0)
             a, b = a[both].astype(np.int64), b[both].astype(np.int64)
             keys, counts = np.unique(a * (int(b.max(initial=0)) + 1) + b, return_counts=True)
@@ -105,13 +115,15 @@ class _Overlaps:
         return shared / min(self._area(f1, l1), self._area(f2, l2))
 
 
-def _laptrack(settings: LinkSettings, labels: np.ndarray | None):  # noqa: ANN202
+def _laptrack(  # noqa: ANN202
+    settings: LinkSettings, labels: np.ndarray | None, drift: np.ndarray | None
+):
     from laptrack import LapTrack
 
     gate = settings.max_distance**2
     split = settings.division_distance**2 if settings.divisions else False
     alternative = max(gate, split or 0.0)
-    metric = overlap_cost(labels)
+    metric = overlap_cost(labels, drift)
     return LapTrack(
         metric=metric,
         cutoff=gate,
@@ -143,7 +155,8 @@ def link_objects(
         Gates and options (see :mod:`deepscope.tracking.defaults`).
     labels
         The label movie ``(T, *spatial)`` the objects come from: links then also
-        weigh how much objects overlap (see :func:`overlap_cost`). None: distance only.
+        weigh how much objects overlap (see :func:`overlap_cost`), and global drift is
+        removed first when ``settings.drift_correction``. None: distance only.
 
     Returns
     -------
@@ -155,21 +168,28 @@ def link_objects(
     if objects.empty:
         empty = pd.DataFrame(columns=["track", "start", "end", "parent", "division"])
         return Tracks(objects.assign(track=[], lineage=[]), empty)
+    drift = None
+    if labels is not None and settings.drift_correction:
+        drift = estimate_drift(labels)
     scaled = objects[["frame"]].copy()
     scaled["f"] = objects["frame"].to_numpy(float)
     scaled["l"] = objects["label"].to_numpy(float)
-    for c, s in zip(cols, settings.spacing, strict=True):
-        scaled[c] = objects[c].to_numpy(float) * s
+    frames = objects["frame"].to_numpy()
+    for i, (c, s) in enumerate(zip(cols, settings.spacing, strict=True)):
+        shift = drift[frames, i] if drift is not None else 0.0
+        scaled[c] = (objects[c].to_numpy(float) - shift) * s
     scaled["row"] = np.arange(len(objects))
     point = ["f", "l", *cols] if labels is not None else cols
-    track_df, split_df, _ = _laptrack(settings, labels).predict_dataframe(
+    track_df, split_df, _ = _laptrack(settings, labels, drift).predict_dataframe(
         scaled, point, only_coordinate_cols=False
     )
     rows = track_df["row"].to_numpy()
     segment = np.empty(len(objects), dtype=np.int64)
     segment[rows] = track_df["track_id"].to_numpy()
     parents = {int(r.child_track_id): int(r.parent_track_id) for r in split_df.itertuples()}
-    return _ctc_tracks(objects, segment, parents)
+    result = _ctc_tracks(objects, segment, parents)
+    result.drift = drift
+    return result
 
 
 def _ctc_tracks(objects: pd.DataFrame, segment: np.ndarray, parents: dict[int, int]) -> Tracks:
