@@ -81,6 +81,7 @@ OPTIONS = {
         "--gap-frames",
         "--division-distance",
         "--no-divisions",
+        "--no-drift-correction",
         "--tile",
         "--overwrite",
     ],

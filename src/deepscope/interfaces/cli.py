@@ -235,6 +235,9 @@ TRACK_EPILOG = """Automatic linking settings (when an option is left out):
                        distance from each object to the nearest object of the previous frame)
   gap frames         = 2 (an object missed in up to 2 frames keeps its track)
   division distance  = max distance (a new object this close to another is its daughter)
+  drift correction   = on (a shift of the whole field between frames is removed first)
+Links prefer objects that overlap: the cost of a link is the squared distance times
+(1 - the shared area as a fraction of the smaller object).
 The values used are printed and saved in OUT/settings.json and the report."""
 
 
@@ -256,26 +259,62 @@ def _add_tracking_commands(sub: Any) -> None:
         help="the movie (T,Y,X or T,Z,Y,X: TIFF, OME-TIFF, OME-Zarr, or a folder with one "
         "image per time point); with --labels it gives intensities and the report background",
     )
-    p.add_argument("--model", type=Path, help="segmentation model folder that separates "
-                   "objects (e.g. runs/seg1/model), to segment --input")
-    p.add_argument("--labels", type=Path, help="label images to link instead: a stack "
-                   "or a folder with one label image per time point (e.g. CTC masks)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="segmentation model folder that separates "
+        "objects (e.g. runs/seg1/model), to segment --input",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="label images to link instead: a stack "
+        "or a folder with one label image per time point (e.g. CTC masks)",
+    )
     p.add_argument("--out", type=Path, required=True, help="new folder for the tracks")
-    p.add_argument("--axes", help="axes of your files if deepscope guesses wrong, e.g. TZYX "
-                   "(for a folder of frames: the axes of one frame, e.g. ZYX)")
+    p.add_argument(
+        "--axes",
+        help="axes of your files if deepscope guesses wrong, e.g. TZYX "
+        "(for a folder of frames: the axes of one frame, e.g. ZYX)",
+    )
     g = p.add_argument_group("linking (defaults derived from your data; see below)")
-    g.add_argument("--max-distance", type=float, metavar="PIXELS",
-                   help="largest move of an object between two frames, in pixels")
-    g.add_argument("--gap-frames", type=int, metavar="N",
-                   help="an object may be missing in up to N frames and keep its track "
-                   "(0: no gap closing; default 2)")
-    g.add_argument("--division-distance", type=float, metavar="PIXELS",
-                   help="a new object at most this far from another is taken as its "
-                   "daughter (default: the max distance)")
-    g.add_argument("--no-divisions", action="store_true",
-                   help="objects do not divide: a new object always starts a new track")
-    p.add_argument("--tile", type=int, default=512, help="with --model: tile size for "
-                   "large frames (default 512)")
+    g.add_argument(
+        "--max-distance",
+        type=float,
+        metavar="PIXELS",
+        help="largest move of an object between two frames, in pixels",
+    )
+    g.add_argument(
+        "--gap-frames",
+        type=int,
+        metavar="N",
+        help="an object may be missing in up to N frames and keep its track "
+        "(0: no gap closing; default 2)",
+    )
+    g.add_argument(
+        "--division-distance",
+        type=float,
+        metavar="PIXELS",
+        help="a new object at most this far from another is taken as its "
+        "daughter (default: the max distance)",
+    )
+    g.add_argument(
+        "--no-divisions",
+        action="store_true",
+        help="objects do not divide: a new object always starts a new track",
+    )
+    g.add_argument(
+        "--no-drift-correction",
+        action="store_true",
+        help="do not measure and remove shifts of the whole field between frames "
+        "(stage jumps, drift) before linking",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=512,
+        help="with --model: tile size for large frames (default 512)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 
     p = sub.add_parser(
@@ -287,10 +326,18 @@ def _add_tracking_commands(sub: Any) -> None:
         "and OUT/report.html.",
     )
     p.add_argument("tracks", type=Path, help="the tracking result folder (e.g. tracks/)")
-    p.add_argument("--gt", type=Path, required=True, help="ground-truth TRA folder: "
-                   "man_track*.tif and man_track.txt (e.g. 01_GT/TRA)")
-    p.add_argument("--seg-gt", type=Path, help="ground-truth SEG folder of full-frame masks "
-                   "(default: a SEG folder beside --gt, if there is one)")
+    p.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="ground-truth TRA folder: man_track*.tif and man_track.txt (e.g. 01_GT/TRA)",
+    )
+    p.add_argument(
+        "--seg-gt",
+        type=Path,
+        help="ground-truth SEG folder of full-frame masks "
+        "(default: a SEG folder beside --gt, if there is one)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for summary.json and the report")
 
 
@@ -322,12 +369,15 @@ def cmd_track(args: argparse.Namespace) -> int:
         gap_frames=args.gap_frames,
         divisions=not args.no_divisions,
         division_distance=args.division_distance,
+        drift_correction=not args.no_drift_correction,
         overwrite=args.overwrite,
         tile=args.tile,
         progress=progress,
     )
-    print(f"Tracks written to {result.out_dir} in {result.seconds:.0f} s "
-          "(ctc/, tracks.csv, tracks.xml, report.html).")
+    print(
+        f"Tracks written to {result.out_dir} in {result.seconds:.0f} s "
+        "(ctc/, tracks.csv, tracks.xml, report.html)."
+    )
     print(f"Next, with ground truth: deepscope qc-track {result.out_dir} --gt GT/TRA --out qc/")
     return 0
 
@@ -336,15 +386,19 @@ def cmd_qc_track(args: argparse.Namespace) -> int:
     """Score tracks against CTC ground truth."""
     from deepscope.tracking.qc_track import run_qc_track
 
-    summary = run_qc_track(args.tracks, args.gt, args.out, args.seg_gt,
-                           progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    summary = run_qc_track(
+        args.tracks,
+        args.gt,
+        args.out,
+        args.seg_gt,
+        progress=lambda msg: print(f"  {msg}", file=sys.stderr),
+    )
 
     def fmt(v: float | None) -> str:
         return "–" if v is None else f"{v:.3f}"
 
     print("Tracking quality (1 is perfect):")
-    for key in ("TRA", "DET", "LNK", "SEG", "division_precision", "division_recall",
-                "division_f1"):
+    for key in ("TRA", "DET", "LNK", "SEG", "division_precision", "division_recall", "division_f1"):
         print(f"  {key:<20} {fmt(summary[key])}")
     print(f"Summary: {Path(args.out) / 'summary.json'}; report: {Path(args.out) / 'report.html'}")
     return 0

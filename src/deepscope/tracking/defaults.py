@@ -70,16 +70,27 @@ class LinkSettings:
                 f"objects: median diameter {self.object_diameter:.1f} px; 90% of objects "
                 f"lie within {self.displacement_p90:.1f} px of an object of the previous frame"
             )
-        lines.append(f"max distance {self.max_distance:.1f} px per frame ({origin('max_distance')})")
-        lines.append(f"gap closing over up to {self.gap_frames} missing frame(s) "
-                     f"({origin('gap_frames')})")
+        lines.append(
+            f"max distance {self.max_distance:.1f} px per frame ({origin('max_distance')})"
+        )
+        lines.append(
+            f"gap closing over up to {self.gap_frames} missing frame(s) ({origin('gap_frames')})"
+        )
         if self.divisions:
-            lines.append(f"divisions: daughters within {self.division_distance:.1f} px of the "
-                         f"mother ({origin('division_distance')})")
+            lines.append(
+                f"divisions: daughters within {self.division_distance:.1f} px of the "
+                f"mother ({origin('division_distance')})"
+            )
         else:
             lines.append("divisions: off")
-        lines.append("drift correction: " + ("on (a shift of the whole field between frames "
-                     "is removed before linking)" if self.drift_correction else "off"))
+        lines.append(
+            "drift correction: "
+            + (
+                "on (a shift of the whole field between frames is removed before linking)"
+                if self.drift_correction
+                else "off"
+            )
+        )
         return lines
 
 
@@ -108,7 +119,7 @@ def coordinate_columns(objects: pd.DataFrame) -> list[str]:
 def derive_settings(
     objects: pd.DataFrame,
     *,
-    spacing: tuple[float, ...] = (1.0, 1.0),
+    spacing: tuple[float, ...] | None = None,
     max_distance: float | None = None,
     gap_frames: int | None = None,
     divisions: bool = True,
@@ -122,7 +133,8 @@ def derive_settings(
     objects
         The table of :func:`deepscope.tracking.measure.measure_objects`.
     spacing
-        Pixel spacing per spatial axis relative to X (see ``measure.spacing``).
+        Pixel spacing per spatial axis relative to X (see ``measure.spacing``);
+        None for square (cubic) pixels.
     max_distance, gap_frames, division_distance
         Given values, or None for automatic ones (see the module documentation).
     divisions
@@ -137,11 +149,17 @@ def derive_settings(
     """
     for name, value in (("max distance", max_distance), ("division distance", division_distance)):
         if value is not None and value <= 0:
-            raise DeepscopeError(f"the {name} must be above 0 pixels, not {value}",
-                                 fix=f"give a positive {name} in pixels, or leave it out")
+            raise DeepscopeError(
+                f"the {name} must be above 0 pixels, not {value}",
+                fix=f"give a positive {name} in pixels, or leave it out",
+            )
     if gap_frames is not None and gap_frames < 0:
-        raise DeepscopeError(f"the gap must be 0 frames or more, not {gap_frames}",
-                             fix="give --gap-frames 0 (no gap closing) or more")
+        raise DeepscopeError(
+            f"the gap must be 0 frames or more, not {gap_frames}",
+            fix="give --gap-frames 0 (no gap closing) or more",
+        )
+    if spacing is None:
+        spacing = (1.0,) * len(coordinate_columns(objects))
     automatic = []
     diameter = float(np.median(objects["diameter"])) if len(objects) else 1.0
     moves = nearest_displacements(objects, spacing)

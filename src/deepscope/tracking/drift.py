@@ -3,16 +3,19 @@
 When the whole field moves between two frames (a stage that jumps, a drifting dish),
 every object seems to move by the same amount, often further than the linking distance.
 The shift between consecutive frames is found by phase cross-correlation of the
-foreground masks (scikit-image); it is kept only if it makes the two foregrounds overlap
-clearly better than without shifting, so that cells moving on their own are not taken
-for drift.
+foreground masks (scikit-image). It is kept only where it explains a real jump: without
+it, the typical (median) object lies more than half an object diameter from the nearest
+object of the previous frame, and with it, less than half as far. Cells moving on their
+own, divisions and a few objects that happen to line up are therefore not taken for drift.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-_MIN_GAIN = 0.05  # a shift must raise the foreground IoU by this much to count as drift
+_JUMP = 0.5  # unexplained motion (median nearest distance / diameter) that suggests a jump
+_GAIN = 0.5  # the shift must at least halve the median nearest distance
 
 
 def _crops(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -30,39 +33,52 @@ def _crops(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray,
     return a[tuple(sa)], b[tuple(sb)]
 
 
-def _iou(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> float:
-    ca, cb = _crops(a, b, shift)
-    union = np.logical_or(ca, cb).sum()
-    return float(np.logical_and(ca, cb).sum() / union) if union else 0.0
+def _median_nearest(prev: np.ndarray, cur: np.ndarray, shift: np.ndarray) -> float:
+    """Median distance from each object of ``cur`` (moved back by ``shift``) to ``prev``."""
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(prev).query(cur - shift)
+    return float(np.median(dist))
 
 
-def estimate_drift(labels: np.ndarray) -> np.ndarray:
+def estimate_drift(labels: np.ndarray, objects: pd.DataFrame) -> np.ndarray:
     """Cumulative displacement of every frame relative to the first, ``(T, ndim)`` integers.
 
     Parameters
     ----------
     labels
         Label movie ``(T, *spatial)``.
+    objects
+        Its objects table (``frame``, centroid columns, ``diameter``), as made by
+        :func:`deepscope.tracking.measure.measure_objects`.
 
     Returns
     -------
     numpy.ndarray
         Row ``t`` is how far (pixels, per spatial axis) the content of frame ``t`` lies
-        from where it was in frame 0; zeros where no clear drift was found.
+        from where it was in frame 0; zeros where no clear jump was found.
     """
     from skimage.registration import phase_cross_correlation
 
     n, dims = labels.shape[0], labels.ndim - 1
+    cols = [c for c in ("z", "y", "x") if c in objects.columns][-dims:]
+    centres = {f: g[cols].to_numpy(float) for f, g in objects.groupby("frame")}
+    diameter = float(np.median(objects["diameter"])) if len(objects) else 1.0
     offsets = np.zeros((n, dims), dtype=np.int64)
     for t in range(1, n):
-        a, b = labels[t - 1] > 0, labels[t] > 0
         step = np.zeros(dims, dtype=np.int64)
-        if a.any() and b.any():
-            shift, _, _ = phase_cross_correlation(a.astype(np.float32), b.astype(np.float32),
-                                                  normalization=None)
-            displacement = -np.round(shift).astype(np.int64)
-            if np.any(displacement) and _iou(a, b, displacement) > _iou(a, b, step) + _MIN_GAIN:
-                step = displacement
+        prev, cur = centres.get(t - 1), centres.get(t)
+        if prev is not None and cur is not None and len(prev) and len(cur):
+            still = _median_nearest(prev, cur, step)
+            if still > _JUMP * diameter:
+                shift, _, _ = phase_cross_correlation(
+                    (labels[t - 1] > 0).astype(np.float32),
+                    (labels[t] > 0).astype(np.float32),
+                    normalization=None,
+                )
+                displacement = -np.round(shift).astype(np.int64)
+                if _median_nearest(prev, cur, displacement) < _GAIN * still:
+                    step = displacement
         offsets[t] = offsets[t - 1] + step
     return offsets
 

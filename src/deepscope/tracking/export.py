@@ -52,9 +52,7 @@ def write_ctc(folder: Path, track_labels: np.ndarray, tracks: Tracks) -> Path:
     n = track_labels.shape[0]
     for t in range(n):
         write_image(folder / mask_name(t, n), track_labels[t], axes, overwrite=True)
-    lines = [
-        f"{r.track} {r.start} {r.end} {r.parent}" for r in tracks.lineage.itertuples()
-    ]
+    lines = [f"{r.track} {r.start} {r.end} {r.parent}" for r in tracks.lineage.itertuples()]
     atomic_write_text(folder / "res_track.txt", "\n".join(lines) + ("\n" if lines else ""))
     return folder
 
@@ -181,9 +179,7 @@ def trackmate_xml(
         for i, row in group.iterrows():
             z = row["z"] * ps["Z"] if dims == 3 else 0.0
             area = float(row["area"]) * voxel
-            radius = (
-                (3 * area / (4 * np.pi)) ** (1 / 3) if dims == 3 else np.sqrt(area / np.pi)
-            )
+            radius = (3 * area / (4 * np.pi)) ** (1 / 3) if dims == 3 else np.sqrt(area / np.pi)
             intensity = row["mean_intensity"]
             ET.SubElement(
                 in_frame,
@@ -225,10 +221,7 @@ def trackmate_xml(
         )
         for s, t in edges:
             d = np.linalg.norm(
-                [
-                    (obj.at[s, c] - obj.at[t, c]) * ps[c.upper()]
-                    for c in coordinate_columns(obj)
-                ]
+                [(obj.at[s, c] - obj.at[t, c]) * ps[c.upper()] for c in coordinate_columns(obj)]
             )
             ET.SubElement(
                 element,

@@ -40,8 +40,13 @@ def tracks_over_projection(tracks: Tracks, background: np.ndarray):  # noqa: ANN
     for r in tracks.lineage.itertuples():
         if r.parent and r.parent in ends and r.track in ends:
             a, b = ends[r.parent][1], ends[r.track][0]
-            ax.plot([a["x"], b["x"]], [a["y"], b["y"]], ":" if not r.division else "-",
-                    color=ends[r.track][2], lw=1.2)
+            ax.plot(
+                [a["x"], b["x"]],
+                [a["y"], b["y"]],
+                ":" if not r.division else "-",
+                color=ends[r.track][2],
+                lw=1.2,
+            )
     mothers = tracks.lineage.loc[tracks.lineage["division"], "parent"].unique()
     for m in mothers:
         if m in ends:
@@ -88,8 +93,9 @@ def lineage_tree(tracks: Tracks, max_trees: int = 12):  # noqa: ANN201
         ax.plot([info.at[t, "start"], info.at[t, "end"]], [y, y], "-", color=colour, lw=2)
         for k in children.get(t, []):
             style = "-" if info.at[k, "division"] else ":"
-            ax.plot([info.at[t, "end"], info.at[k, "start"]], [y, y_of[k]], style,
-                    color=colour, lw=1)
+            ax.plot(
+                [info.at[t, "end"], info.at[k, "start"]], [y, y_of[k]], style, color=colour, lw=1
+            )
     ax.set_xlabel("frame")
     ax.set_yticks([])
     shown = len(chosen)
@@ -107,8 +113,11 @@ def step_table(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.0)) -> pd.Da
     dt = np.diff(obj["frame"].to_numpy())
     step = np.linalg.norm(np.diff(xyz, axis=0), axis=1) / np.maximum(dt, 1)
     return pd.DataFrame(
-        {"track": obj["track"].to_numpy()[1:][same], "frame": obj["frame"].to_numpy()[1:][same],
-         "step": step[same]}
+        {
+            "track": obj["track"].to_numpy()[1:][same],
+            "frame": obj["frame"].to_numpy()[1:][same],
+            "step": step[same],
+        }
     )
 
 
@@ -119,8 +128,9 @@ def speed_and_displacement(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     if len(steps):
         a.hist(steps["step"], bins=30, color="#4a7ab0")
-        a.axvline(steps["step"].median(), color="k", ls="--",
-                  label=f"median {steps['step'].median():.2f}")
+        a.axvline(
+            steps["step"].median(), color="k", ls="--", label=f"median {steps['step'].median():.2f}"
+        )
         a.legend()
     a.set_xlabel("speed (pixels per frame)")
     a.set_ylabel("steps")

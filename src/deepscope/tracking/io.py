@@ -194,8 +194,9 @@ def check_labels(data: np.ndarray, source: Path) -> np.ndarray:
             "these are not label images: some pixels are negative", source, _LABEL_FIX
         )
     if not data.any():
-        raise ImageReadError("the label images hold no object at all (every pixel is 0)", source,
-                             _LABEL_FIX)
+        raise ImageReadError(
+            "the label images hold no object at all (every pixel is 0)", source, _LABEL_FIX
+        )
     out_type = np.int32 if data.max() < 2**31 else np.int64
     return data.astype(out_type, copy=False)
 

@@ -170,7 +170,7 @@ def link_objects(
         return Tracks(objects.assign(track=[], lineage=[]), empty)
     drift = None
     if labels is not None and settings.drift_correction:
-        drift = estimate_drift(labels)
+        drift = estimate_drift(labels, objects)
     scaled = objects[["frame"]].copy()
     scaled["f"] = objects["frame"].to_numpy(float)
     scaled["l"] = objects["label"].to_numpy(float)
@@ -207,7 +207,8 @@ def _ctc_tracks(objects: pd.DataFrame, segment: np.ndarray, parents: dict[int, i
     }
     last_piece = objects.groupby("_segment")["_piece"].max().to_dict()
     objects["track"] = [
-        number[(int(s), int(p))] for s, p in zip(objects["_segment"], objects["_piece"], strict=True)
+        number[(int(s), int(p))]
+        for s, p in zip(objects["_segment"], objects["_piece"], strict=True)
     ]
     rows = []
     for (seg, piece), track in number.items():

@@ -48,8 +48,9 @@ def _track_file(folder: Path) -> Path:
         raise DeepscopeError("this folder does not exist", folder, _CTC_FIX)
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"
-        raise DeepscopeError(f"{what} lineage file (*_track.txt) found in this folder", folder,
-                             _CTC_FIX)
+        raise DeepscopeError(
+            f"{what} lineage file (*_track.txt) found in this folder", folder, _CTC_FIX
+        )
     return found[0]
 
 
@@ -91,12 +92,18 @@ def seg_score(seg_folder: Path, result: np.ndarray) -> tuple[float, int]:
             )
         t = int(digits[0])
         if t >= len(result):
-            raise DeepscopeError(f"this SEG mask is of frame {t}, but the result has "
-                                 f"{len(result)} frames", path, "give the SEG folder of this movie")
+            raise DeepscopeError(
+                f"this SEG mask is of frame {t}, but the result has {len(result)} frames",
+                path,
+                "give the SEG folder of this movie",
+            )
         gt = read_image(path).data.squeeze()
         if gt.shape != result[t].shape:
-            raise DeepscopeError(f"this SEG mask has shape {gt.shape}, the result frames "
-                                 f"{result[t].shape}", path, "give the SEG folder of this movie")
+            raise DeepscopeError(
+                f"this SEG mask has shape {gt.shape}, the result frames {result[t].shape}",
+                path,
+                "give the SEG folder of this movie",
+            )
         gt = gt.astype(np.int64)
         res = np.asarray(result[t], np.int64)
         with warnings.catch_warnings():
@@ -200,8 +207,11 @@ def score_tracks(
             "gt_divisions": int(exact.get("Total GT Divisions", 0)),
             "result_divisions": len(pred_graph.get_divisions()),
             "seg_reference_objects": n_seg,
-            **{k: c[k] for k in ("fp_nodes", "fn_nodes", "ns_nodes", "fp_edges", "fn_edges",
-                                 "ws_edges") if k in c},
+            **{
+                k: c[k]
+                for k in ("fp_nodes", "fn_nodes", "ns_nodes", "fp_edges", "fn_edges", "ws_edges")
+                if k in c
+            },
         },
         "result": str(result.resolve()),
         "ground_truth": str(Path(gt).resolve()),
@@ -228,10 +238,16 @@ def run_qc_track(
     from deepscope.workflow.report import HtmlReport
 
     out_dir = Path(out_dir)
-    if out_dir.resolve() in (Path(result).resolve(), find_result_folder(result).resolve(),
-                             Path(gt).resolve()):
-        raise DeepscopeError("the QC output folder is the result or ground-truth folder",
-                             out_dir, "choose a new folder, e.g. --out qc/")
+    if out_dir.resolve() in (
+        Path(result).resolve(),
+        find_result_folder(result).resolve(),
+        Path(gt).resolve(),
+    ):
+        raise DeepscopeError(
+            "the QC output folder is the result or ground-truth folder",
+            out_dir,
+            "choose a new folder, e.g. --out qc/",
+        )
     summary = score_tracks(result, gt, seg_gt, progress)
     write_summary(out_dir, summary)
     report = HtmlReport("Tracking quality control")
@@ -242,29 +258,48 @@ def run_qc_track(
     )
     report.add_table(
         [
-            {"measure": "TRA", "value": summary["TRA"],
-             "meaning": "tracking: objects and links, weighted as in the CTC (AOGM)"},
+            {
+                "measure": "TRA",
+                "value": summary["TRA"],
+                "meaning": "tracking: objects and links, weighted as in the CTC (AOGM)",
+            },
             {"measure": "DET", "value": summary["DET"], "meaning": "detection of the objects"},
             {"measure": "LNK", "value": summary["LNK"], "meaning": "links between frames only"},
-            {"measure": "SEG", "value": summary["SEG"],
-             "meaning": "mean IoU with the reference outlines (needs SEG masks)"},
-            {"measure": "division precision", "value": summary["division_precision"],
-             "meaning": "found divisions that are real (same frame)"},
-            {"measure": "division recall", "value": summary["division_recall"],
-             "meaning": "real divisions that were found (same frame)"},
-            {"measure": "division F1", "value": summary["division_f1"],
-             "meaning": "both together"},
-            {"measure": "division F1 (±1 frame)", "value": summary["division_f1_tolerant"],
-             "meaning": "divisions found one frame early or late count as found"},
+            {
+                "measure": "SEG",
+                "value": summary["SEG"],
+                "meaning": "mean IoU with the reference outlines (needs SEG masks)",
+            },
+            {
+                "measure": "division precision",
+                "value": summary["division_precision"],
+                "meaning": "found divisions that are real (same frame)",
+            },
+            {
+                "measure": "division recall",
+                "value": summary["division_recall"],
+                "meaning": "real divisions that were found (same frame)",
+            },
+            {"measure": "division F1", "value": summary["division_f1"], "meaning": "both together"},
+            {
+                "measure": "division F1 (±1 frame)",
+                "value": summary["division_f1_tolerant"],
+                "meaning": "divisions found one frame early or late count as found",
+            },
         ],
         caption="Scores",
     )
     report.add_key_values(summary["counts"], caption="Counts and errors")
     if summary["SEG"] is None:
-        report.add_paragraph("SEG was not computed: no SEG folder beside the ground truth; "
-                             "give one with --seg-gt.", css_class="note")
-    report.add_paragraph(f"Result: {summary['result']}. Ground truth: {summary['ground_truth']}."
-                         " Metrics computed with traccuracy.", css_class="note")
+        report.add_paragraph(
+            "SEG was not computed: no SEG folder beside the ground truth; give one with --seg-gt.",
+            css_class="note",
+        )
+    report.add_paragraph(
+        f"Result: {summary['result']}. Ground truth: {summary['ground_truth']}."
+        " Metrics computed with traccuracy.",
+        css_class="note",
+    )
     report.write(out_dir / "report.html")
     return summary
 

@@ -65,7 +65,7 @@ def _check_out_dir(out_dir: Path, inputs: list[Path], overwrite: bool) -> None:
 
 
 def _check_same_size(labels: Movie, movie: Movie) -> None:
-    spatial = movie.data.shape[-movie.spatial_dims:]
+    spatial = movie.data.shape[-movie.spatial_dims :]
     if labels.data.shape != (movie.n_frames, *spatial):
         raise DeepscopeError(
             f"the label images have shape {labels.data.shape} ({labels.axes}) but the movie "
@@ -86,6 +86,7 @@ def track(
     gap_frames: int | None = None,
     divisions: bool = True,
     division_distance: float | None = None,
+    drift_correction: bool = True,
     overwrite: bool = False,
     tile: int = 512,
     progress: Progress | None = None,
@@ -106,7 +107,7 @@ def track(
         A trained instance-segmentation model folder.
     axes
         Axes of the files if they do not say them.
-    max_distance, gap_frames, divisions, division_distance
+    max_distance, gap_frames, divisions, division_distance, drift_correction
         Linking settings; None derives them from the data (see
         :mod:`deepscope.tracking.defaults`).
     overwrite
@@ -149,7 +150,9 @@ def track(
         trained = load_model_folder(model)
         log(f"segmenting {raw.n_frames} frames with the {trained.config.task} model {model}")
         seg = segment_movie(
-            trained, raw, (lambda d, n: progress("segmenting", d, n)) if progress else None,
+            trained,
+            raw,
+            (lambda d, n: progress("segmenting", d, n)) if progress else None,
             TileSettings(tile=tile),
         )
         lab = Movie(seg, raw.axes.replace("C", ""), raw.source, raw.frame_names, raw.metadata)
@@ -172,8 +175,11 @@ def track(
         lab.data, intensity, (lambda d, n: progress("measuring", d, n)) if progress else None
     )
     if objects.empty:
-        raise DeepscopeError("no object was found in any frame", lab.source,
-                             "check the segmentation (or the model) on a few frames first")
+        raise DeepscopeError(
+            "no object was found in any frame",
+            lab.source,
+            "check the segmentation (or the model) on a few frames first",
+        )
     settings = derive_settings(
         objects,
         spacing=spacing(lab),
@@ -181,6 +187,7 @@ def track(
         gap_frames=gap_frames,
         divisions=divisions,
         division_distance=division_distance,
+        drift_correction=drift_correction,
     )
     for line in settings.describe():
         log(f"  {line}")
@@ -214,13 +221,15 @@ def track(
         "tracks": len(tracks.lineage),
         "divisions": tracks.n_divisions,
         "linking": settings.to_dict(),
+        "drift_px": tracks.drift.tolist() if tracks.drift is not None else None,
         "seconds": round(seconds, 1),
     }
     from deepscope.data.io import atomic_write_text
 
     atomic_write_text(out_dir / "settings.json", json.dumps(record, indent=2))
-    write_report(out_dir, tracks, settings, intensity if intensity is not None else lab.data > 0,
-                 record)
+    write_report(
+        out_dir, tracks, settings, intensity if intensity is not None else lab.data > 0, record
+    )
     if progress:
         progress("writing", 1, 1)
     return TrackResult(out_dir, tracks, settings, lab.n_frames, seconds)
@@ -253,21 +262,30 @@ def write_report(
     )
     report.add_heading("Pictures")
     for make, caption, name in [
-        (lambda: figures.tracks_over_projection(tracks, background),
-         "Tracks over the maximum projection of the movie", "tracks.png"),
+        (
+            lambda: figures.tracks_over_projection(tracks, background),
+            "Tracks over the maximum projection of the movie",
+            "tracks.png",
+        ),
         (lambda: figures.lineage_tree(tracks), "Lineage trees", "lineage.png"),
-        (lambda: figures.speed_and_displacement(tracks, settings.spacing),
-         "Speed and displacement along tracks", "speed_displacement.png"),
+        (
+            lambda: figures.speed_and_displacement(tracks, settings.spacing),
+            "Speed and displacement along tracks",
+            "speed_displacement.png",
+        ),
     ]:
         fig = make()
         report.add_figure(fig, caption, name)
         plt.close(fig)
     report.add_heading("Files")
-    report.add_list([
-        "ctc/mask*.tif + ctc/res_track.txt: Cell Tracking Challenge result (deepscope qc-track)",
-        "tracks.csv: one row per object and frame (track_id, frame, position, area, "
-        "mean_intensity, parent_id, lineage_id)",
-        "tracks.xml: open in Fiji with Plugins > Tracking > Load a TrackMate file",
-        "settings.json: settings and inputs of this run",
-    ])
+    report.add_list(
+        [
+            "ctc/mask*.tif + ctc/res_track.txt: Cell Tracking Challenge result "
+            "(for deepscope qc-track)",
+            "tracks.csv: one row per object and frame (track_id, frame, position, area, "
+            "mean_intensity, parent_id, lineage_id)",
+            "tracks.xml: open in Fiji with Plugins > Tracking > Load a TrackMate file",
+            "settings.json: settings and inputs of this run",
+        ]
+    )
     return report.write(out_dir / "report.html")

@@ -59,7 +59,7 @@ def segment_movie(
     from deepscope.workflow.predict import predict_raw
 
     check_instance_model(model, movie)
-    out = np.zeros((movie.n_frames, *movie.data.shape[-movie.spatial_dims:]), dtype=np.int32)
+    out = np.zeros((movie.n_frames, *movie.data.shape[-movie.spatial_dims :]), dtype=np.int32)
     for t in range(movie.n_frames):
         raw = predict_raw(model, movie.frame_channel_first(t), tiles)
         out[t] = model.task.instances(raw)
