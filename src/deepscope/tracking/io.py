@@ -78,8 +78,15 @@ class Movie:
         return self.data
 
 
-def _as_time_axes(axes: str, ndim: int, user_axes: str | None) -> tuple[str, str | None]:
-    """Axes with a T axis first; a file without T has its first axis read as time."""
+def _as_time_axes(
+    axes: str, ndim: int, user_axes: str | None, labels: bool = False
+) -> tuple[str, str | None]:
+    """Axes with a T axis first; a file without T has its first axis read as time.
+
+    Label movies have no channels, so a label file without T is read as ``TYX`` or
+    ``TZYX`` whatever other letters its metadata gives (ImageJ often calls frames slices
+    or channels).
+    """
     if "T" in axes:
         return axes, None
     if user_axes is not None:
@@ -87,7 +94,10 @@ def _as_time_axes(axes: str, ndim: int, user_axes: str | None) -> tuple[str, str
             f"the axes {axes} have no time axis (T), so this is not a movie",
             fix="give the axes with a T, for example --axes TYX (2D) or TZYX (3D)",
         )
-    new = "T" + axes[1:] if axes[0] in "CZ" else "T" + axes
+    if labels and axes.endswith("YX") and ndim in (3, 4):
+        new = "TZYX" if ndim == 4 else "TYX"
+    else:
+        new = "T" + axes[1:] if axes[0] in "CZ" else "T" + axes
     if len(new) != ndim:  # e.g. YX: a single image
         raise ImageReadError(
             f"this image has {ndim} dimensions ({axes}) and no time axis",
@@ -105,7 +115,7 @@ def _order_time_first(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     return np.transpose(data, [axes.index(a) for a in target]), target
 
 
-def read_movie(path: str | Path, axes: str | None = None) -> Movie:
+def read_movie(path: str | Path, axes: str | None = None, *, labels: bool = False) -> Movie:
     """Read a movie from one file or a folder of per-time-point images.
 
     Parameters
@@ -116,6 +126,8 @@ def read_movie(path: str | Path, axes: str | None = None) -> Movie:
     axes
         The axes of the file (e.g. ``"TZYX"``) or, for a folder, of each frame
         (e.g. ``"ZYX"``), if the files do not say them right.
+    labels
+        Whether this is a label movie (no channels: see ``_as_time_axes``).
 
     Returns
     -------
@@ -132,7 +144,7 @@ def read_movie(path: str | Path, axes: str | None = None) -> Movie:
         return _read_frame_folder(path, axes)
     img = read_image(path, axes=axes)
     try:
-        final_axes, note = _as_time_axes(img.axes, img.data.ndim, axes)
+        final_axes, note = _as_time_axes(img.axes, img.data.ndim, axes, labels)
     except ImageReadError as err:
         raise ImageReadError(err.problem, path, err.fix) from None
     data, final_axes = _order_time_first(img.data, final_axes)
@@ -223,7 +235,7 @@ def read_label_movie(path: str | Path, axes: str | None = None) -> Movie:
     ImageReadError
         If the files cannot be read, are not label images, or have channels.
     """
-    movie = read_movie(path, axes)
+    movie = read_movie(path, axes, labels=True)
     if "C" in movie.axes:
         c = movie.data.shape[movie.axes.index("C")]
         if c != 1:
