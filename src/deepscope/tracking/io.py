@@ -104,8 +104,8 @@ def _as_time_axes(
             fix="give a movie (T,Y,X or T,Z,Y,X) or a folder with one image per time point",
         )
     return new, (
-        f"the file does not name a time axis; its first axis ({axes[0]}) is read as time "
-        f"(axes {new}). If that is wrong, give --axes (e.g. TZYX)."
+        f"the file does not name a time axis (its axes read {axes}); it is read as {new}, "
+        "time first. If that is wrong, give --axes (e.g. TZYX)."
     )
 
 
