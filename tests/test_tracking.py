@@ -162,6 +162,9 @@ def test_drift_is_measured_and_removed() -> None:
     assert np.abs(drift[5] - [14, 14]).max() <= 2  # the jump, plus the cells' own motion
     tracks = track_labels(truth, max_distance=8.0)
     assert len(tracks.lineage) == 6  # the jump (20 px) broke no track
+    from deepscope.tracking.figures import step_table
+
+    assert step_table(tracks)["step"].max() < 6  # speeds are the cells' own, without the jump
     broken = track_labels(truth, max_distance=8.0, drift_correction=False)
     assert len(broken.lineage) > 6
 

@@ -104,11 +104,22 @@ def lineage_tree(tracks: Tracks, max_trees: int = 12):  # noqa: ANN201
     return fig
 
 
-def step_table(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.0)) -> pd.DataFrame:
-    """Frame-to-frame steps along tracks: ``track``, ``frame``, ``step`` (pixels)."""
-    obj = tracks.objects.sort_values(["track", "frame"])
+def _positions(tracks: Tracks, obj: pd.DataFrame, spacing: tuple[float, ...]) -> np.ndarray:
+    """Centroids with the drift of the whole field removed, scaled by the pixel spacing."""
     cols = [c for c in ("z", "y", "x") if c in obj.columns]
-    xyz = obj[cols].to_numpy(float) * np.asarray(spacing)
+    xyz = obj[cols].to_numpy(float)
+    if tracks.drift is not None:
+        xyz = xyz - tracks.drift[obj["frame"].to_numpy()]
+    return xyz * np.asarray(spacing)
+
+
+def step_table(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.0)) -> pd.DataFrame:
+    """Frame-to-frame steps along tracks: ``track``, ``frame``, ``step`` (pixels).
+
+    Drift of the whole field (stage jumps) is removed first, so steps are the objects' own.
+    """
+    obj = tracks.objects.sort_values(["track", "frame"])
+    xyz = _positions(tracks, obj, spacing)
     same = obj["track"].to_numpy()[1:] == obj["track"].to_numpy()[:-1]
     dt = np.diff(obj["frame"].to_numpy())
     step = np.linalg.norm(np.diff(xyz, axis=0), axis=1) / np.maximum(dt, 1)
@@ -122,7 +133,10 @@ def step_table(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.0)) -> pd.Da
 
 
 def speed_and_displacement(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.0)):  # noqa: ANN201
-    """Speed histogram and net displacement from the first position against time."""
+    """Speed histogram and net displacement from the first position against time.
+
+    Drift of the whole field is removed first (see :func:`step_table`).
+    """
     plt = _plt()
     steps = step_table(tracks, spacing)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -136,11 +150,10 @@ def speed_and_displacement(tracks: Tracks, spacing: tuple[float, ...] = (1.0, 1.
     a.set_ylabel("steps")
     a.set_title("Speed along tracks")
     obj = tracks.objects.sort_values(["track", "frame"])
-    cols = [c for c in ("z", "y", "x") if c in obj.columns]
     for _, g in obj.groupby("track"):
         if len(g) < 2:
             continue
-        xyz = g[cols].to_numpy(float) * np.asarray(spacing)
+        xyz = _positions(tracks, g, spacing)
         disp = np.linalg.norm(xyz - xyz[0], axis=1)
         b.plot(g["frame"] - g["frame"].iloc[0], disp, "-", color="#4a7ab0", alpha=0.3, lw=0.8)
     b.set_xlabel("frames since the track started")
