@@ -50,6 +50,10 @@ def write_ctc(folder: Path, track_labels: np.ndarray, tracks: Tracks) -> Path:
     folder = Path(folder)
     axes = "ZYX" if track_labels.ndim == 4 else "YX"
     n = track_labels.shape[0]
+    names = {mask_name(t, n) for t in range(n)}
+    for old in folder.glob("mask*.tif"):  # masks of an earlier, longer result
+        if old.name not in names:
+            old.unlink()
     for t in range(n):
         write_image(folder / mask_name(t, n), track_labels[t], axes, overwrite=True)
     lines = [f"{r.track} {r.start} {r.end} {r.parent}" for r in tracks.lineage.itertuples()]
