@@ -237,7 +237,7 @@ TRACK_EPILOG = """Automatic linking settings (when an option is left out):
   division distance  = max distance (a new object this close to another is its daughter)
   drift correction   = on (a shift of the whole field between frames is removed first)
 Links prefer objects that overlap: the cost of a link is the squared distance times
-(1 - the shared area as a fraction of the smaller object).
+(1 - the shared area as a fraction of the smaller object), squared.
 The values used are printed and saved in OUT/settings.json and the report."""
 
 
