@@ -224,7 +224,10 @@ def test_qc_scores_a_perfect_and_a_broken_result(tmp_path: Path) -> None:
     perfect = score_tracks(tmp_path / "good", gt)
     assert perfect["TRA"] == pytest.approx(1.0) and perfect["DET"] == pytest.approx(1.0)
     assert perfect["division_f1"] == pytest.approx(1.0)
-    assert perfect["SEG"] is None  # no SEG folder
+    assert perfect["SEG"] is None and "no SEG" in perfect["seg_note"]
+    slices = tmp_path / "GT" / "SEG"  # 3D-style single-slice SEG found by itself: skipped
+    write_tif(slices / "man_seg_000_004.tif", truth[0])
+    assert score_tracks(tmp_path / "good", gt)["seg_note"].startswith("SEG not computed")
     bad = track_labels(labels, divisions=False, gap_frames=0)
     write_ctc(tmp_path / "bad", relabel(labels, bad.objects), bad)
     broken = score_tracks(tmp_path / "bad", gt, seg_gt=gt)

@@ -182,10 +182,16 @@ def score_tracks(
     div = _division_scores(gt_graph, pred_graph)
     exact, tolerant = div.get("Frame Buffer 0", {}), div.get("Frame Buffer 1", {})
     seg_folder = Path(seg_gt) if seg_gt else Path(gt).parent / "SEG"
-    seg, n_seg = None, 0
+    seg, n_seg, seg_note = None, 0, "no SEG masks found beside the ground truth (--seg-gt)"
     if seg_gt is not None or seg_folder.is_dir():
         say("scoring the segmentation (CTC SEG)")
-        seg, n_seg = seg_score(seg_folder, pred_graph.segmentation)
+        try:
+            seg, n_seg = seg_score(seg_folder, pred_graph.segmentation)
+            seg_note = f"SEG masks: {seg_folder.resolve()}"
+        except DeepscopeError as err:
+            if seg_gt is not None:
+                raise
+            seg_note = f"SEG not computed: {err.problem}"  # found by itself: skip, say why
 
     def num(v: Any) -> float | None:
         return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
@@ -215,6 +221,7 @@ def score_tracks(
         },
         "result": str(result.resolve()),
         "ground_truth": str(Path(gt).resolve()),
+        "seg_note": seg_note,
     }
 
 
@@ -291,10 +298,7 @@ def run_qc_track(
     )
     report.add_key_values(summary["counts"], caption="Counts and errors")
     if summary["SEG"] is None:
-        report.add_paragraph(
-            "SEG was not computed: no SEG folder beside the ground truth; give one with --seg-gt.",
-            css_class="note",
-        )
+        report.add_paragraph(summary["seg_note"], css_class="note")
     report.add_paragraph(
         f"Result: {summary['result']}. Ground truth: {summary['ground_truth']}."
         " Metrics computed with traccuracy.",
