@@ -72,6 +72,21 @@ OPTIONS = {
     ],
     "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
     "demo": ["--out", "--max-minutes"],
+    "track": [
+        "--input",
+        "--model",
+        "--labels",
+        "--out",
+        "--axes",
+        "--max-distance",
+        "--gap-frames",
+        "--division-distance",
+        "--no-divisions",
+        "--no-drift-correction",
+        "--tile",
+        "--overwrite",
+    ],
+    "qc-track": ["--gt", "--seg-gt", "--out"],
 }
 POSITIONALS = {
     "validate": ["task"],
@@ -79,6 +94,8 @@ POSITIONALS = {
     "predict": ["model"],
     "qc": ["model"],
     "demo": [],
+    "track": [],
+    "qc-track": ["tracks"],
 }
 
 

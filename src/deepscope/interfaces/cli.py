@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
     p.add_argument("--tile", type=int, default=512, help="tile size for large images")
 
+    _add_tracking_commands(sub)
+
     p = sub.add_parser(
         "demo",
         help="run the whole workflow on built-in sample images",
@@ -234,6 +236,180 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-minutes", type=float, default=2.0, help="training time (default 2)")
     return parser
+
+
+TRACK_EPILOG = """Automatic linking settings (when an option is left out):
+  max distance       = max(0.8 x median object diameter, 2 x the 90th percentile of the
+                       distance from each object to the nearest object of the previous frame)
+  gap frames         = 2 (an object missed in up to 2 frames keeps its track)
+  division distance  = max distance (a new object this close to another is its daughter)
+  drift correction   = on (a shift of the whole field between frames is removed first)
+Links prefer objects that overlap: the cost of a link is the squared distance times
+(1 - the shared area as a fraction of the smaller object), squared.
+The values used are printed and saved in OUT/settings.json and the report."""
+
+
+def _add_tracking_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "track",
+        help="follow cells through a time-lapse (tracks, divisions, lineages)",
+        description="Link the objects of a time-lapse into tracks with divisions (LAP "
+        "linking as in TrackMate). Give label images (--labels), or a movie and a "
+        "segmentation model (--input with --model) to segment every frame first. Writes "
+        "Cell Tracking Challenge masks and res_track.txt (OUT/ctc), tracks.csv, a TrackMate "
+        "file (tracks.xml) and report.html with pictures. Inputs are never changed.",
+        epilog=TRACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--input",
+        type=Path,
+        help="the movie (T,Y,X or T,Z,Y,X: TIFF, OME-TIFF, OME-Zarr, or a folder with one "
+        "image per time point); with --labels it gives intensities and the report background",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="segmentation model folder that separates "
+        "objects (e.g. runs/seg1/model), to segment --input",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="label images to link instead: a stack "
+        "or a folder with one label image per time point (e.g. CTC masks)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="new folder for the tracks")
+    p.add_argument(
+        "--axes",
+        help="axes of your files if deepscope guesses wrong, e.g. TZYX "
+        "(for a folder of frames: the axes of one frame, e.g. ZYX)",
+    )
+    g = p.add_argument_group("linking (defaults derived from your data; see below)")
+    g.add_argument(
+        "--max-distance",
+        type=float,
+        metavar="PIXELS",
+        help="largest move of an object between two frames, in pixels",
+    )
+    g.add_argument(
+        "--gap-frames",
+        type=int,
+        metavar="N",
+        help="an object may be missing in up to N frames and keep its track "
+        "(0: no gap closing; default 2)",
+    )
+    g.add_argument(
+        "--division-distance",
+        type=float,
+        metavar="PIXELS",
+        help="a new object at most this far from another is taken as its "
+        "daughter (default: the max distance)",
+    )
+    g.add_argument(
+        "--no-divisions",
+        action="store_true",
+        help="objects do not divide: a new object always starts a new track",
+    )
+    g.add_argument(
+        "--no-drift-correction",
+        action="store_true",
+        help="do not measure and remove shifts of the whole field between frames "
+        "(stage jumps, drift) before linking",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=512,
+        help="with --model: tile size for large frames (default 512)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+
+    p = sub.add_parser(
+        "qc-track",
+        help="score tracks against Cell Tracking Challenge ground truth",
+        description="Compare a tracking result (a 'deepscope track' output folder or any "
+        "CTC result folder) with CTC ground truth: TRA, DET, SEG (when SEG masks exist) "
+        "and division precision/recall/F1, computed with traccuracy. Writes OUT/summary.json "
+        "and OUT/report.html.",
+    )
+    p.add_argument("tracks", type=Path, help="the tracking result folder (e.g. tracks/)")
+    p.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="ground-truth TRA folder: man_track*.tif and man_track.txt (e.g. 01_GT/TRA)",
+    )
+    p.add_argument(
+        "--seg-gt",
+        type=Path,
+        help="ground-truth SEG folder of full-frame masks "
+        "(default: a SEG folder beside --gt, if there is one)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for summary.json and the report")
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    """Track objects through a time-lapse."""
+    from deepscope.tracking.run import track
+
+    if args.model is not None and args.input is None:
+        raise DeepscopeError("--model needs the movie to segment", fix="add --input movie.tif")
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, unit="frame", file=sys.stderr)
+        bars[stage].n = done
+        bars[stage].refresh()
+        if done >= total:
+            bars[stage].close()
+
+    result = track(
+        args.out,
+        labels=args.labels,
+        movie=args.input,
+        model=args.model,
+        axes=args.axes,
+        max_distance=args.max_distance,
+        gap_frames=args.gap_frames,
+        divisions=not args.no_divisions,
+        division_distance=args.division_distance,
+        drift_correction=not args.no_drift_correction,
+        overwrite=args.overwrite,
+        tile=args.tile,
+        progress=progress,
+    )
+    print(
+        f"Tracks written to {result.out_dir} in {result.seconds:.0f} s "
+        "(ctc/, tracks.csv, tracks.xml, report.html)."
+    )
+    print(f"Next, with ground truth: deepscope qc-track {result.out_dir} --gt GT/TRA --out qc/")
+    return 0
+
+
+def cmd_qc_track(args: argparse.Namespace) -> int:
+    """Score tracks against CTC ground truth."""
+    from deepscope.tracking.qc_track import run_qc_track
+
+    summary = run_qc_track(
+        args.tracks,
+        args.gt,
+        args.out,
+        args.seg_gt,
+        progress=lambda msg: print(f"  {msg}", file=sys.stderr),
+    )
+
+    def fmt(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    print("Tracking quality (1 is perfect):")
+    for key in ("TRA", "DET", "LNK", "SEG", "division_precision", "division_recall", "division_f1"):
+        print(f"  {key:<20} {fmt(summary[key])}")
+    print(f"Summary: {Path(args.out) / 'summary.json'}; report: {Path(args.out) / 'report.html'}")
+    return 0
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -506,6 +682,8 @@ COMMANDS = {
     "predict": cmd_predict,
     "qc": cmd_qc,
     "demo": cmd_demo,
+    "track": cmd_track,
+    "qc-track": cmd_qc_track,
 }
 
 
