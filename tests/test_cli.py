@@ -68,9 +68,12 @@ OPTIONS = {
         "--overwrite",
         "--instances",
         "--probabilities",
+        "--engine",
     ],
     "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
     "demo": ["--out", "--max-minutes"],
+    "export": ["--format", "--out", "--authors", "--license", "--name", "--sample", "--no-check"],
+    "import": ["--out", "--weights"],
 }
 POSITIONALS = {
     "validate": ["task"],
@@ -78,6 +81,8 @@ POSITIONALS = {
     "predict": ["model"],
     "qc": ["model"],
     "demo": [],
+    "export": ["model"],
+    "import": ["package"],
 }
 
 
