@@ -10,6 +10,8 @@ Layout (format version 1)::
       checkpoints/*.pt       state dicts of the periodically kept epochs and the last one
       history.csv            training and validation loss per epoch
       MODEL_CARD.md          a human-readable description
+      network.pt|.onnx       instead of weights.pt, for models imported with TorchScript or
+                             ONNX weights only (``deepscope import``; info["network"])
 """
 
 from __future__ import annotations
