@@ -99,6 +99,9 @@ def n2v_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model folder, BioImage.IO package) of a tiny 2D N2V model with a sample image."""
     root = tmp_path_factory.mktemp("export")
     model = make_model(root, "n2v")
+    (model / "history.csv").write_text(
+        "epoch,train_loss,val_loss,learning_rate,seconds,best\n0,0.5,0.4,0.0004,0.2,1\n"
+    )
     (model / "qc_summary.json").write_text(
         json.dumps({"model": {"psnr": 31.5, "ssim": 0.81}, "input": {"psnr": 25.0}})
     )
@@ -168,6 +171,19 @@ def test_import_round_trip_predicts_the_same(n2v_package, tmp_path: Path, fmt: s
         assert (out / "weights.pt").exists()
     else:
         assert imported.info["network"]["format"] == fmt
+    assert (out / "history.csv").read_text() == (model_dir / "history.csv").read_text()
+
+
+def test_qc_runs_on_a_model_imported_with_onnx_weights(
+    n2v_package, tmp_path: Path, clean_pair_dirs
+) -> None:
+    from deepscope.workflow.qc import run_qc
+
+    out = import_model(
+        n2v_package[1], tmp_path / "imported", weights_format="onnx", log=lambda _m: None
+    )
+    summary = run_qc(load_model_folder(out), *clean_pair_dirs, tmp_path / "qc")
+    assert np.isfinite(summary["model"]["psnr"]) and (tmp_path / "qc" / "report.html").exists()
 
 
 def test_import_refuses_foreign_and_broken_packages(n2v_package, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ The package (a ``.zip``) holds:
   checker (``bioimageio.core.test_model``) runs every weight format through the spec's
   operations and compares, which proves that the operations reproduce deepscope;
 - a cover image (input | output), a README from the model card, QC metrics when
-  ``deepscope qc`` was run, method citations, authors and licence;
+  ``deepscope qc`` was run, method citations, authors and licence, and the training
+  history (``history.csv``, attached, for the loss curves of QC reports);
 - the full deepscope config and normalisation under ``config.deepscope``, from which
   ``deepscope import`` rebuilds the model folder.
 
@@ -203,6 +204,10 @@ def build_description(
     log("converting the weights to ONNX ...")
     onnx_diff = export_onnx(network, example, work / "weights.onnx")
     (work / "README.md").write_text(documentation(model, entry, ts_diff, onnx_diff))
+    attachments = []
+    if (model.folder / "history.csv").is_file():  # loss curves: QC reports show them
+        shutil.copyfile(model.folder / "history.csv", work / "history.csv")
+        attachments.append(spec.FileDescr(source=work / "history.csv"))
 
     div = int(model.info["divisibility"])
     space = SPACE_AXES[dims]
@@ -286,6 +291,7 @@ def build_description(
             tags=["deepscope", f"{dims}d", *entry.tags],
             documentation=spec.FileDescr(source=work / "README.md"),
             covers=[spec.FileDescr(source=work / "cover.png")],
+            attachments=attachments,
             inputs=[inputs],
             outputs=[outputs],
             weights=weights,

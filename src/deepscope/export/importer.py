@@ -115,23 +115,14 @@ def import_bioimageio(
     entry = getattr(descr.weights, fmt)
     data = _read_bytes(entry, source)
     log(f"importing the {fmt} weights of {source.name} ...")
-    if fmt == "pytorch_state_dict":
-        _check_architecture(entry, source, config, common["in_channels"])
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise ModelFolderError(
-                f"the state dict in the package cannot be read ({type(err).__name__})",
-                source,
-                "export the model again",
-            ) from None
-        save_model_folder(out, weights=state, **common)
-    else:
-        suffix = ".pt" if fmt == "torchscript" else ".onnx"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"network{suffix}"
-            path.write_bytes(data)
-            save_model_folder(out, weights={}, network_file=(fmt, path), **common)
+    work = Path(tempfile.mkdtemp(prefix=".deepscope-import-"))
+    try:
+        history = _attachment(descr, "history.csv", source, work)
+        _save(out, fmt, entry, data, source, common, history, work)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     try:
         load_model_folder(out)  # the new folder must load, or it is not kept
     except DeepscopeError:
@@ -141,6 +132,43 @@ def import_bioimageio(
         raise
     log(f"model folder written: {out} ({INFO_FILE} says where it came from)")
     return out
+
+
+def _attachment(descr: Any, name: str, source: Path, work: Path) -> Path | None:
+    """Copy the attached file ``name`` of the package into ``work``; None if absent."""
+    for att in descr.attachments:
+        if str(att.source).replace("\\", "/").rsplit("/", 1)[-1] == name:
+            path = work / name
+            path.write_bytes(_read_bytes(att, source))
+            return path
+    return None
+
+
+def _save(
+    out: Path,
+    fmt: str,
+    entry: Any,
+    data: bytes,
+    source: Path,
+    common: dict[str, Any],
+    history: Path | None,
+    work: Path,
+) -> None:
+    if fmt == "pytorch_state_dict":
+        _check_architecture(entry, source, common["config"], common["in_channels"])
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise ModelFolderError(
+                f"the state dict in the package cannot be read ({type(err).__name__})",
+                source,
+                "export the model again",
+            ) from None
+        save_model_folder(out, weights=state, history_csv=history, **common)
+    else:
+        path = work / f"network{'.pt' if fmt == 'torchscript' else '.onnx'}"
+        path.write_bytes(data)
+        save_model_folder(out, weights={}, network_file=(fmt, path), history_csv=history, **common)
 
 
 def _load(source: Path):  # noqa: ANN202
