@@ -171,6 +171,8 @@ def test_import_round_trip_predicts_the_same(n2v_package, tmp_path: Path, fmt: s
         assert (out / "weights.pt").exists()
     else:
         assert imported.info["network"]["format"] == fmt
+        with pytest.raises(DeepscopeError, match="imported with"):
+            export_model(out, "onnx", tmp_path / "again.onnx", log=lambda _m: None)
     assert (out / "history.csv").read_text() == (model_dir / "history.csv").read_text()
 
 

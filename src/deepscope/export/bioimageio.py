@@ -112,6 +112,7 @@ def export_bioimageio(
     if out.suffix.lower() != ".zip":
         raise OutputError("a BioImage.IO package is a .zip file", out, "give --out NAME.zip")
     model = load_model_folder(model_folder)
+    require_state_dict(model)
     entry = get_export(model.config.task)
     if entry is None:
         raise DeepscopeError(
@@ -127,6 +128,7 @@ def export_bioimageio(
             model,
             entry,
             work,
+            checked=check,
             authors=authors,
             license=license,
             name=name,
@@ -143,6 +145,19 @@ def export_bioimageio(
         os.replace(partial, out)
     log(f"BioImage.IO package written: {out}")
     return out
+
+
+def require_state_dict(model: TrainedModel) -> None:
+    """Refuse models imported with TorchScript or ONNX weights only (nothing to convert)."""
+    if "network" in model.info:
+        fmt = model.info["network"]["format"]
+        raise DeepscopeError(
+            f"this model was imported with {fmt} weights only; deepscope exports from a "
+            "PyTorch state dict",
+            model.folder,
+            "share the original package, or import it again with its state dict (the "
+            "default of 'deepscope import') and export that folder",
+        )
 
 
 def check_package(package: Path, log: Callable[[str], None] = print) -> None:
@@ -180,6 +195,7 @@ def build_description(
     name: str | None,
     sample: str | Path | None,
     log: Callable[[str], None],
+    checked: bool = True,
 ):  # noqa: ANN201
     """Write every file of the package into ``work`` and return its ``ModelDescr``."""
     from bioimageio.spec.model import v0_5 as spec
@@ -190,7 +206,7 @@ def build_description(
     raw = raw_output(model, x)
     y = entry.expected_output(model, raw[0])[None]
     np.save(work / "test_input.npy", x.astype(np.float32))
-    np.save(work / "test_output.npy", y.astype(np.float32))
+    np.save(work / "test_output.npy", y.astype(entry.output_dtype))
     write_cover(model, x[0], y[0], work / "cover.png")
 
     network = model.network.float().eval()
@@ -203,7 +219,7 @@ def build_description(
     ts_diff = export_torchscript(network, example, work / "weights_torchscript.pt")
     log("converting the weights to ONNX ...")
     onnx_diff = export_onnx(network, example, work / "weights.onnx")
-    (work / "README.md").write_text(documentation(model, entry, ts_diff, onnx_diff))
+    (work / "README.md").write_text(documentation(model, entry, ts_diff, onnx_diff, checked))
     attachments = []
     if (model.folder / "history.csv").is_file():  # loss curves: QC reports show them
         shutil.copyfile(model.folder / "history.csv", work / "history.csv")
@@ -232,7 +248,9 @@ def build_description(
     outputs = spec.OutputTensorDescr(
         id=spec.TensorId("output"),
         description=entry.output_description,
-        axes=[
+        axes=entry.output_axes(model)
+        if entry.output_axes is not None
+        else [
             spec.BatchAxis(),
             spec.ChannelAxis(
                 channel_names=[spec.Identifier(n) for n in entry.channel_names(model)]
@@ -248,7 +266,7 @@ def build_description(
             ],
         ],
         test_tensor=spec.FileDescr(source=work / "test_output.npy"),
-        data=spec.IntervalOrRatioDataDescr(type="float32"),
+        data=spec.IntervalOrRatioDataDescr(type=entry.output_dtype),
         postprocessing=entry.postprocessing(model),
     )
     pytorch_version = spec.Version(torch.__version__.split("+")[0])
@@ -472,7 +490,9 @@ def write_cover(model: TrainedModel, x_cf: np.ndarray, y_cf: np.ndarray, path: P
     iio.imwrite(path, picture)
 
 
-def documentation(model: TrainedModel, entry: TaskExport, ts_diff: float, onnx_diff: float) -> str:
+def documentation(
+    model: TrainedModel, entry: TaskExport, ts_diff: float, onnx_diff: float, checked: bool
+) -> str:
     """The package README: model card, processing, validation (QC), citations."""
     card = (
         (model.folder / "MODEL_CARD.md").read_text()
@@ -485,7 +505,7 @@ def documentation(model: TrainedModel, entry: TaskExport, ts_diff: float, onnx_d
         "`deepscope predict model/ --input <images> --out <results>`. Elsewhere: any "
         "BioImage.IO consumer (deepImageJ in Fiji, ilastik, the napari BioImage.IO "
         "plugin, `bioimageio predict`) runs it from this package.",
-    )
+    ).replace("Quality control results are added below by `deepscope qc` when it is run.\n", "")
     lines = [card.rstrip(), "", "## Pre- and post-processing", "", entry.notes(model), ""]
     lines += ["## Validation", ""]
     qc_path = model.folder / "qc_summary.json"
@@ -501,7 +521,12 @@ def documentation(model: TrainedModel, entry: TaskExport, ts_diff: float, onnx_d
         "",
         "The exported TorchScript and ONNX weights reproduce the PyTorch network to "
         f"{ts_diff:.1e} and {onnx_diff:.1e} of the output range (fp32; checked by deepscope "
-        "at export, allowed 1e-4), and the package passed `bioimageio.core.test_model`.",
+        "at export, allowed 1e-4)"
+        + (
+            ", and the package passed `bioimageio.core.test_model` before it was written."
+            if checked
+            else "; the package was not checked with `bioimageio.core.test_model` at export."
+        ),
         "",
         "## Citations",
         "",

@@ -14,7 +14,11 @@ here by a :class:`TaskExport` entry, registered with :func:`register_export`:
 - ``channel_names``, ``output_description``: how the output channels are named/described,
 - ``notes``: Markdown for the package README saying what the spec cannot express and
   what deepscope does on top (e.g. the class map, instance labels),
-- ``citations`` and ``tags``.
+- ``citations`` and ``tags``,
+- optionally ``output_axes`` and ``output_dtype``, when the exported output is not a
+  float image with one channel per ``channel_names`` entry (StarDist: the spec's
+  ``stardist_postprocessing`` turns the network's probability + distance channels into
+  instance labels with axes batch, y, x).
 
 A new task (StarDist, classification) becomes exportable by adding one entry.
 """
@@ -88,6 +92,12 @@ class TaskExport:
     notes: Callable[[TrainedModel], str]
     citations: Callable[[TrainedModel], list[Citation]]
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: Output axes (spec axis objects) when they are not batch, channel (named by
+    #: ``channel_names``) and the input's space axes — e.g. StarDist's instance labels
+    #: (batch, y, x) after ``stardist_postprocessing``. Called as ``output_axes(model)``.
+    output_axes: Callable[[TrainedModel], list[Any]] | None = None
+    #: Data type of the exported output (e.g. "uint16" for instance labels).
+    output_dtype: str = "float32"
 
 
 _EXPORTS: dict[str, TaskExport] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deepscope import __version__
 from deepscope.errors import OutputError
-from deepscope.export.bioimageio import test_input
+from deepscope.export.bioimageio import require_state_dict, test_input
 from deepscope.export.descriptions import get_export
 from deepscope.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
 from deepscope.export.torchscript import export_torchscript
@@ -49,6 +49,7 @@ def export_network(
         if path.exists():
             raise OutputError("the output file already exists", path, "choose another name")
     model = load_model_folder(model_folder)
+    require_state_dict(model)
     x = test_input(model, None)
     example = model.normalizer.normalize(x[0])[None]
     out.parent.mkdir(parents=True, exist_ok=True)
