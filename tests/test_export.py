@@ -275,7 +275,12 @@ def test_cli_export_and_import(n2v_package, tmp_path: Path, capsys) -> None:
     model_dir, package = n2v_package
     code = main(["export", str(model_dir), "--out", str(tmp_path / "m.zip"), "--no-check"])
     assert code == 2 and "--authors" in capsys.readouterr().err
-    code = main(["export", str(model_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    onnx_file = str(tmp_path / "m.onnx")
+    code = main(
+        ["export", str(model_dir), "--format", "onnx", "--out", onnx_file, "--license", "MIT"]
+    )
+    assert code == 2 and "only apply to --format bioimageio" in capsys.readouterr().err
+    code = main(["export", str(model_dir), "--format", "onnx", "--out", onnx_file])
     assert code == 0 and (tmp_path / "m.json").exists()
     code = main(["import", str(package), "--out", str(tmp_path / "imported")])
     assert code == 0 and "deepscope predict" in capsys.readouterr().out

@@ -299,6 +299,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a model folder."""
     from deepscope.export import export_model
 
+    if args.format != "bioimageio":
+        given = [
+            f"--{opt.replace('_', '-')}"
+            for opt in ("authors", "license", "name", "sample", "no_check")
+            if getattr(args, opt)
+        ]
+        if given:
+            raise DeepscopeError(
+                f"{', '.join(given)} only apply to --format bioimageio, not {args.format}",
+                fix=f"leave out {', '.join(given)}",
+            )
     export_model(
         args.model,
         args.format,
