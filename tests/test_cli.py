@@ -69,6 +69,7 @@ OPTIONS = {
         "--overwrite",
         "--instances",
         "--probabilities",
+        "--engine",
     ],
     "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
     "demo": ["--out", "--max-minutes"],
@@ -87,6 +88,8 @@ OPTIONS = {
         "--overwrite",
     ],
     "qc-track": ["--gt", "--seg-gt", "--out"],
+    "export": ["--format", "--out", "--authors", "--license", "--name", "--sample", "--no-check"],
+    "import": ["--out", "--weights"],
 }
 POSITIONALS = {
     "validate": ["task"],
@@ -96,6 +99,8 @@ POSITIONALS = {
     "demo": [],
     "track": [],
     "qc-track": ["tracks"],
+    "export": ["model"],
+    "import": ["package"],
 }
 
 

@@ -50,9 +50,16 @@ class Task(ABC):
 
     def build_model(self, in_channels: int) -> nn.Module:
         """Build the task's network from its config."""
+        return build_model(self.config.model.architecture, **self.model_kwargs(in_channels))
+
+    def model_kwargs(self, in_channels: int) -> dict:
+        """Keyword arguments of the architecture class for ``in_channels`` input channels.
+
+        Export (BioImage.IO's ``architecture.kwargs``) records exactly these, so that the
+        network can be rebuilt outside deepscope.
+        """
         m = self.config.model
-        return build_model(
-            m.architecture,
+        return dict(
             dims=self.config.data.spatial_dims,
             in_channels=in_channels,
             out_channels=self.out_channels(in_channels),

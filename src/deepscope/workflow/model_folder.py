@@ -10,6 +10,8 @@ Layout (format version 1)::
       checkpoints/*.pt       state dicts of the periodically kept epochs and the last one
       history.csv            training and validation loss per epoch
       MODEL_CARD.md          a human-readable description
+      network.pt|.onnx       instead of weights.pt, for models imported with TorchScript or
+                             ONNX weights only (``deepscope import``; info["network"])
 """
 
 from __future__ import annotations
@@ -92,10 +94,13 @@ def save_model_folder(
     checkpoints: dict[str, dict[str, torch.Tensor]] | None = None,
     history_csv: Path | None = None,
     training: dict[str, Any] | None = None,
+    network_file: tuple[str, Path] | None = None,
 ) -> Path:
     """Write a complete model folder atomically (built aside, then renamed into place).
 
     An existing folder at ``folder`` is replaced only once the new one is complete.
+    ``network_file`` = (format, path) stores a TorchScript or ONNX network instead of a
+    state dict (models imported with such weights only; ``weights`` is then empty).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -123,13 +128,19 @@ def save_model_folder(
             "config_digest": config.digest(),
             "training": training or {},
         }
+        if network_file is not None:
+            fmt, src = network_file
+            name = f"network{Path(src).suffix}"
+            shutil.copyfile(src, tmp / name)
+            info["network"] = {"format": fmt, "file": name}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
         (tmp / "config.yaml").write_text(config.to_yaml())
         norm = {"input": normalizer.to_dict()}
         if target_normalizer is not None:
             norm["target"] = target_normalizer.to_dict()
         (tmp / "normalization.json").write_text(json.dumps(norm, indent=2))
-        torch.save(weights, tmp / "weights.pt")
+        if network_file is None:
+            torch.save(weights, tmp / "weights.pt")
         (tmp / "checkpoints").mkdir()
         for name, state in (checkpoints or {}).items():
             torch.save(state, tmp / "checkpoints" / f"{name}.pt")
@@ -256,9 +267,14 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
         ) from None
     norm = _read_json(folder / "normalization.json")
     task = get_task(config.task)(config)
-    network = task.build_model(int(info["in_channels"]))
-    network.load_state_dict(_load_state(folder / "weights.pt"))
-    network.eval()
+    if "network" in info:  # imported with TorchScript or ONNX weights only
+        from deepscope.export.onnx_engine import load_network_file
+
+        network = load_network_file(folder / info["network"]["file"], info["network"]["format"])
+    else:
+        network = task.build_model(int(info["in_channels"]))
+        network.load_state_dict(_load_state(folder / "weights.pt"))
+        network.eval()
     return TrainedModel(
         folder=folder,
         config=config,

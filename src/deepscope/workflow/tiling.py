@@ -132,7 +132,7 @@ def predict_tiled(
     out = np.zeros((out_channels,) + tuple(work_shape), dtype=np.float32)
     weight = np.zeros(tuple(work_shape), dtype=np.float32)
     slices = list(_tiles(work_shape, tile, overlaps))
-    device = next(network.parameters()).device
+    device = next(iter(network.parameters()), torch.zeros(0)).device  # CPU if none (ONNX)
     fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
     for first in range(0, len(slices), batch_size):
         group = slices[first : first + batch_size]

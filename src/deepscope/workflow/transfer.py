@@ -182,6 +182,13 @@ def load_start_weights(
     source = Path(source)
     check_start_model(source, config)
     start = load_model_folder(source)
+    if start.info.get("network", {}).get("format") == "onnx":
+        raise DeepscopeError(
+            "this model was imported with ONNX weights only, which cannot be trained further",
+            source,
+            "import the BioImage.IO package again with its state dict (the default of "
+            "'deepscope import') and start from that folder",
+        )
     theirs = start.network.state_dict()
     ours = network.state_dict()
     report = TransferReport(

@@ -1,0 +1,286 @@
+"""What the exporter needs to know about each task: one small entry per task.
+
+The BioImage.IO exporter (:mod:`deepscope.export.bioimageio`) is generic: inputs,
+pre-processing (the stored normalisation as a fixed ``scale_linear``), weights, test
+tensors, cover and documentation are the same for every task. What differs is described
+here by a :class:`TaskExport` entry, registered with :func:`register_export`:
+
+- ``postprocessing``: the spec operations turning the raw network output into the
+  exported output (e.g. ``scale_linear`` back to intensities, ``softmax`` to
+  probabilities, StarDist's ``stardist_postprocessing``), and
+- ``expected_output``: the same transformation computed by deepscope in numpy, which
+  gives the package's test output tensor (so ``bioimageio.core.test_model`` checks that
+  the spec's operations reproduce deepscope's),
+- ``channel_names``, ``output_description``: how the output channels are named/described,
+- ``notes``: Markdown for the package README saying what the spec cannot express and
+  what deepscope does on top (e.g. the class map, instance labels),
+- ``citations`` and ``tags``,
+- optionally ``output_axes`` and ``output_dtype``, when the exported output is not a
+  float image with one channel per ``channel_names`` entry (StarDist: the spec's
+  ``stardist_postprocessing`` turns the network's probability + distance channels into
+  instance labels with axes batch, y, x).
+
+A new task (StarDist, classification) becomes exportable by adding one entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from deepscope.workflow.model_folder import TrainedModel
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A method reference: plain text and a DOI (no URL, so validation needs no network)."""
+
+    text: str
+    doi: str
+
+
+UNET = Citation(
+    "Ronneberger, Fischer & Brox (2015). U-Net: Convolutional networks for biomedical "
+    "image segmentation. MICCAI.",
+    "10.1007/978-3-319-24574-4_28",
+)
+N2V = Citation(
+    "Krull, Buchholz & Jug (2019). Noise2Void - learning denoising from single noisy images. CVPR.",
+    "10.1109/CVPR.2019.00223",
+)
+N2V2 = Citation(
+    "Höck, Buchholz, Schmidt, ... & Jug (2022). N2V2 - fixing Noise2Void checkerboard "
+    "artifacts with modified sampling strategies and a tweaked network architecture. "
+    "ECCV Workshops.",
+    "10.1007/978-3-031-25069-9_33",
+)
+CARE = Citation(
+    "Weigert, Schmidt, Boothe, ... & Myers (2018). Content-aware image restoration: "
+    "pushing the limits of fluorescence microscopy. Nature Methods 15, 1090-1097.",
+    "10.1038/s41592-018-0216-7",
+)
+N2N = Citation(
+    "Lehtinen, Munkberg, Hasselgren, ... & Aila (2018). Noise2Noise: learning image "
+    "restoration without clean data. ICML.",
+    "10.48550/arXiv.1803.04189",
+)
+FNET = Citation(
+    "Ounkomol, Seshamani, Maleckar, Collman & Johnson (2018). Label-free prediction of "
+    "three-dimensional fluorescence images from transmitted-light microscopy. Nature "
+    "Methods 15, 917-920.",
+    "10.1038/s41592-018-0111-2",
+)
+ZERO_COST = Citation(
+    "von Chamier, Laine, Jukkala, ... & Henriques (2021). Democratising deep learning for "
+    "microscopy with ZeroCostDL4Mic. Nature Communications 12, 2276.",
+    "10.1038/s41467-021-22518-0",
+)
+
+
+@dataclass(frozen=True)
+class TaskExport:
+    """How one task's model is described in a BioImage.IO package (see module docstring)."""
+
+    postprocessing: Callable[[TrainedModel], list[Any]]
+    expected_output: Callable[[TrainedModel, np.ndarray], np.ndarray]
+    channel_names: Callable[[TrainedModel], list[str]]
+    output_description: str
+    notes: Callable[[TrainedModel], str]
+    citations: Callable[[TrainedModel], list[Citation]]
+    tags: tuple[str, ...] = field(default_factory=tuple)
+    #: Output axes (spec axis objects) when they are not batch, channel (named by
+    #: ``channel_names``) and the input's space axes — e.g. StarDist's instance labels
+    #: (batch, y, x) after ``stardist_postprocessing``. Called as ``output_axes(model)``.
+    output_axes: Callable[[TrainedModel], list[Any]] | None = None
+    #: Data type of the exported output (e.g. "uint16" for instance labels).
+    output_dtype: str = "float32"
+
+
+_EXPORTS: dict[str, TaskExport] = {}
+
+
+def register_export(task: str, entry: TaskExport) -> None:
+    """Register how models of ``task`` are exported."""
+    _EXPORTS[task] = entry
+
+
+def get_export(task: str) -> TaskExport | None:
+    """Return the export entry of ``task``, or None when the task cannot be exported yet."""
+    return _EXPORTS.get(task)
+
+
+def exportable_tasks() -> list[str]:
+    """Names of the tasks with an export entry."""
+    return sorted(_EXPORTS)
+
+
+# ----------------------------------------------------------------------- restoration
+
+
+def _target_normalizer(model: TrainedModel):  # noqa: ANN202
+    return model.target_normalizer or model.normalizer
+
+
+def _n_image_channels(model: TrainedModel) -> int:
+    out = int(model.info["out_channels"])
+    probabilistic = model.config.task == "care" and model.config.care.probabilistic
+    return out // 2 if probabilistic else out
+
+
+def _restoration_gain_offset(model: TrainedModel) -> tuple[list[float], list[float]]:
+    """Per output channel: intensities = raw * gain + offset (scales of CARE kept raw)."""
+    norm = _target_normalizer(model)
+    n = _n_image_channels(model)
+    gain = [float(h - lo) for lo, h in zip(norm.low, norm.high, strict=True)][:n]
+    offset = [float(lo) for lo in norm.low][:n]
+    extra = int(model.info["out_channels"]) - n
+    return gain + [1.0] * extra, offset + [0.0] * extra
+
+
+def _restoration_post(model: TrainedModel) -> list[Any]:
+    from bioimageio.spec.model.v0_5 import (
+        AxisId,
+        ScaleLinearAlongAxisKwargs,
+        ScaleLinearDescr,
+    )
+
+    gain, offset = _restoration_gain_offset(model)
+    return [
+        ScaleLinearDescr(
+            kwargs=ScaleLinearAlongAxisKwargs(axis=AxisId("channel"), gain=gain, offset=offset)
+        )
+    ]
+
+
+def _restoration_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
+    """Deepscope's de-normalisation of the raw output (C, *spatial); CARE scales stay raw."""
+    n = _n_image_channels(model)
+    norm = _target_normalizer(model)
+    means = norm.denormalize(raw[:n])
+    return np.concatenate([means, raw[n:]]).astype(np.float32)
+
+
+def _restoration_names(model: TrainedModel) -> list[str]:
+    n = _n_image_channels(model)
+    names = [f"restored{c}" for c in range(n)]
+    return names + [f"laplace_scale_raw{c}" for c in range(int(model.info["out_channels"]) - n)]
+
+
+def _restoration_notes(model: TrainedModel) -> str:
+    norm = _target_normalizer(model)
+    text = (
+        "The input is normalised with fixed statistics measured on the training images "
+        f"(per channel, the {model.normalizer.low_pct:g} and {model.normalizer.high_pct:g} "
+        "percentiles map to 0 and 1; values in `bioimageio.yaml` as `scale_linear`), and "
+        "the network output is mapped back to intensities with the "
+        + ("target images'" if model.target_normalizer is not None else "same")
+        + f" statistics (low {list(norm.low)}, high {list(norm.high)})."
+    )
+    if model.config.task == "care" and model.config.care.probabilistic:
+        n = _n_image_channels(model)
+        text += (
+            f"\n\nThis is a probabilistic CARE model: output channels 0 to {n - 1} are the "
+            f"restored image; channels {n} to {2 * n - 1} are raw Laplace scale outputs `r`, "
+            "which the BioImage.IO operations cannot transform. The expected absolute error "
+            "per pixel, in intensity units, is `b = (softplus(r) + 0.001) * (high - low)` "
+            "(deepscope writes it as `<name>_uncertainty.tif`)."
+        )
+    return text
+
+
+def _restoration_citations(model: TrainedModel) -> list[Citation]:
+    task = model.config.task
+    method = {"care": [CARE], "n2n": [N2N], "labelfree": [FNET]}.get(task)
+    if task == "n2v":
+        method = [N2V, N2V2] if model.config.n2v.variant == "n2v2" else [N2V]
+    return [*(method or []), UNET, ZERO_COST]
+
+
+def _restoration_entry(tags: tuple[str, ...], description: str) -> TaskExport:
+    return TaskExport(
+        postprocessing=_restoration_post,
+        expected_output=_restoration_expected,
+        channel_names=_restoration_names,
+        output_description=description,
+        notes=_restoration_notes,
+        citations=_restoration_citations,
+        tags=tags,
+    )
+
+
+register_export("n2v", _restoration_entry(("denoising", "noise2void", "unet"), "denoised image"))
+register_export("n2n", _restoration_entry(("denoising", "noise2noise", "unet"), "denoised image"))
+register_export(
+    "care",
+    _restoration_entry(("restoration", "denoising", "care", "unet"), "restored image"),
+)
+register_export(
+    "labelfree",
+    _restoration_entry(
+        ("label-free", "in-silico-labeling", "unet"), "predicted fluorescence image"
+    ),
+)
+
+
+# ------------------------------------------------------------------------- semantic
+
+
+def _semantic_post(model: TrainedModel) -> list[Any]:
+    from bioimageio.spec.model.v0_5 import AxisId, SoftmaxDescr, SoftmaxKwargs
+
+    return [SoftmaxDescr(kwargs=SoftmaxKwargs(axis=AxisId("channel")))]
+
+
+def _semantic_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
+    return model.task.denormalize_output(raw, model.normalizer).astype(np.float32)
+
+
+def _semantic_names(model: TrainedModel) -> list[str]:
+    from deepscope.tasks.semantic import class_names
+
+    out = []
+    for i, name in enumerate(class_names(model.config.semantic)):
+        safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name).strip("_")
+        out.append(f"p_{safe or i}")
+    return out if len(set(out)) == len(out) else [f"p_class{i}" for i in range(len(out))]
+
+
+def _semantic_notes(model: TrainedModel) -> str:
+    s = model.config.semantic
+    threshold = getattr(model.task, "threshold", None)
+    rule = (
+        f"a pixel is class 1 when the probability of class 1 exceeds "
+        f"{0.5 if threshold is None else threshold:g}"
+        if s.n_classes == 2 and s.mode == "classes"
+        else "each pixel gets the class of highest probability (argmax over channels)"
+    )
+    text = (
+        "The output holds one probability per class and pixel (softmax of the network's "
+        f"logits, a BioImage.IO operation). deepscope's class map follows from it: {rule}."
+    )
+    if s.mode == "boundary":
+        text += (
+            " The three classes are background, boundary and interior: deepscope makes "
+            "one label per object by growing the interiors into the boundaries "
+            "(`deepscope predict --instances`); the BioImage.IO operations cannot express "
+            "this step."
+        )
+    return text
+
+
+register_export(
+    "semantic",
+    TaskExport(
+        postprocessing=_semantic_post,
+        expected_output=_semantic_expected,
+        channel_names=_semantic_names,
+        output_description="class probabilities",
+        notes=_semantic_notes,
+        citations=lambda model: [UNET, ZERO_COST],
+        tags=("segmentation", "semantic-segmentation", "unet"),
+    ),
+)

@@ -1,0 +1,325 @@
+"""Export to BioImage.IO / ONNX / TorchScript, import, and prediction through ONNX Runtime.
+
+Models are tiny, untrained U-Nets written straight into model folders (export does not
+care how good a model is). The network is blocked for the whole module: every step must
+work offline. Packages are checked with the community's own checker,
+``bioimageio.core.test_model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_CONFIG, synthetic_pair, write_tif
+from deepscope.config import config_from_dict
+from deepscope.data.normalize import PercentileNormalizer
+from deepscope.errors import DeepscopeError
+from deepscope.export import export_model, import_model
+from deepscope.export.compare import TOLERANCE
+from deepscope.export.onnx_engine import OnnxNetwork, use_onnx_engine
+from deepscope.interfaces.cli import main
+from deepscope.tasks import get_task
+from deepscope.workflow.model_folder import load_model_folder, save_model_folder
+from deepscope.workflow.predict import predict_array
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any attempt to open a network connection (the export must work offline)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def make_model(root: Path, task: str = "n2v", three_d: bool = False, **sections: Any) -> Path:
+    """An untrained tiny model folder of ``task`` (random weights, fixed normalisation)."""
+    data = copy.deepcopy(TINY_CONFIG)
+    data["task"] = task
+    data["model"] = {"depth": 2, "base_channels": 4}
+    if three_d:
+        data["data"] = {"patch_size": [8, 16, 16], "spatial_dims": 3}
+    for name, values in sections.items():
+        data[name] = values
+    config = config_from_dict(data)
+    torch.manual_seed(0)
+    net = get_task(task)(config).build_model(1)
+    with torch.no_grad():  # non-trivial batch-norm statistics, so that they are exported too
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    norm = PercentileNormalizer(1.0, 99.8, (180.0,), (2300.0,))
+    target = PercentileNormalizer(1.0, 99.8, (150.0,), (2600.0,)) if task == "care" else None
+    folder = root / f"{task}{'3d' if three_d else ''}" / "model"
+    return save_model_folder(
+        folder,
+        config=config,
+        weights=net.state_dict(),
+        in_channels=1,
+        input_axes="ZYX" if three_d else "YX",
+        normalizer=norm,
+        target_normalizer=target,
+    )
+
+
+def read_rdf(package: Path) -> dict:
+    with zipfile.ZipFile(package) as z:
+        name = next(n for n in z.namelist() if n.endswith(("rdf.yaml", "bioimageio.yaml")))
+        return yaml.safe_load(z.read(name))
+
+
+def _source(entry: str | dict) -> str:
+    return entry["source"] if isinstance(entry, dict) else entry
+
+
+def assert_passes_test_model(package: Path) -> None:
+    from bioimageio.core import test_model
+
+    summary = test_model(package)
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+
+
+@pytest.fixture(scope="module")
+def n2v_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model folder, BioImage.IO package) of a tiny 2D N2V model with a sample image."""
+    root = tmp_path_factory.mktemp("export")
+    model = make_model(root, "n2v")
+    (model / "history.csv").write_text(
+        "epoch,train_loss,val_loss,learning_rate,seconds,best\n0,0.5,0.4,0.0004,0.2,1\n"
+    )
+    (model / "qc_summary.json").write_text(
+        json.dumps({"model": {"psnr": 31.5, "ssim": 0.81}, "input": {"psnr": 25.0}})
+    )
+    sample = write_tif(root / "sample.tif", synthetic_pair((72, 80), seed=3)[0])
+    package = export_model(
+        model,
+        "bioimageio",
+        root / "n2v.zip",
+        authors=["Ada Lovelace"],
+        license="CC-BY-4.0",
+        sample=sample,
+        check=False,
+        log=lambda _m: None,
+    )
+    return model, package
+
+
+# ----------------------------------------------------------------------- BioImage.IO
+
+
+def test_n2v_package_passes_bioimageio_test_model(n2v_package) -> None:
+    assert_passes_test_model(n2v_package[1])
+
+
+def test_package_describes_processing_docs_and_citations(n2v_package) -> None:
+    model_dir, package = n2v_package
+    rdf = read_rdf(package)
+    assert rdf["format_version"].startswith("0.5")
+    assert rdf["license"] == "CC-BY-4.0" and rdf["authors"][0]["name"] == "Ada Lovelace"
+    assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript", "onnx"}
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["callable"] == "UNet"
+    axes = [a["type"] for a in rdf["inputs"][0]["axes"]]
+    assert axes == ["batch", "channel", "space", "space"]
+    pre = rdf["inputs"][0]["preprocessing"]
+    scale = next(p for p in pre if p["id"] == "scale_linear")["kwargs"]
+    model = load_model_folder(model_dir)
+    x = np.random.default_rng(0).uniform(0, 4000, (1, 16, 16)).astype(np.float32)
+    via_spec = x * np.float32(scale["gain"][0]) + np.float32(scale["offset"][0])
+    np.testing.assert_allclose(via_spec, model.normalizer.normalize(x), rtol=0, atol=2e-6)
+    post = rdf["outputs"][0]["postprocessing"]
+    back = next(p for p in post if p["id"] == "scale_linear")["kwargs"]
+    assert back["gain"][0] == pytest.approx(2300.0 - 180.0) and back["offset"][0] == 180.0
+    with zipfile.ZipFile(package) as z:
+        readme = z.read(_source(rdf["documentation"])).decode()
+        cover = z.read(_source(rdf["covers"][0]))
+        test_in = np.load(z.open(rdf["inputs"][0]["test_tensor"]["source"]))
+    assert "Validation" in readme and "31.5" in readme  # QC metrics
+    assert "Krull" in readme and "10.1109/CVPR.2019.00223" in readme
+    assert cover[:8] == b"\x89PNG\r\n\x1a\n"
+    assert test_in.shape == (1, 1, 72, 80)
+    record = rdf["config"]["deepscope"]
+    assert record["config"]["task"] == "n2v" and record["normalization"]["input"]["low"] == [180.0]
+
+
+@pytest.mark.parametrize("fmt", ["pytorch_state_dict", "torchscript", "onnx"])
+def test_import_round_trip_predicts_the_same(n2v_package, tmp_path: Path, fmt: str) -> None:
+    model_dir, package = n2v_package
+    out = import_model(package, tmp_path / "imported", weights_format=fmt, log=lambda _m: None)
+    original, imported = load_model_folder(model_dir), load_model_folder(out)
+    image = synthetic_pair((1, 60, 52), seed=5)[0].astype(np.float32)
+    expected = predict_array(original, image)
+    got = predict_array(imported, image)
+    tol = 0.0 if fmt == "pytorch_state_dict" else TOLERANCE * float(np.ptp(expected))
+    assert np.max(np.abs(got - expected)) <= tol
+    if fmt == "pytorch_state_dict":  # a deepscope model again: fine-tunable with --from
+        assert imported.config == original.config
+        assert (out / "weights.pt").exists()
+    else:
+        assert imported.info["network"]["format"] == fmt
+        with pytest.raises(DeepscopeError, match="imported with"):
+            export_model(out, "onnx", tmp_path / "again.onnx", log=lambda _m: None)
+    assert (out / "history.csv").read_text() == (model_dir / "history.csv").read_text()
+
+
+def test_qc_runs_on_a_model_imported_with_onnx_weights(
+    n2v_package, tmp_path: Path, clean_pair_dirs
+) -> None:
+    from deepscope.workflow.qc import run_qc
+
+    out = import_model(
+        n2v_package[1], tmp_path / "imported", weights_format="onnx", log=lambda _m: None
+    )
+    summary = run_qc(load_model_folder(out), *clean_pair_dirs, tmp_path / "qc")
+    assert np.isfinite(summary["model"]["psnr"]) and (tmp_path / "qc" / "report.html").exists()
+
+
+def test_import_refuses_foreign_and_broken_packages(n2v_package, tmp_path: Path) -> None:
+    _, package = n2v_package
+    foreign = tmp_path / "foreign"
+    with zipfile.ZipFile(package) as z:
+        z.extractall(foreign)
+    rdf_path = next(foreign.glob("*.yaml"))
+    rdf = yaml.safe_load(rdf_path.read_text())
+    del rdf["config"]["deepscope"]
+    rdf_path.write_text(yaml.safe_dump(rdf))
+    with pytest.raises(DeepscopeError, match="not exported by deepscope"):
+        import_model(foreign, tmp_path / "m1", log=lambda _m: None)
+    with pytest.raises(DeepscopeError, match="not a BioImage.IO package"):
+        import_model(tmp_path, tmp_path / "m2", log=lambda _m: None)
+    with pytest.raises(DeepscopeError, match="no keras_hdf5|cannot use"):
+        import_model(package, tmp_path / "m3", weights_format="keras_hdf5", log=lambda _m: None)
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m3").exists()
+
+
+def test_export_asks_for_authors_and_a_valid_licence(n2v_package, tmp_path: Path) -> None:
+    model_dir, package = n2v_package
+    quiet = {"log": lambda _m: None, "check": False}
+    with pytest.raises(DeepscopeError, match="--authors"):
+        export_model(model_dir, "bioimageio", tmp_path / "a.zip", license="MIT", **quiet)
+    with pytest.raises(DeepscopeError, match="--license"):
+        export_model(model_dir, "bioimageio", tmp_path / "a.zip", authors=["A B"], **quiet)
+    with pytest.raises(DeepscopeError, match="SPDX"):
+        export_model(
+            model_dir, "bioimageio", tmp_path / "a.zip", authors=["A B"], license="free", **quiet
+        )
+    with pytest.raises(DeepscopeError, match="already exists"):
+        export_model(model_dir, "bioimageio", package, authors=["A"], license="MIT", **quiet)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+# --------------------------------------------------------------- ONNX / TorchScript
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_network_files_match_pytorch(tmp_path: Path, fmt: str) -> None:
+    model_dir = make_model(tmp_path, "care", three_d=True, care={"probabilistic": True})
+    out = tmp_path / ("net.onnx" if fmt == "onnx" else "net.pt")
+    export_model(model_dir, fmt, out, log=lambda _m: None)
+    model = load_model_folder(model_dir)
+    x = np.random.default_rng(1).normal(0.3, 0.3, (2, 1, 8, 24, 20)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.network(torch.from_numpy(x)).numpy()
+    if fmt == "onnx":
+        got = OnnxNetwork(out)(torch.from_numpy(x)).numpy()
+    else:
+        got = torch.jit.load(str(out))(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == ref.shape == (2, 2, 8, 24, 20)
+    assert np.max(np.abs(got - ref)) <= TOLERANCE * np.ptp(ref)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["input"]["axes"] == "bczyx" and sidecar["input"]["low"] == [180.0]
+    assert sidecar["output"]["target_high"] == [2600.0]
+
+
+def test_cli_predict_with_onnx_engine_matches_pytorch(n2v_package, tmp_path: Path, capsys) -> None:
+    model_dir, _ = n2v_package
+    images = tmp_path / "images"
+    write_tif(images / "x.tif", synthetic_pair((70, 66), seed=9)[0])
+    import tifffile
+
+    results = {}
+    for engine in ("pytorch", "onnx"):
+        out = tmp_path / engine
+        code = main(["predict", str(model_dir), "--input", str(images), "--out", str(out),
+                     "--engine", engine, "--tile", "32"])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        results[engine] = tifffile.imread(out / "x.tif")
+    diff = np.max(np.abs(results["onnx"] - results["pytorch"]))
+    assert diff <= TOLERANCE * np.ptp(results["pytorch"])
+
+
+def test_onnx_engine_keeps_tiling_and_postprocessing(tmp_path: Path) -> None:
+    model = load_model_folder(make_model(tmp_path, "semantic", semantic={"classes": 3}))
+    image = synthetic_pair((1, 40, 36), seed=2)[0].astype(np.float32)
+    expected = predict_array(model, image)
+    use_onnx_engine(model)
+    assert isinstance(model.network, OnnxNetwork)
+    np.testing.assert_array_equal(predict_array(model, image), expected)
+
+
+def test_cli_export_and_import(n2v_package, tmp_path: Path, capsys) -> None:
+    model_dir, package = n2v_package
+    code = main(["export", str(model_dir), "--out", str(tmp_path / "m.zip"), "--no-check"])
+    assert code == 2 and "--authors" in capsys.readouterr().err
+    onnx_file = str(tmp_path / "m.onnx")
+    code = main(
+        ["export", str(model_dir), "--format", "onnx", "--out", onnx_file, "--license", "MIT"]
+    )
+    assert code == 2 and "only apply to --format bioimageio" in capsys.readouterr().err
+    code = main(["export", str(model_dir), "--format", "onnx", "--out", onnx_file])
+    assert code == 0 and (tmp_path / "m.json").exists()
+    code = main(["import", str(package), "--out", str(tmp_path / "imported")])
+    assert code == 0 and "deepscope predict" in capsys.readouterr().out
+    code = main(["import", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "x")])
+    assert code == 2 and "BioImage.IO" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- every task (slow: test_model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "three_d", "sections"),
+    [
+        ("care", True, {"care": {"probabilistic": True}}),
+        ("care", False, {}),
+        ("n2n", False, {}),
+        ("labelfree", True, {}),
+        ("semantic", False, {"semantic": {"classes": 3, "class_names": ["bg", "cell", "edge"]}}),
+        ("semantic", True, {"semantic": {"mode": "boundary"}}),
+        ("n2v", True, {"n2v": {"variant": "n2v2"}}),
+    ],
+)
+def test_every_task_exports_a_package_that_passes_test_model(
+    tmp_path: Path, task: str, three_d: bool, sections: dict
+) -> None:
+    model_dir = make_model(tmp_path, task, three_d=three_d, **sections)
+    package = export_model(
+        model_dir,
+        "bioimageio",
+        tmp_path / f"{task}.zip",
+        authors=["Ada Lovelace"],
+        license="MIT",
+        check=False,
+        log=lambda _m: None,
+    )
+    assert_passes_test_model(package)
+    imported = import_model(package, tmp_path / "imported", log=lambda _m: None)
+    original, again = load_model_folder(model_dir), load_model_folder(imported)
+    shape = (1, 8, 24, 28) if three_d else (1, 36, 28)
+    image = np.random.default_rng(0).uniform(100, 2500, shape).astype(np.float32)
+    np.testing.assert_array_equal(predict_array(again, image), predict_array(original, image))
