@@ -75,7 +75,11 @@ class TaskModule(L.LightningModule):
             self.print(message)
 
     def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.contiguous(memory_format=self._format) for k, v in batch.items()}
+        ndim = self.task.config.data.spatial_dims + 2  # image tensors; labels stay as they are
+        return {
+            k: v.contiguous(memory_format=self._format) if v.ndim == ndim else v
+            for k, v in batch.items()
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss of one training batch."""
