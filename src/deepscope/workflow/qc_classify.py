@@ -44,6 +44,7 @@ BINS = 10
 GALLERY = 16
 """Most confident mistakes shown."""
 _RISE = 0.05  # validation loss this much above its minimum at the end = overfitting
+_AFTER = 2  # ... at least this many epochs after the minimum (one noisy epoch is not a trend)
 
 
 def expected_calibration_error(
@@ -76,8 +77,8 @@ def expected_calibration_error(
 def overfitting_point(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Find the epoch of the lowest validation loss and whether overfitting followed.
 
-    Overfitting is reported when, after that epoch, the validation loss ended at least
-    5 % above its minimum while the training loss kept falling.
+    Overfitting is reported when, at least 2 epochs after that epoch, the validation
+    loss ended at least 5 % above its minimum while the training loss kept falling.
 
     Returns
     -------
@@ -102,7 +103,7 @@ def overfitting_point(history: list[dict[str, Any]]) -> dict[str, Any]:
     i = int(np.argmin(val))
     best = int(epochs[i])
     last_val, last_train = float(val[-1]), float(train[-1])
-    over = i < len(val) - 1 and last_val > val[i] * (1 + _RISE) and last_train < train[i]
+    over = len(val) - 1 - i >= _AFTER and last_val > val[i] * (1 + _RISE) and last_train < train[i]
     if over:
         msg = (
             f"overfitting: the validation loss was lowest at epoch {best} and rose "
