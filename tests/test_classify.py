@@ -379,3 +379,22 @@ def test_bad_training_data_writes_nothing(tmp_path):
     with pytest.raises(ValidationFailed):
         train(_cfg(), root, tmp_path / "run", show_bar=False, log=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_continues_with_the_saved_classes(tmp_path):
+    images = write_class_folders(tmp_path / "imgs", {"a": 8, "b": 8})
+    quiet = {"show_bar": False, "log": lambda s: None}
+    train(_cfg(**{"training.epochs": 1}), images, tmp_path / "run", **quiet)
+    result = train(_cfg(**{"training.epochs": 2}), images, tmp_path / "run", resume=True, **quiet)
+    assert result.epochs_trained == 2
+    history = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    assert load_model_folder(result.model_dir).task.class_names == ["a", "b"]
+
+
+def test_qc_of_a_pixel_task_without_targets_says_what_to_give(tmp_path):
+    from deepscope.workflow.qc import run_qc
+
+    folder, _ = _unet_model_folder(tmp_path)
+    with pytest.raises(DeepscopeError, match="--targets"):
+        run_qc(load_model_folder(folder), tmp_path, None, tmp_path / "qc")
