@@ -398,3 +398,27 @@ def test_qc_of_a_pixel_task_without_targets_says_what_to_give(tmp_path):
     folder, _ = _unet_model_folder(tmp_path)
     with pytest.raises(DeepscopeError, match="--targets"):
         run_qc(load_model_folder(folder), tmp_path, None, tmp_path / "qc")
+
+
+def test_balanced_sampling_draws_every_class_equally(tmp_path):
+    root = write_class_folders(tmp_path / "imgs", {"big": 30, "small": 6})
+    task = get_task("classify")(_cfg(**{"classify.balance": "sampling"}))
+    report = task.check_training_data(root)
+    data = task.make_datasets(report, tmp_path, False, lambda s: None)
+    weights = np.asarray(data.sampler.weights)
+    labels = data.train.labels.numpy()
+    per_class = [weights[labels == k].sum() for k in (0, 1)]
+    assert per_class[0] == pytest.approx(per_class[1])
+    assert task.class_weights is None and data.shuffle
+
+
+def test_augmentation_changes_images_but_keeps_their_shape():
+    x = torch.rand(3, 16, 16)
+    aug = cdata.Augmentation(intensity=0.2, rotate_degrees=20, scale=0.1, shift=0.1)
+    a = cdata.augment(x, aug, torch.Generator().manual_seed(0))
+    b = cdata.augment(x, aug, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
+    none = cdata.Augmentation(
+        flips=False, rot90=False, intensity=0, rotate_degrees=0, scale=0, shift=0
+    )
+    assert torch.equal(cdata.augment(x, none, torch.Generator()), x)
