@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from deepscope.data.classes import fit_to_size, load_labelled
 from deepscope.data.io import atomic_write_text
@@ -173,6 +174,7 @@ def curves_figure(history: list[dict[str, Any]], point: dict[str, Any]) -> Figur
         ax.axvspan(
             point["from_epoch"] - 0.5, max(ep) + 0.5, color="red", alpha=0.08, label="overfitting"
         )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
     ax.legend(fontsize=8)
