@@ -422,3 +422,11 @@ def test_augmentation_changes_images_but_keeps_their_shape():
         flips=False, rot90=False, intensity=0, rotate_degrees=0, scale=0, shift=0
     )
     assert torch.equal(cdata.augment(x, none, torch.Generator()), x)
+
+
+def test_classify_defaults_hold_when_a_section_is_partly_given():
+    cfg = config_from_dict({"task": "classify", "training": {"epochs": 3}, "data": {"axes": "YX"}})
+    assert cfg.training.epochs == 3 and cfg.training.learning_rate == 1e-3
+    assert cfg.training.weight_decay == 1e-4 and cfg.data.val_fraction == 0.2
+    again = config_from_dict(cfg.model_dump(mode="json"))
+    assert again == cfg

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from deepscope.config import DataConfig, TaskConfigBase, TrainingConfig, _Section
+from deepscope.config import TaskConfigBase, _Section
 from deepscope.data import classes as cdata
 from deepscope.data.normalize import PercentileNormalizer
 from deepscope.data.validation import ValidationReport
@@ -118,18 +118,32 @@ class ClassifySettings(_Section):
         return self
 
 
+#: Defaults of the shared sections that differ for classification (whole images, not
+#: patches): applied to every setting the user leaves out, also when a section is given.
+CLASSIFY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"val_fraction": 0.2, "intensity_jitter": 0.1},
+    "training": {"epochs": 50, "weight_decay": 1e-4, "learning_rate": 1e-3},
+}
+
+
 class ClassifyConfig(TaskConfigBase):
     """Config of the classification task."""
 
     task: Literal["classify"] = "classify"
-    data: DataConfig = Field(
-        default_factory=lambda: DataConfig(val_fraction=0.2, intensity_jitter=0.1)
-    )
     model: ClassifierModelConfig = Field(default_factory=ClassifierModelConfig)  # type: ignore[assignment]
-    training: TrainingConfig = Field(
-        default_factory=lambda: TrainingConfig(epochs=50, weight_decay=1e-4, learning_rate=1e-3)
-    )
     classify: ClassifySettings = Field(default_factory=ClassifySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classify_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for section, defaults in CLASSIFY_DEFAULTS.items():
+            given = data.get(section) or {}
+            if isinstance(given, dict):
+                data[section] = {**defaults, **given}
+        return data
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ClassifyConfig:  # replaces the U-Net patch-size check
