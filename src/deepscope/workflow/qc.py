@@ -70,6 +70,13 @@ def run_qc(
             f"quality control for '{model.config.task}' models is not available yet"
         )
     if model.task.image_level:
+        if targets is not None:
+            raise DeepscopeError(
+                f"{model.config.task} models read the answers from the images' class "
+                "folders, CSV or .npz; a targets folder is not used",
+                targets,
+                "leave out --targets",
+            )
         summary = runner(model, Path(images), Path(out_dir), tiles=tiles, progress=progress)
     else:
         if targets is None:
