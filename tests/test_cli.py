@@ -33,6 +33,7 @@ OPTIONS = {
         "--3d",
         "--patch-size",
         "--config",
+        "--image-size",
     ],
     "train": [
         "--images",
@@ -59,6 +60,9 @@ OPTIONS = {
         "--masks",
         "--classes",
         "--boundary",
+        "--image-size",
+        "--backbone",
+        "--freeze",
     ],
     "predict": [
         "--input",

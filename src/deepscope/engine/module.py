@@ -70,9 +70,16 @@ class TaskModule(L.LightningModule):
             frozen = self.encoder_frozen
             for module in encoder_modules(self.model):
                 module.requires_grad_(not frozen)
+        message = self.task.on_epoch_start(self.model, self.current_epoch)  # task's own hook
+        if message:
+            self.print(message)
 
     def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.contiguous(memory_format=self._format) for k, v in batch.items()}
+        ndim = self.task.config.data.spatial_dims + 2  # image tensors; labels stay as they are
+        return {
+            k: v.contiguous(memory_format=self._format) if v.ndim == ndim else v
+            for k, v in batch.items()
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss of one training batch."""
@@ -96,9 +103,8 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """AdamW, learning rate halved when the validation loss stops improving."""
         t = self.task.config.training
-        opt = torch.optim.AdamW(
-            self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
-        )
+        params = self.task.parameter_groups(self.model) or self.model.parameters()
+        opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=10)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
 

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--config", type=Path, help="a YAML settings file")
     _add_semantic_options(p)
+    _add_classify_options(p, train=False)
 
     p = sub.add_parser(
         "train",
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "NAME_uncertainty.tif (the expected error) beside each result",
     )
     _add_semantic_options(p)
+    _add_classify_options(p, train=True)
     _add_data_options(p)
     _add_train_options(p)
     g = p.add_argument_group("start from a trained model (transfer learning)")
@@ -221,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--masks",
         dest="targets",
         type=Path,
-        required=True,
-        help="folder of ground-truth images (or masks) with the same file names",
+        help="folder of ground-truth images (or masks) with the same file names "
+        "(not for classify: the classes come from the --images folders, CSV or .npz)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
     p.add_argument("--tile", type=int, default=512, help="tile size for large images")
@@ -548,6 +550,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         overrides[key] = getattr(args, opt, None)
     overrides.update(_restoration_overrides(args))
     overrides.update(_semantic_overrides(args))
+    overrides.update(_classify_overrides(args))
     config = config_from_dict(merge_overrides(base, overrides))
     if getattr(args, "freeze_encoder", None) == -1:  # given without a number
         config = config_from_dict(
@@ -617,6 +620,56 @@ def _semantic_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _add_classify_options(p: argparse.ArgumentParser, train: bool) -> None:
+    g = p.add_argument_group(
+        "classification (task classify: --images is a folder with one sub-folder per "
+        "class, a CSV of file,label, or an .npz of images and labels)"
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("Y", "X"),
+        help="size every image is brought to before the network (default 64 64)",
+    )
+    if not train:
+        return
+    g.add_argument(
+        "--backbone",
+        choices=["small", "resnet18", "unet_encoder"],
+        help="network: small (VGG-style, few weights, the default), resnet18 "
+        "(ResNet-18-like), unet_encoder (the encoder of a deepscope U-Net; chosen by "
+        "itself with --from a U-Net model)",
+    )
+    g.add_argument(
+        "--freeze",
+        type=int,
+        metavar="N",
+        help="with --from: keep the first N blocks fixed for a fifth of the epochs, then "
+        "fine-tune them at a tenth of the learning rate",
+    )
+
+
+def _classify_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the settings of --image-size, --backbone and --freeze (classify only)."""
+    out: dict[str, Any] = {}
+    for opt, key in [
+        ("image_size", "classify.image_size"),
+        ("backbone", "model.architecture"),
+        ("freeze", "classify.freeze_blocks"),
+    ]:
+        value = getattr(args, opt, None)
+        if value is None:
+            continue
+        if args.task != "classify":
+            raise DeepscopeError(
+                f"--{opt.replace('_', '-')} is a setting of the classify task, not of {args.task}",
+                fix=f"leave out --{opt.replace('_', '-')}",
+            )
+        out[key] = list(value) if opt == "image_size" else value
+    return out
+
+
 def _bar(desc: str):  # noqa: ANN202
     from tqdm.auto import tqdm
 
@@ -637,18 +690,11 @@ def _bar(desc: str):  # noqa: ANN202
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Run the data check and print its findings."""
-    from deepscope.data.validation import validate_dataset
     from deepscope.tasks import get_task
 
     config = _config_from_args(args)
     task = get_task(args.task)(config)
-    report = validate_dataset(
-        args.task,
-        config,
-        args.images,
-        args.targets,
-        extra_checks=task.extra_checks,
-    )
+    report = task.check_training_data(args.images, args.targets)
     print(report.format())
     for line in getattr(task, "data_summary", list)():
         print(f"note    {line}")
@@ -700,7 +746,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=_bar("predicting"),
     )
-    print(f"{len(written)} result(s) written to {args.out} (see provenance.json there).")
+    if model.task.image_level:
+        print(f"Predictions written to {written[0]} (one row per image).")
+    else:
+        print(f"{len(written)} result(s) written to {args.out} (see provenance.json there).")
     return 0
 
 
@@ -719,7 +768,9 @@ def cmd_qc(args: argparse.Namespace) -> int:
         tiles=TileSettings(tile=args.tile),
         progress=_progress_stages(),
     )
-    if "mean_iou" in summary:
+    if "macro_f1" in summary:
+        _print_classify_summary(summary)
+    elif "mean_iou" in summary:
         _print_segmentation_summary(summary)
     else:
         _print_restoration_summary(summary)
@@ -736,6 +787,18 @@ def _progress_stages():  # noqa: ANN202
         bars[stage](stage, done, total)
 
     return update
+
+
+def _print_classify_summary(summary: dict) -> None:
+    print(f"Quality control on {summary['images']} labelled images:")
+    print(f"  accuracy {summary['accuracy']:.3f}   macro F1 {summary['macro_f1']:.3f}")
+    for name, m in summary["per_class"].items():
+        print(
+            f"  {name:<22} precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+            f"F1 {m['f1']:.3f}  ({m['support']} images)"
+        )
+    print(f"  calibration error (ECE) {summary['ece']:.3f}")
+    print(f"  {summary['overfitting']['message']}")
 
 
 def _print_segmentation_summary(summary: dict) -> None:

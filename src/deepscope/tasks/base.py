@@ -8,8 +8,10 @@ plumbing, model folders) is shared.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,9 +22,47 @@ from deepscope.engine.models import build_model
 
 if TYPE_CHECKING:
     from deepscope.data.normalize import PercentileNormalizer
-    from deepscope.data.validation import Finding
+    from deepscope.data.validation import Finding, ValidationReport
 
 _TASKS: dict[str, type[Task]] = {}
+
+
+@dataclass
+class TrainingData:
+    """What a task that prepares its own training data returns (see ``Task.make_datasets``).
+
+    Attributes
+    ----------
+    train, val
+        Torch datasets whose items are dicts of tensors with at least ``"input"``.
+    normalizer
+        The input normalisation fitted on the training data (saved with the model).
+    in_channels
+        Channels of the network input.
+    axes
+        Axes of the first input file (recorded in the model folder).
+    n_images
+        Number of images used (training and validation).
+    sampler
+        An optional sampler for the training loader (e.g. class-balanced sampling).
+    shuffle
+        Shuffle the training items each epoch (datasets that are not already random).
+    target_normalizer
+        The target normalisation, for tasks that have one.
+    split
+        Optional JSON-able record of the split, saved as ``split.json`` in the run.
+    """
+
+    train: Any
+    val: Any
+    normalizer: PercentileNormalizer
+    in_channels: int
+    axes: str
+    n_images: int
+    sampler: Any = None
+    shuffle: bool = False
+    target_normalizer: PercentileNormalizer | None = None
+    split: dict[str, Any] | None = None
 
 
 class Task(ABC):
@@ -40,6 +80,9 @@ class Task(ABC):
     normalize_targets: ClassVar[bool] = True
     #: Which quality-control family scores this task (see ``deepscope.workflow.qc``).
     qc_kind: ClassVar[str] = "restoration"
+    #: True for tasks with one result per image (e.g. a class) instead of an image:
+    #: training uses ``make_datasets``, prediction writes a table, QC reads labels.
+    image_level: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfigBase):
         self.config = config
@@ -128,6 +171,46 @@ class Task(ABC):
     ) -> list[Finding]:
         """Return the task's own data findings for ``validate`` (see ``validate_dataset``)."""
         return []
+
+    # ---------------------------------------------------------------- generic hooks
+    # Tasks whose data are not folders of images cut into patches override these; the
+    # defaults keep the shared patch pipeline of ``deepscope.workflow.training``.
+
+    def check_training_data(self, images: Path, targets: Path | None = None) -> ValidationReport:
+        """Check the training data (``deepscope validate`` and the start of ``train``).
+
+        The default checks folders of images (and targets) with ``validate_dataset``.
+        A task may complete ``self.config`` from the data here (e.g. class names).
+        """
+        from deepscope.data.validation import validate_dataset
+
+        return validate_dataset(
+            type(self), self.config, images, targets, extra_checks=self.extra_checks
+        )
+
+    def make_datasets(
+        self,
+        report: ValidationReport,
+        run_dir: Path,
+        resume: bool,
+        log: Callable[[str], None],
+    ) -> TrainingData | None:
+        """Build the training and validation datasets; None = the shared patch pipeline."""
+        return None
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Optimiser parameter groups (e.g. a lower learning rate for some layers).
+
+        None (the default) trains every parameter at ``training.learning_rate``.
+        """
+        return None
+
+    def on_epoch_start(self, model: nn.Module, epoch: int) -> str | None:
+        """Called at the start of each training epoch (0-based), e.g. to freeze layers.
+
+        Returns a line for the training log, or None.
+        """
+        return None
 
 
 def register_task(cls: type[Task]) -> type[Task]:

@@ -172,6 +172,14 @@ def _swap_into_place(tmp: Path, folder: Path) -> None:
         os.replace(tmp, folder)
 
 
+_ARCH_NAMES = {
+    "unet": "U-Net",
+    "small": "small VGG-style CNN",
+    "resnet18": "ResNet-18-like CNN",
+    "unet_encoder": "U-Net encoder + classifier",
+}
+
+
 def model_card(config: TaskConfigBase, info: dict[str, Any]) -> str:
     """A short Markdown description of the model for people."""
     task = get_task(config.task)
@@ -199,7 +207,8 @@ def model_card(config: TaskConfigBase, info: dict[str, Any]) -> str:
     lines += [
         "",
         "## Network",
-        f"- U-Net, depth {config.model.depth}, {config.model.base_channels} base channels",
+        f"- {_ARCH_NAMES.get(config.model.architecture, config.model.architecture)}, depth "
+        f"{config.model.depth}, {config.model.base_channels} base channels",
         "",
         "## How to use",
         "`deepscope predict <this folder> --input <images> --out <results>`",

@@ -206,7 +206,17 @@ def predict_files(
     predicted Laplace scale per pixel (the expected absolute error, in the target's
     intensity units); provenance.json names it under the output's entry.
     Existing results are not overwritten unless ``overwrite`` is set.
+
+    Tasks with one result per image (``Task.image_level``, e.g. classification) write a
+    table instead (see :mod:`deepscope.workflow.predict_classify`); the list then holds
+    that one CSV file.
     """
+    if model.task.image_level:
+        from deepscope.workflow.predict_classify import predict_table
+
+        return [
+            predict_table(model, source, out_dir, axes=axes, overwrite=overwrite, progress=progress)
+        ]
     inputs = resolve_inputs(source)
     out_dir = Path(out_dir)
     check_output_folder(out_dir, inputs)

@@ -23,6 +23,7 @@ from deepscope.workflow.predict import (
     predict_raw,
     side_output_suffixes,
 )
+from deepscope.workflow.qc_classify import classify_qc
 from deepscope.workflow.qc_restoration import evaluate_restoration
 from deepscope.workflow.qc_segmentation import segmentation_qc
 from deepscope.workflow.training import load_images
@@ -50,7 +51,7 @@ QcRunner = Callable[..., dict[str, Any]]
 def run_qc(
     model: TrainedModel,
     images: Path,
-    targets: Path,
+    targets: Path | None,
     out_dir: Path,
     *,
     tiles: TileSettings | None = None,
@@ -59,15 +60,33 @@ def run_qc(
     """Score ``model`` on the pairs in ``images``/``targets``; write a report into ``out_dir``.
 
     The task's ``qc_kind`` picks the scoring (see ``QC_RUNNERS``). The summary is also
-    stored as ``qc_summary.json`` in the model folder.
+    stored as ``qc_summary.json`` in the model folder. Tasks with one result per image
+    (``Task.image_level``, e.g. classification) read labelled images from ``images``
+    alone and need no ``targets``.
     """
     runner = QC_RUNNERS.get(model.task.qc_kind)
     if runner is None:
         raise DeepscopeError(
             f"quality control for '{model.config.task}' models is not available yet"
         )
-    pairs = _pairs(Path(images), Path(targets))
-    summary = runner(model, pairs, Path(out_dir), tiles=tiles, progress=progress)
+    if model.task.image_level:
+        if targets is not None:
+            raise DeepscopeError(
+                f"{model.config.task} models read the answers from the images' class "
+                "folders, CSV or .npz; a targets folder is not used",
+                targets,
+                "leave out --targets",
+            )
+        summary = runner(model, Path(images), Path(out_dir), tiles=tiles, progress=progress)
+    else:
+        if targets is None:
+            raise DeepscopeError(
+                "quality control needs the known answers for the images",
+                images,
+                "give the folder of targets or masks with --targets (same file names)",
+            )
+        pairs = _pairs(Path(images), Path(targets))
+        summary = runner(model, pairs, Path(out_dir), tiles=tiles, progress=progress)
     atomic_write_text(model.folder / "qc_summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -150,3 +169,4 @@ def _predict_with_uncertainty(
 #: QC implementation per ``Task.qc_kind``; tasks with other outputs add theirs here.
 QC_RUNNERS: dict[str, QcRunner] = {"restoration": restoration_qc}
 QC_RUNNERS["segmentation"] = segmentation_qc
+QC_RUNNERS["classify"] = classify_qc

@@ -24,11 +24,12 @@ from deepscope.data.axes import to_channel_first
 from deepscope.data.io import atomic_write_text, read_image
 from deepscope.data.normalize import PercentileNormalizer
 from deepscope.data.patches import RandomPatches, split_train_val
-from deepscope.data.validation import ValidationReport, validate_dataset
+from deepscope.data.validation import ValidationReport
 from deepscope.engine import trainer as engine
 from deepscope.engine.module import TaskModule
 from deepscope.errors import DeepscopeError, OutputError
 from deepscope.tasks import get_task
+from deepscope.tasks.base import Task, TrainingData
 from deepscope.workflow import transfer
 from deepscope.workflow.model_folder import save_model_folder
 
@@ -117,38 +118,26 @@ def _resume_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def train(
-    config: TaskConfigBase,
-    images: Path,
-    run_dir: Path,
-    targets: Path | None = None,
-    *,
-    resume: bool = False,
-    listener: Callable[[dict[str, Any]], None] | None = None,
-    show_bar: bool = True,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train ``config.task`` on the images in ``images`` (and ``targets``), into ``run_dir``.
+def _save_normalization(run_dir: Path, data: TrainingData, resume: bool) -> None:
+    norm_path = run_dir / "normalization.json"
+    if resume and norm_path.exists():
+        return
+    norm_d = {"input": data.normalizer.to_dict()}
+    if data.target_normalizer is not None:
+        norm_d["target"] = data.target_normalizer.to_dict()
+    atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
 
-    Raises
-    ------
-    ValidationFailed
-        When the data check finds problems that block training (nothing is written).
-    """
-    run_dir = Path(run_dir)
-    task_cls = get_task(config.task)
-    report = validate_dataset(
-        task_cls, config, images, targets, extra_checks=task_cls(config).extra_checks
-    )
-    if not report.ok:
-        raise ValidationFailed(report)
-    for w in report.warnings:
-        log(f"warning: {w.path or ''}: {w.problem}")
-    if config.training.start_from and not resume:
-        transfer.check_start_model(config.training.start_from, config)
-    config = _prepare_run_dir(run_dir, config, resume)
-    atomic_write_text(run_dir / "validation.json", json.dumps(report.to_dict(), indent=2))
-    task = task_cls(config)
+
+def _patch_datasets(
+    task: Task,
+    report: ValidationReport,
+    run_dir: Path,
+    resume: bool,
+    log: Callable[[str], None],
+) -> TrainingData:
+    """The shared pipeline: load the images, normalise, split, draw random patches."""
+    config = task.config
+    task_cls = type(task)
     d = config.data
     in_paths = [i for i, _ in report.items]
     inputs, axes = load_images(in_paths, d.axes, d.spatial_dims)
@@ -202,15 +191,71 @@ def train(
         seed=t.seed + 1,
         augment=False,
     )
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=t.batch_size,
-        shuffle=False,
-        num_workers=0,
-        drop_last=len(train_ds) >= t.batch_size,
+    return TrainingData(
+        train=train_ds,
+        val=val_ds,
+        normalizer=normalizer,
+        in_channels=inputs[0].shape[0],
+        axes=axes,
+        n_images=len(inputs),
+        target_normalizer=tnorm,
     )
-    val_loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=0)
-    in_channels = inputs[0].shape[0]
+
+
+def train(
+    config: TaskConfigBase,
+    images: Path,
+    run_dir: Path,
+    targets: Path | None = None,
+    *,
+    resume: bool = False,
+    listener: Callable[[dict[str, Any]], None] | None = None,
+    show_bar: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``config.task`` on the images in ``images`` (and ``targets``), into ``run_dir``.
+
+    Raises
+    ------
+    ValidationFailed
+        When the data check finds problems that block training (nothing is written).
+    """
+    run_dir = Path(run_dir)
+    task_cls = get_task(config.task)
+    task = task_cls(config)
+    report = task.check_training_data(images, targets)
+    if not report.ok:
+        raise ValidationFailed(report)
+    config = task.config  # a task may complete its config from the data (e.g. class names)
+    for w in report.warnings:
+        log(f"warning: {w.path or ''}: {w.problem}")
+    if config.training.start_from and not resume:
+        transfer.check_start_model(config.training.start_from, config)
+    config = _prepare_run_dir(run_dir, config, resume)
+    atomic_write_text(run_dir / "validation.json", json.dumps(report.to_dict(), indent=2))
+    if task_cls.image_level:
+        task.config = config  # the same task object keeps the data it read while checking
+    else:
+        task = task_cls(config)
+    data = task.make_datasets(report, run_dir, resume, log)
+    if data is None:
+        data = _patch_datasets(task, report, run_dir, resume, log)
+    else:
+        _save_normalization(run_dir, data, resume)
+        if data.split is not None:
+            atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=2))
+    t = config.training
+    train_loader = DataLoader(
+        data.train,
+        batch_size=t.batch_size,
+        shuffle=data.shuffle and data.sampler is None,
+        sampler=data.sampler,
+        num_workers=0,
+        drop_last=len(data.train) >= t.batch_size,
+    )
+    val_loader = DataLoader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=0)
+    in_channels, axes = data.in_channels, data.axes
+    normalizer, tnorm = data.normalizer, data.target_normalizer
     L.seed_everything(t.seed, workers=True, verbose=False)  # same initial weights per seed
     module = TaskModule(task, in_channels)
     resume_from = _resume_checkpoint(run_dir) if resume else None
@@ -241,7 +286,7 @@ def train(
     minutes = (time.monotonic() - t0) / 60
     stopped = _why_stopped(trainer, run_dir, t.epochs)
     training_info: dict[str, Any] = {
-        "images": len(inputs),
+        "images": data.n_images,
         "minutes": round(minutes, 2),
         "stopped_because": stopped,
     }

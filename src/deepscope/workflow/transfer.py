@@ -125,6 +125,11 @@ def check_start_model(source: str | Path, config: TaskConfigBase) -> TaskConfigB
     DeepscopeError
         When its network has a different shape (both settings are named).
     """
+    if config.task == "classify":  # classifiers have their own rules (backbones, files)
+        from deepscope.workflow import transfer_classify
+
+        transfer_classify.check_start_model(source, config)
+        return config
     source = Path(source)
     if not (source / INFO_FILE).exists():
         load_model_folder(source)  # raises the explanatory "not a model folder" error
@@ -179,6 +184,10 @@ def load_start_weights(
     DeepscopeError
         When the networks differ in shape, or when not a single weight tensor fits.
     """
+    if config.task == "classify":
+        from deepscope.workflow import transfer_classify
+
+        return transfer_classify.load_start_weights(network, source, config)
     source = Path(source)
     check_start_model(source, config)
     start = load_model_folder(source)
