@@ -71,6 +71,7 @@ OPTIONS = {
     ],
     "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
     "demo": ["--out", "--max-minutes"],
+    "app": ["--host", "--port", "--data-root", "--runs", "--no-browser"],
 }
 POSITIONALS = {
     "validate": ["task"],
@@ -78,6 +79,7 @@ POSITIONALS = {
     "predict": ["model"],
     "qc": ["model"],
     "demo": [],
+    "app": [],
 }
 
 

@@ -106,6 +106,19 @@ class JobStore:
             rows = db.execute("SELECT * FROM jobs WHERE run = ? ORDER BY id DESC", (run,))
             return [self._as_dict(r) for r in rows.fetchall()]
 
+    def all_runs(self) -> list[dict[str, Any]]:
+        """The newest job of every run named in the table."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs GROUP BY run)"
+            ).fetchall()
+        return [self._as_dict(r) for r in rows]
+
+    def forget_run(self, run: str) -> None:
+        """Remove every job of ``run`` from the table."""
+        with closing(self._connect()) as db, db:
+            db.execute("DELETE FROM jobs WHERE run = ?", (run,))
+
     def active(self) -> list[dict[str, Any]]:
         """Jobs that are starting or running now."""
         with closing(self._connect()) as db:
