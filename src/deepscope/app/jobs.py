@@ -1,11 +1,14 @@
 """Jobs of the web app: each runs in its own detached worker process; state in SQLite.
 
-A job is one training, quality control or batch prediction. The server only starts a
-worker (``python -m deepscope.app.worker``) in a new session, so closing the browser tab
-or stopping the server does not end it, and records it in ``jobs.sqlite`` beside the run
-folders. The worker writes its progress, a heartbeat every few seconds and its outcome
-into the same table. A job whose heartbeat stopped without an outcome was interrupted
-(the computer restarted, the process was killed): a training can then be resumed.
+A job is one training, quality control or batch prediction. The server never computes
+one itself: it records the job as ``queued`` in ``jobs.sqlite`` beside the run folders
+and starts a worker (``python -m deepscope.app.worker``) in a new session, so closing
+the browser tab or stopping the server does not end it. A worker first imports the
+heavy libraries, then claims the oldest queued job, runs it and exits. The server keeps
+one spare worker started ahead, so a job begins at once instead of after the import.
+The worker writes progress, a heartbeat every few seconds and the outcome into the
+table. A running job whose heartbeat stopped without an outcome was interrupted (the
+computer restarted, the process was killed): a training can then be resumed.
 
 The run folders stay the source of truth (config, metrics.csv, checkpoints, model/): the
 table only adds what is running now. Deleting it loses nothing; the runs page is built
@@ -28,6 +31,7 @@ DB_NAME = "jobs.sqlite"
 HEARTBEAT_S = 2.0
 STALE_S = 15.0
 FINAL = ("done", "failed", "stopped")
+ACTIVE = ("queued", "running")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,11 +75,11 @@ class JobStore:
     # ----------------------------------------------------------------- writing
 
     def create(self, kind: str, run: str, spec: dict[str, Any]) -> int:
-        """Record a new job (status ``starting``) and return its id."""
+        """Record a new job (status ``queued``) and return its id."""
         with closing(self._connect()) as db, db:
             cur = db.execute(
                 "INSERT INTO jobs (kind, run, spec, status, created, heartbeat) "
-                "VALUES (?, ?, ?, 'starting', ?, ?)",
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
                 (kind, run, json.dumps(spec), time.time(), time.time()),
             )
             return int(cur.lastrowid)
@@ -119,13 +123,25 @@ class JobStore:
         with closing(self._connect()) as db, db:
             db.execute("DELETE FROM jobs WHERE run = ?", (run,))
 
-    def active(self) -> list[dict[str, Any]]:
-        """Jobs that are starting or running now."""
+    def claim(self, pid: int) -> dict[str, Any] | None:
+        """Give the oldest queued job to worker ``pid`` (atomically); None if none waits."""
         with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT * FROM jobs WHERE status IN ('starting', 'running') ORDER BY id"
-            ).fetchall()
-        return [j for j in (self._as_dict(r) for r in rows) if j["status"] == "running"]
+            db.isolation_level = None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
+                ).fetchone()
+                if row is not None:
+                    db.execute(
+                        "UPDATE jobs SET status = 'running', pid = ?, heartbeat = ? WHERE id = ?",
+                        (pid, time.time(), row["id"]),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self.get(int(row["id"])) if row is not None else None
 
     def _as_dict(self, row: sqlite3.Row) -> dict[str, Any]:
         job = dict(row)
@@ -135,10 +151,10 @@ class JobStore:
         return job
 
     def _status(self, job: dict[str, Any]) -> str:
-        """``running`` while the worker lives, its outcome after, else ``interrupted``."""
-        if job["status"] in FINAL:
+        """``queued``, ``running`` while its worker lives, its outcome, or ``interrupted``."""
+        if job["status"] in (*FINAL, "queued"):
             return job["status"]
-        proc = self._procs.get(job["id"])
+        proc = self._procs.get(job["pid"] or -1)
         if proc is not None and proc.poll() is not None:
             return "interrupted"  # ended without writing an outcome
         if time.time() - (job["heartbeat"] or job["created"]) > STALE_S:
@@ -147,30 +163,60 @@ class JobStore:
 
     # ----------------------------------------------------------------- workers
 
-    def launch(self, job_id: int, log_path: Path) -> None:
-        """Start the worker of ``job_id`` as a detached process writing to ``log_path``."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+    def spawn_worker(self, log_dir: Path) -> None:
+        """Start a detached worker; it claims the oldest queued job (now or when one comes).
+
+        Its output goes to ``log_dir/worker-<pid>.log``.
+        """
+        log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        with log_path.open("ab") as log:
+        tmp_log = log_dir / f"worker-starting-{time.time_ns()}.log"
+        with tmp_log.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "deepscope.app.worker", str(self.path), str(job_id)],
+                [
+                    sys.executable,
+                    "-m",
+                    "deepscope.app.worker",
+                    str(self.path),
+                    "--server-pid",
+                    str(os.getpid()),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the server and the browser
+                start_new_session=True,  # survives the server, Ctrl+C and the browser
                 env=env,
             )
-        self._procs[job_id] = proc
-        self.update(job_id, pid=proc.pid)
+        tmp_log.rename(log_dir / f"worker-{proc.pid}.log")
+        self._procs[proc.pid] = proc
+
+    def idle_workers(self) -> list[int]:
+        """Pids of workers started here that are alive and hold no job."""
+        busy = {j["pid"] for j in self._running_rows()}
+        return [pid for pid, p in self._procs.items() if p.poll() is None and pid not in busy]
+
+    def _running_rows(self) -> list[dict[str, Any]]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT id, pid FROM jobs WHERE status = 'running'").fetchall()
+        return [dict(r) for r in rows]
+
+    def stop_idle_workers(self) -> None:
+        """End the spare workers started here (when the server stops); jobs keep running."""
+        for pid in self.idle_workers():
+            self._procs[pid].terminate()
+            try:
+                self._procs[pid].wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._procs[pid].kill()
 
     def terminate(self, job_id: int) -> bool:
         """End the worker of a running job (prediction, QC); True if one was signalled."""
         job = self.get(job_id)
         if job is None or job["status"] != "running" or not job["pid"]:
             return False
-        if not _is_our_worker(int(job["pid"]), job_id):
+        if not _is_our_worker(int(job["pid"])):
             return False
         try:
             os.kill(int(job["pid"]), 15)
@@ -180,8 +226,8 @@ class JobStore:
         return True
 
 
-def _is_our_worker(pid: int, job_id: int) -> bool:
-    """Whether process ``pid`` is the worker of ``job_id`` (guards against reused pids)."""
+def _is_our_worker(pid: int) -> bool:
+    """Whether process ``pid`` is a deepscope worker (guards against reused pids)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.parent.parent.joinpath("self").exists():
         return True  # no /proc (not Linux): trust the recorded pid
@@ -189,4 +235,4 @@ def _is_our_worker(pid: int, job_id: int) -> bool:
         args = cmdline.read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"deepscope.app.worker" in args and str(job_id).encode() in args
+    return b"deepscope.app.worker" in args

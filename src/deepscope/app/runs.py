@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from deepscope.app.jobs import JobStore
+from deepscope.app.jobs import ACTIVE, JobStore
 from deepscope.engine.callbacks import read_history
 
 ACTIVE_WORDS = {"train": "training", "qc": "checking quality", "predict": "applying"}
@@ -69,7 +69,7 @@ def run_status(run_dir: Path, jobs: list[dict[str, Any]]) -> tuple[str, str]:
     ``empty``.
     """
     for job in jobs:
-        if job["status"] == "running":
+        if job["status"] in ACTIVE:
             return ACTIVE_WORDS.get(job["kind"], "running"), "a job is running"
     last_train = next((j for j in jobs if j["kind"] == "train"), None)
     if (run_dir / "model" / "deepscope_model.json").exists():

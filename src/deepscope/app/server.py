@@ -17,6 +17,8 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from starlette.background import BackgroundTask
 
 from deepscope import __version__
 from deepscope.app import forms, runs, thumbs
-from deepscope.app.jobs import JobStore
+from deepscope.app.jobs import ACTIVE, JobStore
 from deepscope.app.paths import PathRefused, Roots, list_folder
 from deepscope.errors import ConfigError, DeepscopeError
 
@@ -177,6 +179,7 @@ def create_app(
     *,
     token: str | None = None,
     allowed_hosts: set[str] | None = None,
+    start_worker: Callable[[JobStore], None] | None = None,
 ) -> FastAPI:
     """Build the web app.
 
@@ -192,18 +195,36 @@ def create_app(
     allowed_hosts
         Host names the server answers to (None: any); protects a loopback server from
         web pages that rebind their DNS name to 127.0.0.1.
+    start_worker
+        Called with the job store after each job is queued, to start the worker that
+        will run it; by default a detached process (tests may run jobs in a thread).
+        The default also keeps one spare worker started ahead while the server runs.
     """
     runs_dir = Path(runs_dir).expanduser()
     runs_dir.mkdir(parents=True, exist_ok=True)
     roots = Roots(list(data_roots), runs_dir)
     store = JobStore(roots.runs)
+    spare = start_worker is None
+    if start_worker is None:
+
+        def start_worker(s: JobStore) -> None:
+            s.spawn_worker(roots.runs / ".logs")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if spare:
+            start_worker(store)  # imports the libraries while the user chooses data
+        yield
+        store.stop_idle_workers()  # running jobs continue
+
     app = FastAPI(
+        lifespan=lifespan,
         title="deepscope",
         version=__version__,
         description="Train, check and apply deep-learning models on microscopy images. "
         "Paths must lie inside the data roots or the runs folder.",
     )
-    app.state.roots, app.state.store = roots, store
+    app.state.roots, app.state.store, app.state.start_worker = roots, store, start_worker
     _install_error_handlers(app)
     _install_guards(app, token, allowed_hosts)
     static = Path(str(resources.files("deepscope.app") / "static"))
@@ -233,6 +254,17 @@ def create_app(
     def task_form(task: str) -> dict[str, Any]:
         """The task's settings as a form: sections, fields, defaults, explanations."""
         return forms.task_form(task)
+
+    @app.get("/api/tasks/{task}/example.png", response_class=Response)
+    def task_example(task: str) -> Response:
+        """An example picture of the task: what goes in (left) and comes out (right)."""
+        from deepscope.app.examples import example_png
+
+        try:
+            data = example_png(task)
+        except KeyError as err:
+            raise ConfigError(str(err.args[0]), fix="choose one of the listed tasks") from None
+        return Response(data, media_type="image/png")
 
     @app.post("/api/config")
     def check_config(body: ConfigRequest) -> dict[str, Any]:
@@ -344,7 +376,7 @@ def create_app(
             "targets": str(targets) if targets else None,
             "resume": False,
         }
-        job = _launch(store, roots, "train", name, spec)
+        job = _launch(app, "train", name, spec)
         return {"run": name, "job": job}
 
     @app.get("/api/runs/{name}")
@@ -365,7 +397,7 @@ def create_app(
                 run_dir,
                 "send confirm=<the run's name> (the page asks you to type it)",
             )
-        if any(j["status"] == "running" for j in store.for_run(name)):
+        if any(j["status"] in ACTIVE for j in store.for_run(name)):
             raise DeepscopeError(
                 "this run has a job running", run_dir, "stop it first, then delete the run"
             )
@@ -384,6 +416,9 @@ def create_app(
         run_dir = roots.run_dir(name)
         stopped = []
         for job in store.for_run(name):
+            if job["status"] == "queued":  # not started yet: cancel it
+                store.update(job["id"], status="stopped", message="cancelled before it started")
+                stopped.append(job["id"])
             if job["status"] != "running":
                 continue
             if job["kind"] == "train":
@@ -422,7 +457,7 @@ def create_app(
             "targets": str(targets) if targets else None,
             "resume": True,
         }
-        return {"run": name, "job": _launch(store, roots, "train", name, spec)}
+        return {"run": name, "job": _launch(app, "train", name, spec)}
 
     @app.post("/api/runs/{name}/qc")
     def quality_control(name: str, body: QcRequest) -> dict[str, Any]:
@@ -436,7 +471,7 @@ def create_app(
             "targets": str(roots.confine(body.targets)),
             "out": str(run_dir / "qc"),
         }
-        return {"run": name, "job": _launch(store, roots, "qc", name, spec)}
+        return {"run": name, "job": _launch(app, "qc", name, spec)}
 
     @app.post("/api/runs/{name}/apply")
     def apply(name: str, body: ApplyRequest) -> dict[str, Any]:
@@ -452,7 +487,7 @@ def create_app(
             n += 1
             out = base / f"{stem}-{n}"
         spec = {"model": str(model), "input": str(source), "out": str(out), "axes": body.axes}
-        return {"run": name, "job": _launch(store, roots, "predict", name, spec), "out": str(out)}
+        return {"run": name, "job": _launch(app, "predict", name, spec), "out": str(out)}
 
     @app.post("/api/runs/{name}/checkpoint")
     def keep_checkpoint(name: str, body: CheckpointRequest) -> dict[str, Any]:
@@ -533,13 +568,14 @@ def _model_dir(run_dir: Path) -> Path:
 
 
 def _not_busy(store: JobStore, name: str, run_dir: Path) -> None:
-    if any(j["status"] == "running" for j in store.for_run(name)):
+    if any(j["status"] in ACTIVE for j in store.for_run(name)):
         raise DeepscopeError("a job of this run is still running", run_dir, "wait for it to end")
 
 
-def _launch(store: JobStore, roots: Roots, kind: str, run: str, spec: dict[str, Any]) -> int:
-    job_id = store.create(kind, run, spec)
-    store.launch(job_id, roots.runs / ".logs" / f"{run}-{job_id}-{kind}.log")
+def _launch(app: FastAPI, kind: str, run: str, spec: dict[str, Any]) -> int:
+    """Queue a job and start a worker (which replaces the spare that takes the job)."""
+    job_id = app.state.store.create(kind, run, spec)
+    app.state.start_worker(app.state.store)
     return job_id
 
 

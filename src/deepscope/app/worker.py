@@ -1,14 +1,17 @@
-"""The worker process of one web-app job: ``python -m deepscope.app.worker DB JOB_ID``.
+"""The worker process of web-app jobs: ``python -m deepscope.app.worker DB``.
 
-It reads the job from the job table, calls the same workflow functions as the command
-line (train, run_qc, predict_files), writes progress and a heartbeat into the table, and
-records the outcome: ``done``, ``stopped`` or ``failed`` with the error in plain words.
+It claims the oldest queued job from the job table (see :mod:`deepscope.app.jobs`),
+calls the same workflow functions as the command line (train, run_qc, predict_files),
+writes progress and a heartbeat into the table, and records the outcome: ``done``,
+``stopped`` or ``failed`` with the error in plain words.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import threading
@@ -247,16 +250,9 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one job to its end and record the outcome."""
-    argv = sys.argv[1:] if argv is None else argv
-    db_path, job_id = Path(argv[0]), int(argv[1])
-    store = JobStore(db_path.parent)
-    job = store.get(job_id)
-    if job is None:
-        print(f"job {job_id} is not in {db_path}", file=sys.stderr)
-        return 2
-    store.update(job_id, status="running", heartbeat=time.time())
+def run_job(store: JobStore, job: dict[str, Any]) -> int:
+    """Run a claimed job to its end, with a heartbeat, and record the outcome."""
+    job_id = int(job["id"])
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(store, job_id, stop), daemon=True)
     beat.start()
@@ -274,13 +270,54 @@ def main(argv: list[str] | None = None) -> int:
         store.update(
             job_id,
             status="failed",
-            message=f"unexpected error ({type(err).__name__}: {err}); the job log in the "
+            message=f"unexpected error ({type(err).__name__}: {err}); the worker log in the "
             "runs folder's .logs has the details",
             finished=time.time(),
         )
         return 1
     finally:
         stop.set()
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Import the libraries, wait for a queued job, run it, exit.
+
+    A spare worker gives up when the server that started it is gone or after
+    ``--idle-minutes`` without a job.
+    """
+    parser = argparse.ArgumentParser(prog="python -m deepscope.app.worker")
+    parser.add_argument("db", type=Path, help="the job table (runs/jobs.sqlite)")
+    parser.add_argument("--server-pid", type=int, help="stop waiting when it has ended")
+    parser.add_argument("--idle-minutes", type=float, default=30.0)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # The slow imports happen before a job is claimed, so the job starts at once.
+    import deepscope.workflow.predict  # noqa: F401
+    import deepscope.workflow.qc  # noqa: F401
+    import deepscope.workflow.training  # noqa: F401
+
+    store = JobStore(args.db.parent)
+    deadline = time.monotonic() + args.idle_minutes * 60
+    print(f"worker {os.getpid()} ready", flush=True)
+    while True:
+        job = store.claim(os.getpid())
+        if job is not None:
+            print(f"worker {os.getpid()}: job {job['id']} ({job['kind']}, run {job['run']})")
+            return run_job(store, job)
+        if not _alive(args.server_pid) or time.monotonic() > deadline:
+            return 0
+        time.sleep(0.3)
 
 
 if __name__ == "__main__":
