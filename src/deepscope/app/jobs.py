@@ -29,7 +29,7 @@ from typing import Any
 
 DB_NAME = "jobs.sqlite"
 HEARTBEAT_S = 2.0
-STALE_S = 15.0
+STALE_S = 30.0  # seconds without a heartbeat after which a running job counts as interrupted
 FINAL = ("done", "failed", "stopped")
 ACTIVE = ("queued", "running")
 
