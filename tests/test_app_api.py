@@ -510,3 +510,48 @@ def test_job_table_records_and_reports(tmp_path):
     store.forget_run("r")
     assert store.get(job_id) is None
     assert json.loads(json.dumps(store.all_runs())) == []
+
+
+def test_workers_are_detached_from_the_server(tmp_path):
+    """A worker leads its own session: Ctrl+C in the server's terminal does not reach it."""
+    store = JobStore(tmp_path)
+    store.spawn_worker(tmp_path / ".logs")
+    (pid,) = store.idle_workers()
+    try:
+        assert os.getsid(pid) == pid != os.getsid(0)
+        assert (tmp_path / ".logs" / f"worker-{pid}.log").exists()
+    finally:
+        store.stop_idle_workers()
+    assert store.idle_workers() == []
+
+
+@pytest.mark.slow
+def test_a_training_outlives_the_server_that_started_it(tmp_path):
+    """The 'server' process queues a job, starts a worker and exits; the job still ends."""
+    import subprocess
+    import sys
+
+    from conftest import TINY_CONFIG
+
+    for i, name in enumerate("abc"):
+        write_tif(tmp_path / "noisy" / f"{name}.tif", synthetic_pair((64, 64), seed=i)[0])
+    runs = tmp_path / "runs"
+    store = JobStore(runs)
+    spec = {
+        "run_dir": str(runs / "r"),
+        "config": TINY_CONFIG,
+        "images": str(tmp_path / "noisy"),
+        "targets": None,
+    }
+    job_id = store.create("train", "r", spec)
+    server = (
+        "import sys; from pathlib import Path; from deepscope.app.jobs import JobStore; "
+        "JobStore(Path(sys.argv[1])).spawn_worker(Path(sys.argv[1]) / '.logs')"
+    )
+    subprocess.run([sys.executable, "-c", server, str(runs)], check=True)
+    deadline = time.monotonic() + 300
+    while store.get(job_id)["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.5)
+    assert store.get(job_id)["status"] == "done", store.get(job_id)["message"]
+    assert (runs / "r" / "model" / "weights.pt").exists()

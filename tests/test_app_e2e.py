@@ -149,7 +149,9 @@ def test_n2v_from_data_to_qc_report_in_chromium(server, tmp_path):
         page.wait_for_url("**/#/run/walk")
         expect(page.get_by_test_id("run-status")).to_have_text("trained", timeout=WAIT_MS)
         expect(page.get_by_test_id("preview")).to_be_visible()
-        expect(page.get_by_test_id("train-progress")).to_contain_text("2 of 2 epochs")
+        expect(page.get_by_test_id("train-progress")).to_contain_text(
+            "{0} of {0} epochs".format(TINY["training-epochs"])
+        )
         page.locator("#train").screenshot(path=shots / "4-train.png")
 
         _lap(times, "train")
@@ -178,6 +180,19 @@ def test_n2v_from_data_to_qc_report_in_chromium(server, tmp_path):
         page.goto(url + "/#/runs")
         expect(page.get_by_test_id("run-walk")).to_contain_text("PSNR (QC)")
         page.screenshot(path=shots / "8-runs.png", full_page=True)
+
+        # compare (a run with itself: the page's curves, metrics and settings table)
+        page.goto(url + "/#/compare/walk/walk")
+        expect(page.get_by_test_id("compare-table")).to_contain_text("PSNR (QC)")
+        expect(page.locator("main")).to_contain_text("The two runs used the same settings.")
+
+        # delete, after typing the run's name
+        page.goto(url + "/#/runs")
+        page.get_by_test_id("delete-walk").click()
+        page.get_by_test_id("confirm-walk").fill("walk")
+        page.get_by_test_id("really-delete-walk").click()
+        expect(page.locator("main")).to_contain_text("No runs yet")
+        assert not (runs / "walk").exists()
         _lap(times, "runs")
         print("seconds since the walk began:", {k: v for k, v in times.items() if k != "_t0"})
         assert not errors, errors
