@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 from conftest import synthetic_pair, write_tif
 from deepscope.app import worker
 from deepscope.app.jobs import JobStore
-from deepscope.app.server import LOOPBACK, TOKEN_HEADER, create_app
+from deepscope.app.security import LOOPBACK, TOKEN_HEADER
+from deepscope.app.server import create_app
 from deepscope.tasks import available_tasks
 
 TINY = {

@@ -64,7 +64,8 @@ def server(tmp_path: Path):
     """The app on a free loopback port, over a copy of the demo images."""
     import uvicorn
 
-    from deepscope.app.server import LOOPBACK, create_app
+    from deepscope.app.security import LOOPBACK
+    from deepscope.app.server import create_app
     from deepscope.demo import demo_data_dir
 
     data = tmp_path / "data"

@@ -5,14 +5,13 @@ server itself computes nothing long: trainings, quality control and batch predic
 run in worker processes (:mod:`deepscope.app.jobs`). Every path a request names is
 confined to the allowed folders (:mod:`deepscope.app.paths`). Errors come back as JSON
 ``{"error": ..., "path": ..., "fix": ..., "message": ...}`` in plain words, never as a
-traceback. The JSON API is described at ``/openapi.json`` (and browsable at ``/docs``).
+traceback; the token, Host and Origin checks are in :mod:`deepscope.app.security`.
+The JSON API is described at ``/openapi.json`` (and browsable at ``/docs``).
 """
 
 from __future__ import annotations
 
-import hmac
 import mimetypes
-import secrets
 import shutil
 import tempfile
 import time
@@ -22,11 +21,9 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi import FastAPI, Query
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
@@ -35,12 +32,13 @@ from deepscope import __version__
 from deepscope.app import forms, runs, thumbs
 from deepscope.app.jobs import ACTIVE, JobStore
 from deepscope.app.paths import PathRefused, Roots, list_folder
+from deepscope.app.security import (
+    LOOPBACK,
+    install_error_handlers,
+    install_guards,
+    new_token,
+)
 from deepscope.errors import ConfigError, DeepscopeError
-
-TOKEN_HEADER = "X-Deepscope-Token"
-TOKEN_COOKIE = "deepscope_token"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
 
 # ------------------------------------------------------------------------ bodies
 
@@ -90,84 +88,6 @@ class CheckpointRequest(BaseModel):
     """The kept checkpoint to use as the model (``best`` for the training's choice)."""
 
     checkpoint: str
-
-
-# ------------------------------------------------------------------------ errors
-
-
-def _error(status: int, err: DeepscopeError) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={
-            "error": err.problem,
-            "path": str(err.path) if err.path is not None else None,
-            "fix": err.fix,
-            "message": str(err),
-        },
-    )
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(PathRefused)
-    async def _refused(_request: Request, err: PathRefused) -> JSONResponse:
-        return _error(403, err)
-
-    @app.exception_handler(DeepscopeError)
-    async def _user_error(_request: Request, err: DeepscopeError) -> JSONResponse:
-        return _error(400, err)
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(_request: Request, err: RequestValidationError) -> JSONResponse:
-        lines = [
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'request'}: {e['msg']}"
-            for e in err.errors()
-        ]
-        return _error(
-            422, DeepscopeError("the request is incomplete: " + "; ".join(lines), None, None)
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, err: Exception) -> JSONResponse:
-        return _error(
-            500,
-            DeepscopeError(
-                f"unexpected error ({type(err).__name__}: {err})",
-                fix="the server's console shows the details; please report it",
-            ),
-        )
-
-
-# ------------------------------------------------------------------------ security
-
-
-def _install_guards(app: FastAPI, token: str | None, allowed_hosts: set[str] | None) -> None:
-    """Token check (when one is set), Host check (DNS rebinding) and Origin check (CSRF)."""
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
-        if allowed_hosts is not None and host not in allowed_hosts:
-            return _error(403, PathRefused(f"requests for host {host!r} are not served"))
-        origin = request.headers.get("origin")
-        if request.method not in ("GET", "HEAD") and origin:
-            if urlsplit(origin).netloc != request.headers.get("host"):
-                return _error(403, PathRefused("requests from other web sites are refused"))
-        if token is not None:
-            given = request.query_params.get("token")
-            if given is not None and hmac.compare_digest(given, token):
-                response = RedirectResponse(request.url.path or "/", status_code=303)
-                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-                return response
-            sent = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or ""
-            if not hmac.compare_digest(sent, token):
-                return _error(
-                    401,
-                    DeepscopeError(
-                        "this server needs its access token",
-                        fix="open the address with ?token=... printed when 'deepscope app' started",
-                    ),
-                )
-        return await call_next(request)
 
 
 # ------------------------------------------------------------------------ the app
@@ -225,8 +145,8 @@ def create_app(
         "Paths must lie inside the data roots or the runs folder.",
     )
     app.state.roots, app.state.store, app.state.start_worker = roots, store, start_worker
-    _install_error_handlers(app)
-    _install_guards(app, token, allowed_hosts)
+    install_error_handlers(app)
+    install_guards(app, token, allowed_hosts)
     static = Path(str(resources.files("deepscope.app") / "static"))
     app.mount("/static", StaticFiles(directory=static), name="static")
 
@@ -577,11 +497,6 @@ def _launch(app: FastAPI, kind: str, run: str, spec: dict[str, Any]) -> int:
     job_id = app.state.store.create(kind, run, spec)
     app.state.start_worker(app.state.store)
     return job_id
-
-
-def new_token() -> str:
-    """A random access token for a server reachable from other computers."""
-    return secrets.token_urlsafe(24)
 
 
 def serve(
