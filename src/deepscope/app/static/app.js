@@ -286,7 +286,9 @@ function chart(series, ylabel) {
     add("text", { x: 4, y: Y(val) + 4 }, fmtNum(val, 3));
     add("line", { x1: L, x2: W - R, y1: Y(val), y2: Y(val), stroke: "#eee" });
   }
-  add("text", { x: W / 2 - 20, y: H - 6 }, "epoch");
+  const xticks = [...new Set([0, 1, 2, 3, 4].map((i) => Math.round(x0 + ((x1 - x0) * i) / 4)))];
+  xticks.forEach((v) => add("text", { x: X(v) - 4, y: H - B + 14 }, String(v)));
+  add("text", { x: W / 2 - 20, y: H - 3 }, "epoch");
   add("text", { x: L + 4, y: T + 10 }, ylabel + (log ? " (log scale)" : ""));
   series.forEach((s, i) => {
     const p = s.points.filter((q) => q[1] !== null && isFinite(q[1]));
