@@ -556,3 +556,50 @@ def test_a_training_outlives_the_server_that_started_it(tmp_path):
         time.sleep(0.5)
     assert store.get(job_id)["status"] == "done", store.get(job_id)["message"]
     assert (runs / "r" / "model" / "weights.pt").exists()
+
+
+def test_a_task_registered_later_appears_with_its_form(env):
+    """The app is generic over the task registry: a new task needs no app changes."""
+    from pydantic import Field
+
+    from deepscope.config import TaskConfigBase, _Section
+    from deepscope.tasks import base
+    from deepscope.tasks.n2v import N2VTask
+
+    class ToySettings(_Section):
+        """Settings of the toy task."""
+
+        strength: float = Field(0.5, ge=0, le=1, description="How strongly to do the toy thing.")
+
+    class ToyConfig(TaskConfigBase):
+        task: str = "toy"
+        toy: ToySettings = Field(default_factory=ToySettings)
+
+    class ToyTask(N2VTask):
+        name, title, description = "toy", "Toy task", "Does a toy thing."
+        config_class = ToyConfig
+
+    base.register_task(ToyTask)
+    try:
+        client = env[0]
+        assert "toy" in [t["name"] for t in client.get("/api/tasks").json()]
+        form = client.get("/api/tasks/toy/form").json()
+        assert form["sections"][0]["name"] == "toy"
+        (field,) = form["sections"][0]["fields"]
+        assert field["key"] == "toy.strength" and field["maximum"] == 1 and not field["advanced"]
+        r = client.post("/api/config", json={"task": "toy", "settings": {"toy.strength": 2}})
+        assert_words(r, 400, "toy.strength")
+        assert client.get("/api/tasks/toy/example.png").status_code == 200
+    finally:
+        base._TASKS.pop("toy")
+
+
+def test_channels_show_as_colours_and_time_series_as_first_frame():
+    from deepscope.app.thumbs import to_plane
+
+    cyx = np.stack([np.full((4, 5), v, np.float32) for v in (1, 2)])
+    rgb = to_plane(cyx, "CYX")
+    assert rgb.shape == (4, 5, 3) and (rgb[..., 2] == 0).all()  # 2 channels → red, green
+    tzyx = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    assert np.array_equal(to_plane(tzyx, "TZYX"), tzyx[0, 1])
+    assert np.array_equal(to_plane(tzyx, "TZYX", "max"), tzyx[0].max(axis=0))
