@@ -603,3 +603,25 @@ def test_channels_show_as_colours_and_time_series_as_first_frame():
     tzyx = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
     assert np.array_equal(to_plane(tzyx, "TZYX"), tzyx[0, 1])
     assert np.array_equal(to_plane(tzyx, "TZYX", "max"), tzyx[0].max(axis=0))
+
+
+@pytest.mark.parametrize("host, needs_token", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_serve_prints_a_token_only_beyond_this_computer(
+    tmp_path, monkeypatch, capsys, host, needs_token
+):
+    import uvicorn
+
+    from deepscope.app import server
+
+    data, _ = make_data(tmp_path)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    server.serve(host, 8765, [data], tmp_path / "runs", open_browser=False)
+    out = capsys.readouterr().out
+    assert seen["host"] == host and seen["port"] == 8765
+    assert ("?token=" in out) == needs_token
+    client = TestClient(seen["app"], base_url="http://127.0.0.1:8765")
+    assert client.get("/api/info").status_code == (401 if needs_token else 200)
+    if needs_token:
+        token = out.split("?token=")[1].split()[0]
+        assert client.get("/api/info", headers={TOKEN_HEADER: token}).status_code == 200
