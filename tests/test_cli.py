@@ -94,6 +94,7 @@ OPTIONS = {
     "qc-track": ["--gt", "--seg-gt", "--out"],
     "export": ["--format", "--out", "--authors", "--license", "--name", "--sample", "--no-check"],
     "import": ["--out", "--weights"],
+    "app": ["--host", "--port", "--data-root", "--runs", "--no-browser"],
 }
 POSITIONALS = {
     "validate": ["task"],
@@ -105,6 +106,7 @@ POSITIONALS = {
     "qc-track": ["tracks"],
     "export": ["model"],
     "import": ["package"],
+    "app": [],
 }
 
 

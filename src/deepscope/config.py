@@ -72,9 +72,21 @@ class ModelConfig(_Section):
     architecture: Literal["unet"] = "unet"
     depth: int = Field(2, ge=1, le=5, description="Number of down-sampling steps.")
     base_channels: int = Field(32, ge=4, le=256, description="Feature channels at full size.")
-    batch_norm: bool = True
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    residual: bool = False
+    batch_norm: bool = Field(
+        True, description="Normalise activations in each layer (steadier, faster training)."
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of features randomly switched off while training (0 = off); "
+        "can reduce over-fitting on few images.",
+    )
+    residual: bool = Field(
+        False,
+        description="The network predicts the difference to its input instead of the "
+        "whole image (needs as many outputs as inputs).",
+    )
 
 
 class TrainingConfig(_Section):
@@ -84,9 +96,18 @@ class TrainingConfig(_Section):
     patches_per_epoch: int = Field(
         2048, ge=8, description="Random patches drawn from the training images each epoch."
     )
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(4e-4, gt=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(
+        64, ge=1, description="Patches per training step; lower it if memory runs out."
+    )
+    learning_rate: float = Field(
+        4e-4,
+        gt=0.0,
+        lt=1.0,
+        description="Step size of the optimiser (AdamW); halved when the validation loss stalls.",
+    )
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="Pull of the weights towards zero (0 = off), against over-fitting."
+    )
     max_minutes: float | None = Field(
         None, gt=0.0, description="Stop gracefully after this many minutes, keeping the best model."
     )
@@ -96,7 +117,7 @@ class TrainingConfig(_Section):
     precision: Literal["auto", "32", "bf16"] = Field(
         "auto", description="'auto' uses bfloat16 where the processor supports it."
     )
-    seed: int = 42
+    seed: int = Field(42, description="Random seed: the same seed gives a repeatable training.")
     val_patches: int = Field(256, ge=1, description="Patches used to compute the validation loss.")
     start_from: str | None = Field(
         None,

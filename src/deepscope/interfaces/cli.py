@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the demo results (default ./deepscope-demo)",
     )
     p.add_argument("--max-minutes", type=float, default=2.0, help="training time (default 2)")
+    _add_app_parser(sub)
     return parser
 
 
@@ -515,6 +516,42 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = import_model(args.package, args.out, weights_format=args.weights)
     print(f"Next: deepscope predict {out} --input IMAGES --out RESULTS")
     return 0
+
+
+def _add_app_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "app",
+        help="open the guided web page (train, check and apply without commands)",
+        description="Start the local web app and open it in your browser. It walks you "
+        "through choosing a task and data, settings, training (live), quality control and "
+        "applying the model. Only the folders given with --data-root can be browsed. "
+        "Trainings keep running if you close the page or stop the server.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default 127.0.0.1: this computer only); any other "
+        "address prints an access token that visitors need",
+    )
+    p.add_argument("--port", type=int, default=8765, help="port to serve on (default 8765)")
+    p.add_argument(
+        "--data-root",
+        dest="data_roots",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="a folder the app may read images from (repeat for several; default: the "
+        "current folder)",
+    )
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("deepscope-runs"),
+        help="folder for the training runs and their results (default ./deepscope-runs)",
+    )
+    p.add_argument(
+        "--no-browser", action="store_true", help="do not open a browser window at start"
+    )
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -846,6 +883,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the web app until Ctrl+C."""
+    from deepscope.app.server import serve
+
+    roots = args.data_roots or [Path.cwd()]
+    for root in roots:
+        if not root.is_dir():
+            raise DeepscopeError(
+                "this data folder does not exist", root, "give an existing folder to --data-root"
+            )
+    serve(args.host, args.port, roots, args.runs, open_browser=not args.no_browser)
+    return 0
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "train": cmd_train,
@@ -856,6 +907,7 @@ COMMANDS = {
     "qc-track": cmd_qc_track,
     "export": cmd_export,
     "import": cmd_import,
+    "app": cmd_app,
 }
 
 

@@ -295,3 +295,45 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
         else None,
         info=info,
     )
+
+
+def use_checkpoint(folder: str | Path, name: str) -> dict[str, Any]:
+    """Make the kept checkpoint ``name`` (e.g. ``epoch_0010``) the model's weights.
+
+    The weights chosen at training (the best validation loss) are kept first as
+    ``checkpoints/best.pt``, so ``use_checkpoint(folder, "best")`` goes back to them.
+    ``deepscope_model.json`` records the choice under ``weights_from``. Quality-control
+    results in the folder describe the previous weights until QC is run again.
+
+    Returns
+    -------
+    dict
+        The updated model information.
+
+    Raises
+    ------
+    ModelFolderError
+        When the folder or the checkpoint does not exist.
+    """
+    folder = Path(folder)
+    info = _read_json(folder / INFO_FILE)
+    ckpt_dir = folder / "checkpoints"
+    available = sorted(p.stem for p in ckpt_dir.glob("*.pt"))
+    best = ckpt_dir / "best.pt"
+    if name not in available and not (name == "best" and not best.exists()):
+        raise ModelFolderError(
+            f"there is no checkpoint called {name!r}",
+            ckpt_dir,
+            f"choose one of: {', '.join(['best', *available]) or 'none kept'}",
+        )
+    if not best.exists():
+        shutil.copyfile(folder / "weights.pt", best)
+    source = ckpt_dir / f"{name}.pt"
+    _load_state(source)  # refuse a damaged file before replacing anything
+    tmp = folder / ".weights.pt.partial"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, folder / "weights.pt")
+    info["weights_from"] = name
+    (folder / f".{INFO_FILE}.partial").write_text(json.dumps(info, indent=2))
+    os.replace(folder / f".{INFO_FILE}.partial", folder / INFO_FILE)
+    return info
