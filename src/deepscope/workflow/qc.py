@@ -23,6 +23,7 @@ from deepscope.workflow.predict import (
     predict_raw,
     side_output_suffixes,
 )
+from deepscope.workflow.qc_instance import instance_qc
 from deepscope.workflow.qc_restoration import evaluate_restoration
 from deepscope.workflow.qc_segmentation import segmentation_qc
 from deepscope.workflow.training import load_images
@@ -150,3 +151,4 @@ def _predict_with_uncertainty(
 #: QC implementation per ``Task.qc_kind``; tasks with other outputs add theirs here.
 QC_RUNNERS: dict[str, QcRunner] = {"restoration": restoration_qc}
 QC_RUNNERS["segmentation"] = segmentation_qc
+QC_RUNNERS["instance"] = instance_qc
