@@ -110,16 +110,17 @@ def save_model_folder(
             "choose a folder you can write to, with free space",
         ) from None
     try:
+        task = get_task(config.task)(config)
         info = {
             "format_version": MODEL_FORMAT_VERSION,
             "task": config.task,
             "deepscope_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "in_channels": in_channels,
-            "out_channels": get_task(config.task)(config).out_channels(in_channels),
+            "out_channels": task.out_channels(in_channels),
             "spatial_dims": config.data.spatial_dims,
             "input_axes": input_axes,
-            "divisibility": 2**config.model.depth,
+            "divisibility": task.divisibility(),
             "config_digest": config.digest(),
             "training": training or {},
         }
