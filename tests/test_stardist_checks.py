@@ -83,12 +83,13 @@ def test_shape_mismatch_is_an_error_unless_already_checked():
     finding = _only(_check(_blobs(), image), "error")
     assert "60 × 64" in finding.problem and "64 × 64" in finding.problem
     # validate compares shapes itself; the hook can skip it (then the mask is still checked)
-    assert _check(_blobs(), image, check_shape=False) == []
+    assert _check(_blobs(), image, in_validate=True) == []
 
 
 def test_empty_mask_is_a_warning():
     finding = _only(_check(np.zeros((32, 32), np.uint16)), "warning")
     assert "no objects" in finding.problem
+    assert _check(np.zeros((32, 32), np.uint16), in_validate=True) == []  # validate warns
 
 
 def test_label_shared_by_separate_objects_is_a_warning():
@@ -96,7 +97,7 @@ def test_label_shared_by_separate_objects_is_a_warning():
     mask[mask == 4] = 1  # objects 1 and 4 now share a label
     finding = _only(_check(mask), "warning")
     assert "several separate regions" in finding.problem
-    assert "labels 1" in finding.problem
+    assert "(label 1)" in finding.problem
     assert mask_statistics(mask).split_labels == [1]
 
 

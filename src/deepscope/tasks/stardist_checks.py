@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,7 @@ __all__ = [
     "MaskStats",
     "mask_statistics",
     "reconstruction_ious",
+    "check_mask",
     "stardist_mask_findings",
 ]
 
@@ -266,7 +268,7 @@ def stardist_mask_findings(
     dims: int,
     *,
     anisotropy: tuple[float, float, float] | None = None,
-    check_shape: bool = True,
+    in_validate: bool = False,
 ) -> list[Finding]:
     """Check one image and its StarDist mask; return the findings.
 
@@ -286,9 +288,10 @@ def stardist_mask_findings(
         2 or 3 spatial dimensions.
     anisotropy : tuple of float, optional
         3D only: (Z, Y, X) anisotropy the rays are adapted to.
-    check_shape : bool
-        Compare the mask's pixel grid with the image's. ``validate`` already does this
-        for every task, so the task hook passes False to avoid saying it twice.
+    in_validate : bool
+        ``validate`` already compares the mask's pixel grid with the image's and warns
+        about masks whose pixels are all equal (empty), for every task; True leaves those
+        two checks out so that nothing is said twice.
 
     Returns
     -------
@@ -324,7 +327,7 @@ def stardist_mask_findings(
                 "cannot be turned back into labels reliably.",
             )
         ]
-    if check_shape and tuple(mask_cf.shape[1:]) != tuple(np.asarray(image_cf).shape[1:]):
+    if not in_validate and tuple(mask_cf.shape[1:]) != tuple(np.asarray(image_cf).shape[1:]):
         size = " × ".join(map(str, mask_cf.shape[1:]))
         image_size = " × ".join(map(str, np.asarray(image_cf).shape[1:]))
         return [
@@ -343,6 +346,8 @@ def stardist_mask_findings(
         return findings
     labels = mask.astype(np.int64)
     if not labels.any():
+        if in_validate:
+            return []
         return [
             Finding(
                 "warning",
@@ -364,8 +369,9 @@ def stardist_mask_findings(
             Finding(
                 "warning",
                 mask_path,
-                f"{n} of {stats.n_objects} labels are each used by several separate regions "
-                f"(labels {_examples(stats.split_labels)}). StarDist treats one label as one "
+                f"{n} of {stats.n_objects} labels {'is' if n == 1 else 'are each'} used by "
+                f"several separate regions (label{'' if n == 1 else 's'} "
+                f"{_examples(stats.split_labels)}). StarDist treats one label as one "
                 "object, so it learns these as single strange objects.",
                 "give every separate region its own label (Python: "
                 "skimage.measure.label(mask, background=0) does this and keeps touching "
@@ -393,3 +399,35 @@ def stardist_mask_findings(
             )
         )
     return findings
+
+
+def check_mask(
+    task: Any,
+    image_path: Path,
+    image_cf: np.ndarray,
+    mask_path: Path | None,
+    mask_cf: np.ndarray | None,
+) -> list[Finding]:
+    """The StarDist task's ``validate`` hook: :func:`stardist_mask_findings` with its settings.
+
+    Parameters
+    ----------
+    task : deepscope.tasks.stardist.StarDistTask
+        Gives ``n_rays``, ``dims`` and ``anisotropy``.
+    image_path, image_cf, mask_path, mask_cf
+        As for :func:`stardist_mask_findings`.
+
+    Returns
+    -------
+    list of Finding
+    """
+    return stardist_mask_findings(
+        image_path,
+        image_cf,
+        mask_path,
+        mask_cf,
+        int(task.n_rays),
+        int(task.dims),
+        anisotropy=task.anisotropy,
+        in_validate=True,
+    )
