@@ -38,6 +38,8 @@ class Task(ABC):
     needs_targets: ClassVar[bool] = False
     #: Whether targets are images normalised like inputs (False for label/class masks).
     normalize_targets: ClassVar[bool] = True
+    #: Whether inputs are normalised per image by default (``data.normalize_per_image``).
+    normalize_per_image: ClassVar[bool] = False
     #: Which quality-control family scores this task (see ``deepscope.workflow.qc``).
     qc_kind: ClassVar[str] = "restoration"
 

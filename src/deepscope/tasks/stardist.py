@@ -300,7 +300,7 @@ def instances_from_maps(
     details = {
         "points": np.asarray(points)[keep].reshape(-1, len(shape)),
         "prob": np.asarray(scores, dtype=np.float32)[keep],
-        "dist": np.asarray(dists, dtype=np.float32)[keep].reshape(len(keep), -1),
+        "dist": np.asarray(dists, dtype=np.float32).reshape(-1, dist_last.shape[-1])[keep],
     }
     return out.astype(dtype), details
 
@@ -323,6 +323,8 @@ class StarDistTask(Task):
     needs_targets = True
     normalize_targets = False
     qc_kind = "instance"
+    #: Each image is mapped by its own percentiles (1 %, 99.8 %), as StarDist does.
+    normalize_per_image = True
     #: Files written beside each label image by ``deepscope predict``.
     extra_file_suffixes = ["rois.zip", "measurements.csv"]
 
