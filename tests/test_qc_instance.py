@@ -17,6 +17,7 @@ from deepscope.workflow.qc_instance import (
     match_image,
     outcome_labels,
     overlay_rgb,
+    summary_text,
 )
 
 
@@ -122,6 +123,8 @@ def test_evaluate_instances_writes_summary_csv_and_report(tmp_path):
     assert "checkpoints.png" in figures
     assert sum("overlay" in f for f in figures) == 2
     assert "epoch_0001" in html
+    text = summary_text(saved)
+    assert "IoU 0.5: F1 0.824" in text and "(TP 7, FP 2, FN 1)" in text
 
 
 def test_evaluate_instances_rejects_shape_mismatch(tmp_path):

@@ -53,6 +53,7 @@ __all__ = [
     "match_image",
     "outcome_labels",
     "overlay_rgb",
+    "summary_text",
 ]
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -371,7 +372,7 @@ def evaluate_instances(
     dict
         The summary: ``by_threshold`` (``"0.5"`` → scores and counts of the whole set),
         ``per_image`` (per image: ``image``, ``n_true``, ``n_pred`` and
-        ``by_threshold``), ``iou_thresholds``, ``images``, ``checkpoints`` and ``model``.
+        ``by_threshold``), ``iou_thresholds``, ``images``, ``checkpoints`` and ``model_info``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -418,12 +419,47 @@ def evaluate_instances(
         "images": len(cases),
         "per_image": per_image,
         "checkpoints": checkpoints or [],
-        "model": model_info or {},
+        "model_info": model_info or {},
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     _write_csv(out_dir / "metrics.csv", rows)
     _write_report(out_dir, summary, overlays, history_csv, title)
     return summary
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """A few lines for the terminal: the whole set's scores at IoU 0.5 and 0.7.
+
+    Parameters
+    ----------
+    summary : dict
+        As returned by :func:`evaluate_instances`.
+
+    Returns
+    -------
+    str
+    """
+    lines = [f"Quality control ({summary['images']} image(s), objects of all images together):"]
+    for tau in ("0.5", "0.7"):
+        m = summary["by_threshold"].get(tau)
+        if m is None:
+            continue
+        lines.append(
+            f"  IoU {tau}: F1 {m['f1']:.3f}   accuracy {m['accuracy']:.3f}   precision "
+            f"{m['precision']:.3f}   recall {m['recall']:.3f}   (TP {m['tp']}, FP {m['fp']}, "
+            f"FN {m['fn']})"
+        )
+    key = _key(REFERENCE_THRESHOLD)
+    ranked = [c for c in summary.get("checkpoints", []) if not c.get("used")]
+    used = next((c for c in summary.get("checkpoints", []) if c.get("used")), None)
+    if ranked and used is not None:
+        best = max(ranked, key=lambda c: c[f"f1@{key}"])
+        if best[f"f1@{key}"] > used[f"f1@{key}"] + 0.01:
+            lines.append(
+                f"  note: checkpoint {best['checkpoint']} scores higher (F1 "
+                f"{best[f'f1@{key}']:.3f} at IoU {key}) than the weights used"
+            )
+    return "\n".join(lines)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -550,8 +586,8 @@ def _write_report(
         report.add_figure(
             loss_figure(curves), "Training and validation loss per epoch", "loss_curves"
         )
-    if summary["model"]:
-        report.add_key_values(summary["model"], caption="Model")
+    if summary["model_info"]:
+        report.add_key_values(summary["model_info"], caption="Model")
     report.write(out_dir / "report.html")
 
 
