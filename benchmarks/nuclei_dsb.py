@@ -7,10 +7,14 @@ What is compared on the 11 TEST images (F1 and accuracy = TP/(TP+FP+FN) at IoU 0
 0.7, objects of all test images counted together, per kind and overall):
 
 1. ``trained``: deepscope StarDist trained here on the 32 TRAIN images within a time
-   budget, fed the way a user would: the PNG files exactly as they are (RGB; deepscope
-   drops the opaque alpha channel), one model for all kinds, per-image percentile
-   normalisation per channel (the StarDist default of deepscope). Thresholds are tuned
-   on the validation share of the training patches by ``deepscope train``.
+   budget: one model for all kinds, fed grey images (the mean of R, G, B). Why grey:
+   deepscope reads the grey fluorescence PNGs (stored as RGB with equal channels) as one
+   channel and the colour ones as three, and refuses a mix (``validate`` says so); a
+   user converts them to one kind, and grey is what deepscope itself feeds a
+   one-channel model given a colour picture (``StarDistTask.adapt_channels``), so the
+   shipped ``nuclei`` model and this one see test pictures the same way. Per-image
+   percentile normalisation (deepscope's StarDist default). The probability and NMS
+   thresholds are tuned on the validation images by ``deepscope train``.
 2. ``baseline``: Otsu threshold + distance-transform watershed (scikit-image) on the
    grey image (mean of R, G, B), with the polarity chosen per image (the smaller side
    of the Otsu threshold is the nuclei, so dark nuclei on bright H&E/brightfield work),
@@ -66,16 +70,21 @@ def _load() -> tuple[dict, list[str]]:
 
 
 def prepare(work: Path, split: dict) -> tuple[Path, Path]:
-    """Link the TRAIN images (PNG, unchanged) and masks into ``work/train``."""
+    """Write the TRAIN images as grey TIFFs and link their masks into ``work/train``."""
     images, masks = work / "train" / "images", work / "train" / "masks"
     for folder in (images, masks):
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
     for name in split["train"]:
-        (images / f"{name}.png").symlink_to((DATA / "images" / f"{name}.png").resolve())
+        tifffile.imwrite(images / f"{name}.tif", grey(read_rgb(name)))
         (masks / f"{name}.tif").symlink_to((DATA / "masks" / f"{name}.tif").resolve())
     return images, masks
+
+
+def grey(image_cf: np.ndarray) -> np.ndarray:
+    """One grey plane: the mean of the channels (what deepscope feeds a 1-channel model)."""
+    return np.asarray(image_cf, np.float32).mean(axis=0)
 
 
 def train_model(work: Path, minutes: float, split: dict) -> tuple[Path, dict]:
