@@ -134,3 +134,101 @@ def test_evaluate_instances_rejects_shape_mismatch(tmp_path):
     case = InstanceCase("a.tif", np.zeros((1, 60, 80)), truth, pred[:50])
     with pytest.raises(DeepscopeError, match="same pixels"):
         evaluate_instances([case], tmp_path / "qc")
+
+
+# ------------------------------------------------------------- end to end, with a model
+
+
+class _DiscNet:
+    """A fixed StarDist 'network' for discs: blurred intensity → probability, and the same
+    distance ``radius`` on every ray, on a 2×2 grid (no training needed)."""
+
+    def __new__(cls, n_rays: int, radius: float):
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                g = np.exp(-((np.arange(9) - 4) ** 2) / 8.0)
+                k = np.outer(g, g) / np.outer(g, g).sum()
+                self.register_buffer("kernel", torch.tensor(k, dtype=torch.float32)[None, None])
+                self.unused = nn.Parameter(torch.zeros(1))  # the tiler reads the device here
+
+            def forward(self, x):
+                blur = F.conv2d(x[:, :1], self.kernel, padding=4)[:, :, ::2, ::2]
+                dist = torch.full((x.shape[0], n_rays, *blur.shape[2:]), float(radius))
+                return torch.cat([12 * (blur - 0.45), dist], 1)
+
+        return Net().eval()
+
+
+def _discs(seed: int) -> np.ndarray:
+    from skimage.draw import disk
+
+    lbl = np.zeros((64, 64), np.uint16)
+    centres = [(14, 14), (14, 46), (46, 16), (44, 48)][: 3 + seed % 2]
+    for k, c in enumerate(centres, start=1):
+        lbl[disk(c, 6, shape=lbl.shape)] = k
+    return lbl
+
+
+def test_qc_of_a_stardist_model_folder(tmp_path):
+    import tifffile
+
+    from deepscope.data.normalize import PercentileNormalizer
+    from deepscope.tasks import get_task
+    from deepscope.workflow.model_folder import load_model_folder, save_model_folder
+    from deepscope.workflow.qc import run_qc
+
+    config = get_task("stardist").config_class.model_validate(
+        {
+            "task": "stardist",
+            "data": {"patch_size": [32, 32], "spatial_dims": 2},
+            "model": {"depth": 1, "base_channels": 8},
+            "stardist": {"n_rays": 16, "feature_channels": 8},
+        }
+    )
+    task = get_task("stardist")(config)
+    weights = task.build_model(1).state_dict()
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    images = []
+    for i in range(2):
+        lbl = _discs(i)
+        img = (lbl > 0).astype(np.float32) * 800 + 100
+        images.append(img[None])
+        tifffile.imwrite(tmp_path / "images" / f"d{i}.tif", img)
+        tifffile.imwrite(tmp_path / "masks" / f"d{i}.tif", lbl)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,train_loss_epoch,val_loss\n0,2.0,2.1\n1,1.0,1.1\n")
+    save_model_folder(
+        tmp_path / "model",
+        config=config,
+        weights=weights,
+        in_channels=1,
+        input_axes="YX",
+        normalizer=PercentileNormalizer.fit(images),
+        checkpoints={"epoch_0001": weights},
+        history_csv=history,
+    )
+    (tmp_path / "model" / "thresholds.json").write_text(
+        json.dumps({"prob_threshold": 0.5, "nms_threshold": 0.3})
+    )
+    model = load_model_folder(tmp_path / "model")
+    model.network = _DiscNet(16, 6.0)  # right-sized discs: every object found
+    model.network_from_checkpoint = lambda name: _DiscNet(16, 3.0)  # too small: IoU 1/4
+
+    summary = run_qc(model, tmp_path / "images", tmp_path / "masks", tmp_path / "qc")
+    at5 = summary["by_threshold"]["0.5"]
+    assert (at5["tp"], at5["fp"], at5["fn"]) == (7, 0, 0)
+    assert at5["f1"] == 1.0 and at5["mean_matched_score"] > 0.8
+    assert summary["by_threshold"]["0.3"]["f1"] == 1.0
+    rows = {c["checkpoint"]: c for c in summary["checkpoints"]}
+    assert rows["weights used (best)"]["f1@0.5"] == 1.0
+    assert rows["epoch_0001"]["f1@0.5"] == 0.0  # the worse checkpoint is told apart
+    assert summary["model_info"]["tuned nms_threshold"] == 0.3
+    assert (tmp_path / "qc" / "report.html").is_file()
+    assert (tmp_path / "model" / "qc_summary.json").is_file()
+    assert (tmp_path / "qc" / "figures" / "loss_curves.png").is_file()
