@@ -132,3 +132,38 @@ def test_3d_masks():
     u[16:22, 4:28, 4:28] = 1
     assert mask_statistics(u, 48).ious[1] < 0.7
     assert "binary mask" in _only(_check((mask > 0).astype(np.uint8), dims=3), "error").problem
+
+
+def test_validate_stardist_reports_mask_problems_once(tmp_path, capsys):
+    from conftest import write_tif
+    from deepscope.interfaces.cli import main
+
+    rng = np.random.default_rng(0)
+    good = _blobs()
+    u = good.copy()
+    u[40:60, 2:8] = 5
+    u[40:60, 56:62] = 5
+    u[56:62, 2:62] = 5  # a U-shaped object
+    masks = {"good": good, "binary": (good > 0).astype(np.uint16), "empty": 0 * good, "u": u}
+    for name, mask in masks.items():
+        image = (mask > 0) * 100.0 + rng.normal(10, 2, mask.shape)
+        write_tif(tmp_path / "images" / f"{name}.tif", image.astype(np.float32))
+        write_tif(tmp_path / "masks" / f"{name}.tif", mask)
+    code = main(
+        [
+            "validate",
+            "stardist",
+            "--images",
+            str(tmp_path / "images"),
+            "--masks",
+            str(tmp_path / "masks"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    lines = [line for line in out.splitlines() if line.startswith(("ERROR", "WARNING"))]
+    by_file = {name: [line for line in lines if f"{name}.tif" in line] for name in masks}
+    assert by_file["good"] == []
+    assert len(by_file["binary"]) == 1 and "binary mask" in by_file["binary"][0]
+    assert len(by_file["empty"]) == 1  # validate's own warning, not repeated
+    assert len(by_file["u"]) == 1 and "not star-convex" in by_file["u"][0]
