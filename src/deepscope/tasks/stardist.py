@@ -273,7 +273,8 @@ def instances_from_maps(
     from stardist.geometry import polygons_to_label, polyhedron_to_label
     from stardist.nms import non_maximum_suppression, non_maximum_suppression_3d
 
-    dist_last = np.ascontiguousarray(np.moveaxis(np.maximum(dist, 0), 0, -1), dtype=np.float32)
+    # Distances must be positive for the renderers (an untrained network predicts 0).
+    dist_last = np.ascontiguousarray(np.moveaxis(np.maximum(dist, 1e-3), 0, -1), dtype=np.float32)
     prob = np.ascontiguousarray(prob, dtype=np.float32)
     if len(shape) == 2:
         points, scores, dists = non_maximum_suppression(

@@ -224,10 +224,14 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
     folder = Path(folder)
     info_path = folder / INFO_FILE
     if not folder.is_dir():
+        from deepscope.workflow.pretrained import available_pretrained
+
+        shipped = ", ".join(available_pretrained())
         raise ModelFolderError(
             "model folder not found",
             folder,
-            "give the 'model' folder inside a training run, e.g. runs/n2v1/model",
+            "give the 'model' folder inside a training run, e.g. runs/n2v1/model"
+            + (f", or the name of a model shipped with deepscope: {shipped}" if shipped else ""),
         )
     if not info_path.exists():
         hint = (
