@@ -2,7 +2,7 @@
 
 After training, the network's output on each validation image is computed once; then
 for each NMS threshold (0.3, 0.4, 0.5) the probability threshold is searched on a coarse
-grid (0.05 … 0.95) and refined around the best value. The score is the F1 of the matched
+grid (0.1 … 0.9) and refined around the best value. The score is the F1 of the matched
 objects averaged over the IoU thresholds 0.3 … 0.7 (``stardist.matching.matching_dataset``),
 so that the choice favours objects that are both found and well outlined. The best pair
 is written to the model folder's ``thresholds.json`` and used by every later prediction
@@ -24,8 +24,8 @@ from deepscope.workflow.predict import TUNED_SETTINGS_FILE, TileSettings, predic
 
 NMS_THRESHOLDS = (0.3, 0.4, 0.5)
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-_COARSE = tuple(np.round(np.arange(0.05, 0.96, 0.1), 3))
-_FINE_STEP = 0.02
+_COARSE = tuple(float(p) for p in np.round(np.arange(0.1, 0.91, 0.1), 3))
+_FINE_STEP = 0.025
 
 
 def _score(
@@ -94,7 +94,7 @@ def optimize_thresholds(
     for nms in nms_thresholds:
         scores = {p: _score(task, maps, truth, p, nms) for p in _COARSE}
         top = max(scores, key=scores.get)
-        fine = np.round(np.arange(top - 0.08, top + 0.081, _FINE_STEP), 3)
+        fine = np.round(np.arange(top - 0.075, top + 0.076, _FINE_STEP), 3)
         for p in fine:
             if 0 < p < 1 and p not in scores:
                 scores[float(p)] = _score(task, maps, truth, float(p), nms)
