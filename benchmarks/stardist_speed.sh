@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+# --model: a trained deepscope model folder or shipped name (default: nuclei), or "random"
+# (random weights: network timing only, the NMS is timed on reference maps either way)
 TF_PY=${TF_PY:-/work/stardist-tf-venv/bin/python}
 MODEL=nuclei
 THREADS=2
