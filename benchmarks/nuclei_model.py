@@ -70,7 +70,8 @@ def prepare(work: Path) -> None:
     for name in split["train"]:
         if split["kinds"][name] != "fluorescence":
             continue
-        tifffile.imwrite(img_dir / f"{name}.tif", grey(DATA / "nuclei2d" / "images" / f"{name}.png"))
+        picture = grey(DATA / "nuclei2d" / "images" / f"{name}.png")
+        tifffile.imwrite(img_dir / f"{name}.tif", picture)
         shutil.copyfile(DATA / "nuclei2d" / "masks" / f"{name}.tif", mask_dir / f"{name}.tif")
         n += 1
     extra = DATA / "nuclei_extras" / "stardist_dsb2018_example"
