@@ -43,6 +43,11 @@ class DataConfig(_Section):
     normalize_high: float = Field(
         99.8, gt=50.0, le=100.0, description="Upper percentile mapped to 1."
     )
+    normalize_per_image: bool | None = Field(
+        None,
+        description="Map each image by its own percentiles instead of those of the training "
+        "set (for images of varying brightness). Default: the task's choice (StarDist: yes).",
+    )
     flips: bool = Field(True, description="Augment with random flips.")
     rotations: bool = Field(True, description="Augment with random 90-degree rotations in YX.")
     intensity_jitter: float = Field(

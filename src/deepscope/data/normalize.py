@@ -16,16 +16,24 @@ class PercentileNormalizer:
 
     The statistics are computed once on the training images (per channel, over all
     images) and saved in the model folder so that prediction uses exactly the same map.
+    With ``per_image`` each image is instead mapped by its own percentiles (as StarDist
+    does), which suits models applied to images of any brightness or bit depth (e.g. a
+    shipped pretrained model); the stored statistics then serve only ``denormalize``.
     """
 
     low_pct: float
     high_pct: float
     low: tuple[float, ...]
     high: tuple[float, ...]
+    per_image: bool = False
 
     @classmethod
     def fit(
-        cls, images: Sequence[np.ndarray], low_pct: float = 1.0, high_pct: float = 99.8
+        cls,
+        images: Sequence[np.ndarray],
+        low_pct: float = 1.0,
+        high_pct: float = 99.8,
+        per_image: bool = False,
     ) -> PercentileNormalizer:
         """Compute per-channel percentiles over channel-first images (C, *spatial)."""
         n_ch = images[0].shape[0]
@@ -40,13 +48,17 @@ class PercentileNormalizer:
                 hi = lo + 1.0
             lows.append(float(lo))
             highs.append(float(hi))
-        return cls(low_pct, high_pct, tuple(lows), tuple(highs))
+        return cls(low_pct, high_pct, tuple(lows), tuple(highs), per_image)
 
     def _shape(self, values: tuple[float, ...], ndim: int) -> np.ndarray:
         return np.asarray(values, dtype=np.float32).reshape((-1,) + (1,) * (ndim - 1))
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
-        """Channel-first image → float32 with the stored statistics applied."""
+        """Channel-first image → float32 with the stored (or, per image, its own) statistics."""
+        if self.per_image:
+            own = PercentileNormalizer.fit([image], self.low_pct, self.high_pct)
+            lo, hi = self._shape(own.low, image.ndim), self._shape(own.high, image.ndim)
+            return ((np.asarray(image, dtype=np.float32) - lo) / (hi - lo)).astype(np.float32)
         lo, hi = self._shape(self.low, image.ndim), self._shape(self.high, image.ndim)
         return ((np.asarray(image, dtype=np.float32) - lo) / (hi - lo)).astype(np.float32)
 
@@ -64,4 +76,10 @@ class PercentileNormalizer:
         """Rebuild from :meth:`to_dict` output."""
         if d.get("method") != "percentile":
             raise ValueError(f"unknown normalisation method {d.get('method')!r}")
-        return cls(d["low_pct"], d["high_pct"], tuple(d["low"]), tuple(d["high"]))
+        return cls(
+            d["low_pct"],
+            d["high_pct"],
+            tuple(d["low"]),
+            tuple(d["high"]),
+            bool(d.get("per_image", False)),
+        )

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a YAML settings file")
     _add_semantic_options(p)
     _add_classify_options(p, train=False)
+    _add_stardist_options(p)
 
     p = sub.add_parser(
         "train",
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_semantic_options(p)
     _add_classify_options(p, train=True)
+    _add_stardist_options(p)
     _add_data_options(p)
     _add_train_options(p)
     g = p.add_argument_group("start from a trained model (transfer learning)")
@@ -150,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="MODEL",
         help="start from the weights of an earlier deepscope model folder (e.g. "
-        "runs/n2v1/model) with the same network size; works for any task",
+        "runs/n2v1/model) with the same network size, or a shipped model by name "
+        "(stardist: nuclei); works for any task",
     )
     g.add_argument(
         "--freeze-encoder",
@@ -169,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         "get the input's name (as TIFF) in the output folder, with a "
         "provenance.json saying which model made them. Inputs are never changed.",
     )
-    p.add_argument("model", type=Path, help="the model folder (e.g. runs/n2v1/model)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="the model folder (e.g. runs/n2v1/model), or a shipped model by name: nuclei "
+        "(StarDist, fluorescent nuclei)",
+    )
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     p.add_argument(
         "--out", type=Path, required=True, help="folder for the results (not the input folder)"
@@ -208,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="what runs the network: pytorch (default) or onnx (ONNX Runtime; the network "
         "is converted and checked first, the results are the same within 1e-4)",
     )
+    p.add_argument(
+        "--prob-threshold",
+        type=float,
+        metavar="P",
+        help="stardist: keep objects more probable than P (0-1; default: the value tuned "
+        "after training); lower finds more objects",
+    )
+    p.add_argument(
+        "--nms-threshold",
+        type=float,
+        metavar="T",
+        help="stardist: of two objects overlapping more than T (0-1), keep the more probable "
+        "(default: the tuned value); higher keeps more touching objects",
+    )
 
     p = sub.add_parser(
         "qc",
@@ -216,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with the targets (e.g. clean images), and write an HTML report with "
         "metrics, error maps and loss curves.",
     )
-    p.add_argument("model", type=Path, help="the model folder")
+    p.add_argument("model", type=Path, help="the model folder, or a shipped model's name")
     p.add_argument("--images", type=Path, required=True, help="folder of input images")
     p.add_argument(
         "--targets",
@@ -588,6 +610,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     overrides.update(_restoration_overrides(args))
     overrides.update(_semantic_overrides(args))
     overrides.update(_classify_overrides(args))
+    overrides.update(_stardist_overrides(args))
     config = config_from_dict(merge_overrides(base, overrides))
     if getattr(args, "freeze_encoder", None) == -1:  # given without a number
         config = config_from_dict(
@@ -617,7 +640,9 @@ def _restoration_overrides(args: argparse.Namespace) -> dict[str, Any]:
             )
         out["care.probabilistic"] = True
     if getattr(args, "start_from", None):
-        out["training.start_from"] = str(Path(args.start_from).resolve())
+        from deepscope.workflow.pretrained import resolve_model
+
+        out["training.start_from"] = str(resolve_model(args.start_from).resolve())
     freeze = getattr(args, "freeze_encoder", None)
     if freeze is not None and freeze != -1:
         out["training.freeze_encoder_epochs"] = freeze
@@ -654,6 +679,55 @@ def _semantic_overrides(args: argparse.Namespace) -> dict[str, Any]:
                 fix=f"leave out --{opt}",
             )
         out[key] = "boundary" if opt == "boundary" else value
+    return out
+
+
+def _add_stardist_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("instance segmentation (task stardist)")
+    g.add_argument(
+        "--rays",
+        type=int,
+        metavar="N",
+        help="number of directions describing each object's outline (default 32 in 2D, "
+        "96 in 3D); more for very irregular shapes",
+    )
+    g.add_argument(
+        "--grid",
+        type=int,
+        nargs="+",
+        metavar="G",
+        help="predict on a grid G times coarser than the image, faster (default 2, or "
+        "1 2 2 with --3d); 1 for very small objects",
+    )
+    g.add_argument(
+        "--anisotropy",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="3D: voxel size ratio, e.g. 4 1 1 when Z steps are 4 times the pixel size",
+    )
+
+
+def _stardist_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the settings of --rays, --grid and --anisotropy (stardist task only)."""
+    out: dict[str, Any] = {}
+    dims = 3 if getattr(args, "three_d", False) else 2
+    for opt, key in [
+        ("rays", "stardist.n_rays"),
+        ("grid", "stardist.grid"),
+        ("anisotropy", "stardist.anisotropy"),
+    ]:
+        value = getattr(args, opt, None)
+        if value is None:
+            continue
+        if args.task != "stardist":
+            raise DeepscopeError(
+                f"--{opt} is a setting of the stardist task, not of {args.task}",
+                fix=f"leave out --{opt}",
+            )
+        if opt == "grid" and len(value) == 1:
+            value = [1, value[0], value[0]] if dims == 3 else [value[0]] * 2
+        out[key] = value
     return out
 
 
@@ -757,8 +831,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Apply a model to a file or folder."""
     from deepscope.workflow.model_folder import load_model_folder
     from deepscope.workflow.predict import TileSettings, predict_files
+    from deepscope.workflow.pretrained import resolve_model
 
-    model = load_model_folder(args.model)
+    model = load_model_folder(resolve_model(args.model))
+    for opt, key in [("prob_threshold", "prob_threshold"), ("nms_threshold", "nms_threshold")]:
+        value = getattr(args, opt, None)
+        if value is not None:
+            if model.config.task != "stardist":
+                raise DeepscopeError(
+                    f"--{opt.replace('_', '-')} is for stardist models, not {model.config.task}",
+                    fix=f"leave out --{opt.replace('_', '-')}",
+                )
+            if not 0 < value < 1:
+                raise DeepscopeError(
+                    f"--{opt.replace('_', '-')} {value} must be between 0 and 1",
+                    fix="give e.g. 0.5",
+                )
+            setattr(model.config.stardist, key, value)
+            setattr(model.task, key, value)
     for opt, key in [("instances", "predict_instances"), ("probabilities", "save_probabilities")]:
         if getattr(args, opt, False):
             if model.config.task != "semantic":
@@ -794,9 +884,10 @@ def cmd_qc(args: argparse.Namespace) -> int:
     """Quality control with an HTML report."""
     from deepscope.workflow.model_folder import load_model_folder
     from deepscope.workflow.predict import TileSettings
+    from deepscope.workflow.pretrained import resolve_model
     from deepscope.workflow.qc import run_qc
 
-    model = load_model_folder(args.model)
+    model = load_model_folder(resolve_model(args.model))
     summary = run_qc(
         model,
         args.images,
@@ -807,6 +898,10 @@ def cmd_qc(args: argparse.Namespace) -> int:
     )
     if "macro_f1" in summary:
         _print_classify_summary(summary)
+    if "by_threshold" in summary:
+        from deepscope.workflow.qc_instance import summary_text
+
+        print(summary_text(summary))
     elif "mean_iou" in summary:
         _print_segmentation_summary(summary)
     else:

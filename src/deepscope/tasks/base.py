@@ -78,6 +78,8 @@ class Task(ABC):
     needs_targets: ClassVar[bool] = False
     #: Whether targets are images normalised like inputs (False for label/class masks).
     normalize_targets: ClassVar[bool] = True
+    #: Whether inputs are normalised per image by default (``data.normalize_per_image``).
+    normalize_per_image: ClassVar[bool] = False
     #: Which quality-control family scores this task (see ``deepscope.workflow.qc``).
     qc_kind: ClassVar[str] = "restoration"
     #: True for tasks with one result per image (e.g. a class) instead of an image:
@@ -113,6 +115,23 @@ class Task(ABC):
             residual=m.residual,
             **self.extra_model_kwargs(),
         )
+
+    def divisibility(self) -> int:
+        """Spatial sizes given to the network must be multiples of this number.
+
+        The U-Net needs ``2 ** depth``; tasks whose network subsamples further (StarDist's
+        grid) return more. Stored in the model folder and used by the tiler.
+        """
+        return 2**self.config.model.depth
+
+    def output_stride(self) -> tuple[int, ...] | None:
+        """Per-axis factor by which the network's output is smaller than its input.
+
+        None (the default) for networks whose output has the input's size. Prediction
+        stitches such outputs at the reduced size and then repeats each value to the
+        image's size (see ``workflow.predict.predict_raw``).
+        """
+        return None
 
     def extra_model_kwargs(self) -> dict:
         """Return task-specific architecture options (e.g. N2V2)."""

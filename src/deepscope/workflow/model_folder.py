@@ -115,16 +115,17 @@ def save_model_folder(
             "choose a folder you can write to, with free space",
         ) from None
     try:
+        task = get_task(config.task)(config)
         info = {
             "format_version": MODEL_FORMAT_VERSION,
             "task": config.task,
             "deepscope_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "in_channels": in_channels,
-            "out_channels": get_task(config.task)(config).out_channels(in_channels),
+            "out_channels": task.out_channels(in_channels),
             "spatial_dims": config.data.spatial_dims,
             "input_axes": input_axes,
-            "divisibility": 2**config.model.depth,
+            "divisibility": task.divisibility(),
             "config_digest": config.digest(),
             "training": training or {},
         }
@@ -243,10 +244,14 @@ def load_model_folder(folder: str | Path) -> TrainedModel:
     folder = Path(folder)
     info_path = folder / INFO_FILE
     if not folder.is_dir():
+        from deepscope.workflow.pretrained import available_pretrained
+
+        shipped = ", ".join(available_pretrained())
         raise ModelFolderError(
             "model folder not found",
             folder,
-            "give the 'model' folder inside a training run, e.g. runs/n2v1/model",
+            "give the 'model' folder inside a training run, e.g. runs/n2v1/model"
+            + (f", or the name of a model shipped with deepscope: {shipped}" if shipped else ""),
         )
     if not info_path.exists():
         hint = (

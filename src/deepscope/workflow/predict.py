@@ -69,9 +69,18 @@ def predict_raw(
 
     It holds every output channel (e.g. CARE's uncertainty besides its mean); the task's
     ``postprocess`` turns it into the result and ``side_outputs`` gives the extra images.
+    Tasks may adapt the image's channels first (``task.adapt_channels(image_cf,
+    in_channels)``, e.g. StarDist reads an RGB picture as grey for a one-channel model).
+    The output of a network that predicts at a reduced size (``task.output_stride()``)
+    is stitched at that size, then each value is repeated to cover its block of pixels,
+    so the result always has the image's size (value ``[..., i]`` comes from block
+    ``i // stride``, and ``[..., ::stride]`` gives back the network's own grid).
     """
     tiles = tiles or TileSettings()
     apply_tuned_settings(model)
+    adapt = getattr(model.task, "adapt_channels", None)
+    if adapt is not None:
+        image_cf = adapt(image_cf, model.in_channels)
     if image_cf.shape[0] != model.in_channels:
         raise DeepscopeError(
             f"the image has {image_cf.shape[0]} channel(s) but the model was trained on "
@@ -83,6 +92,7 @@ def predict_raw(
     tile_shape = (tiles.tile,) * 2 if dims == 2 else (tiles.tile_z, tiles.tile, tiles.tile)
     net = network if network is not None else model.network
     bf16 = performance.choose_precision(model.config.training.precision, "cpu") == "bf16-mixed"
+    stride = model.task.output_stride()
     y = predict_tiled(
         net,
         x,
@@ -93,7 +103,12 @@ def predict_raw(
         batch_size=tiles.batch_size,
         autocast_bf16=bf16,
         progress=progress,
+        output_stride=stride,
     )
+    if stride is not None and any(g > 1 for g in stride):
+        for axis, g in enumerate(stride, start=1):
+            y = np.repeat(y, g, axis=axis) if g > 1 else y
+        y = y[(slice(None),) + tuple(slice(0, n) for n in image_cf.shape[1:])]
     denorm = model.target_normalizer or model.normalizer
     return model.task.denormalize_output(y, denorm)
 
@@ -166,6 +181,17 @@ def side_output_suffixes(model: TrainedModel) -> list[str]:
     return list(model.task.side_outputs(probe))
 
 
+def extra_file_names(model: TrainedModel, result_name: str) -> list[str]:
+    """Names of the non-image files a task writes beside a result (e.g. ROIs, a CSV).
+
+    Tasks that write such files define ``extra_file_suffixes`` (e.g. ``["rois.zip"]``)
+    and ``write_extra_files(raw, result, image_cf, result_path, overwrite) -> dict``;
+    ``cell.tif`` then gets ``cell_rois.zip`` beside it.
+    """
+    stem = result_name.removesuffix(".ome.zarr").removesuffix(".tif")
+    return [f"{stem}_{suffix}" for suffix in getattr(model.task, "extra_file_suffixes", [])]
+
+
 def resolve_inputs(source: Path) -> list[Path]:
     """A single image file, or every image in a folder."""
     source = Path(source)
@@ -224,6 +250,7 @@ def predict_files(
     suffixes = side_output_suffixes(model)
     if not overwrite:
         extra = [t.with_name(side_output_name(t.name, x)) for t in targets for x in suffixes]
+        extra += [t.with_name(n) for t in targets for n in extra_file_names(model, t.name)]
         existing = [t for t in targets + extra if t.exists()]
         if existing:
             raise OutputError(
@@ -293,6 +320,9 @@ def predict_files(
                 metadata=img.metadata,
             )
             entry[suffix] = side.name
+        write_extra = getattr(model.task, "write_extra_files", None)
+        if write_extra is not None:
+            entry.update(write_extra(raw, result, cf, dst, overwrite))
         record["files"].append(entry)
         atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
     return written

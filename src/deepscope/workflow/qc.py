@@ -24,6 +24,7 @@ from deepscope.workflow.predict import (
     side_output_suffixes,
 )
 from deepscope.workflow.qc_classify import classify_qc
+from deepscope.workflow.qc_instance import instance_qc
 from deepscope.workflow.qc_restoration import evaluate_restoration
 from deepscope.workflow.qc_segmentation import segmentation_qc
 from deepscope.workflow.training import load_images
@@ -170,3 +171,4 @@ def _predict_with_uncertainty(
 QC_RUNNERS: dict[str, QcRunner] = {"restoration": restoration_qc}
 QC_RUNNERS["segmentation"] = segmentation_qc
 QC_RUNNERS["classify"] = classify_qc
+QC_RUNNERS["instance"] = instance_qc

@@ -86,6 +86,7 @@ def predict_tiled(
     batch_size: int = 4,
     autocast_bf16: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    output_stride: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Apply ``network`` to a channel-first image (C, *spatial) tile by tile.
 
@@ -110,16 +111,28 @@ def predict_tiled(
         Run the network in bfloat16 (faster on CPUs with bf16 support).
     progress
         Called as ``progress(done_tiles, total_tiles)``.
+    output_stride
+        Per-axis factor by which the network's output is smaller than its input (e.g.
+        StarDist's grid ``(2, 2)``); None for outputs of the input's size. The image is
+        then padded to a multiple of the stride, tiles start on multiples of it, and the
+        outputs are blended at the reduced size.
 
     Returns
     -------
     numpy.ndarray
-        Float32 array (out_channels, *spatial).
+        Float32 array (out_channels, *spatial), or (out_channels, *ceil(spatial / stride))
+        with ``output_stride``.
     """
     spatial = image.shape[1:]
+    stride = tuple(output_stride) if output_stride is not None else (1,) * len(spatial)
+    if any(divisibility % s for s in stride):
+        raise ValueError(f"divisibility {divisibility} must be a multiple of the stride {stride}")
     tile = fit_tile_shape(spatial, tile_shape, divisibility)
-    # Pad so that every spatial size is at least one tile (reflect keeps statistics).
-    pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(spatial, tile, strict=True)]
+    # Pad so that every spatial size is at least one tile (reflect keeps statistics) and
+    # a multiple of the stride (so that every tile starts on a multiple of it).
+    pad = [(0, 0)] + [
+        (0, max(t - s, -s % g)) for s, t, g in zip(spatial, tile, stride, strict=True)
+    ]
     padded = (
         np.pad(image, pad, mode="reflect" if min(spatial) > 1 else "edge")
         if any(p[1] for p in pad)
@@ -127,10 +140,14 @@ def predict_tiled(
     )
     work_shape = padded.shape[1:]
     # Per axis: a thin Z tile must not shrink the overlap in Y and X (that left seams).
-    overlaps = tuple(min(overlap, t // 2) for t in tile)
-    window = blend_window(tile, overlaps)
-    out = np.zeros((out_channels,) + tuple(work_shape), dtype=np.float32)
-    weight = np.zeros(tuple(work_shape), dtype=np.float32)
+    # With a stride the overlap is a multiple of it, so tiles start on multiples of it.
+    overlaps = tuple(
+        min(-(-overlap // g) * g, (t // 2) // g * g) for t, g in zip(tile, stride, strict=True)
+    )
+    small = lambda shape: tuple(n // g for n, g in zip(shape, stride, strict=True))  # noqa: E731
+    window = blend_window(small(tile), small(overlaps))
+    out = np.zeros((out_channels,) + small(work_shape), dtype=np.float32)
+    weight = np.zeros(small(work_shape), dtype=np.float32)
     slices = list(_tiles(work_shape, tile, overlaps))
     device = next(iter(network.parameters()), torch.zeros(0)).device  # CPU if none (ONNX)
     fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
@@ -144,10 +161,12 @@ def predict_tiled(
         ):
             y = network(x).float().cpu().numpy()
         for sl, pred in zip(group, y, strict=True):
-            out[(slice(None),) + sl] += pred * window
-            weight[sl] += window
+            osl = tuple(slice(a.start // g, a.stop // g) for a, g in zip(sl, stride, strict=True))
+            out[(slice(None),) + osl] += pred * window
+            weight[osl] += window
         if progress:
             progress(min(first + batch_size, len(slices)), len(slices))
     out /= weight
-    crop = (slice(None),) + tuple(slice(0, s) for s in spatial)
+    sizes = (-(-s // g) for s, g in zip(spatial, stride, strict=True))  # ceil(size / stride)
+    crop = (slice(None),) + tuple(slice(0, n) for n in sizes)
     return out[crop]

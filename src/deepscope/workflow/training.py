@@ -7,6 +7,7 @@ run (even ``kill -9``) is continued with ``resume=True`` from its last finished 
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Callable
@@ -32,6 +33,13 @@ from deepscope.tasks import get_task
 from deepscope.tasks.base import Task, TrainingData
 from deepscope.workflow import transfer
 from deepscope.workflow.model_folder import save_model_folder
+
+#: Steps run on the finished model folder, per task: "module:function" called as
+#: ``function(model_dir, val_images_raw, val_targets, log)`` with the validation part of
+#: the data (not normalised), e.g. StarDist's threshold tuning.
+AFTER_TRAINING: dict[str, str] = {
+    "stardist": "deepscope.workflow.stardist_thresholds:tune_after_training",
+}
 
 
 class ValidationFailed(DeepscopeError):
@@ -155,8 +163,11 @@ def _patch_datasets(
         tnorm = PercentileNormalizer.from_dict(norm_d["target"]) if "target" in norm_d else None
     else:
         split0 = split_train_val(inputs, tgts, d.val_fraction, d.patch_size, config.training.seed)
+        per_image = d.normalize_per_image
+        if per_image is None:
+            per_image = task_cls.normalize_per_image
         normalizer = PercentileNormalizer.fit(
-            split0.train_inputs, d.normalize_low, d.normalize_high
+            split0.train_inputs, d.normalize_low, d.normalize_high, per_image
         )
         tnorm = (
             PercentileNormalizer.fit(split0.train_targets, d.normalize_low, d.normalize_high)
@@ -167,6 +178,7 @@ def _patch_datasets(
         if tnorm is not None:
             norm_d["target"] = tnorm.to_dict()
         atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
+    raw_inputs = inputs
     inputs = [normalizer.normalize(a) for a in inputs]
     if tgts is not None and task_cls.normalize_targets:
         tgts = [(tnorm or normalizer).normalize(a) for a in tgts]
@@ -294,6 +306,12 @@ def train(
     if started_from is not None:
         training_info["started_from"] = started_from
     model_dir = export_model(run_dir, config, in_channels, axes, normalizer, tnorm, training_info)
+    after = AFTER_TRAINING.get(config.task)
+    if after is not None and tgts is not None:
+        raw_split = split_train_val(raw_inputs, tgts, d.val_fraction, d.patch_size, t.seed)
+        module_name, func = after.split(":")
+        tune = getattr(importlib.import_module(module_name), func)
+        tune(model_dir, raw_split.val_inputs, raw_split.val_targets, log)
     best = trainer.checkpoint_callback.best_model_score
     return TrainResult(
         run_dir,

@@ -1,0 +1,276 @@
+"""Nuclei benchmark on ``../shared/data/nuclei2d`` (DSB 2018 stage 1, BBBC038) — issue 4.
+
+Split: ``benchmarks/nuclei_split.json`` (fixed; 32 train / 11 test images, stratified by
+image kind — fluorescence, brightfield, H&E — see ``benchmarks/nuclei_split.py``).
+
+What is compared on the 11 TEST images (F1 and accuracy = TP/(TP+FP+FN) at IoU 0.5 and
+0.7, objects of all test images counted together, per kind and overall):
+
+1. ``trained``: deepscope StarDist trained here on the 32 TRAIN images within a time
+   budget: one model for all kinds, fed grey images (the mean of R, G, B). Why grey:
+   deepscope reads the grey fluorescence PNGs (stored as RGB with equal channels) as one
+   channel and the colour ones as three, and refuses a mix (``validate`` says so); a
+   user converts them to one kind, and grey is what deepscope itself feeds a
+   one-channel model given a colour picture (``StarDistTask.adapt_channels``), so the
+   shipped ``nuclei`` model and this one see test pictures the same way. Per-image
+   percentile normalisation (deepscope's StarDist default). The probability and NMS
+   thresholds are tuned on the validation images by ``deepscope train``.
+2. ``baseline``: Otsu threshold + distance-transform watershed (scikit-image) on the
+   grey image (mean of R, G, B), with the polarity chosen per image (the smaller side
+   of the Otsu threshold is the nuclei, so dark nuclei on bright H&E/brightfield work),
+   small-object removal and hole filling. No parameter is tuned on the test images.
+3. ``shipped``: the pretrained ``nuclei`` model shipped in the package (``deepscope
+   predict nuclei``), if present: a one-channel model, given the mean of R, G, B.
+
+Run from the project root (one command; ``--minutes`` is the training budget)::
+
+    .venv/bin/python benchmarks/nuclei_dsb.py --minutes 20
+
+Results: ``benchmarks/out/nuclei_dsb/results.json`` and a deepscope QC report of the
+trained model on the test images, ``benchmarks/out/nuclei_dsb/qc_trained/report.html``.
+``--skip-training --model PATH`` re-scores an existing model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DEEPSCOPE_DATA", ROOT / ".." / "shared" / "data")) / "nuclei2d"
+SPLIT = ROOT / "benchmarks" / "nuclei_split.json"
+OUT = ROOT / "benchmarks" / "out" / "nuclei_dsb"
+THRESHOLDS = (0.5, 0.7)
+
+CONFIG = {
+    "task": "stardist",
+    "data": {"patch_size": [96, 96], "val_fraction": 0.15},
+    "model": {"depth": 3, "base_channels": 16},
+    "stardist": {"n_rays": 32, "grid": [2, 2]},
+    "training": {
+        "epochs": 400,
+        "patches_per_epoch": 256,
+        "batch_size": 16,
+        "checkpoint_every": 20,
+        "seed": 3,
+    },
+}
+
+
+def _load() -> tuple[dict, list[str]]:
+    split = json.loads(SPLIT.read_text())
+    return split, split["test"]
+
+
+def prepare(work: Path, split: dict) -> tuple[Path, Path]:
+    """Write the TRAIN images as grey TIFFs and link their masks into ``work/train``."""
+    images, masks = work / "train" / "images", work / "train" / "masks"
+    for folder in (images, masks):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    for name in split["train"]:
+        tifffile.imwrite(images / f"{name}.tif", grey(read_rgb(name)))
+        (masks / f"{name}.tif").symlink_to((DATA / "masks" / f"{name}.tif").resolve())
+    return images, masks
+
+
+def grey(image_cf: np.ndarray) -> np.ndarray:
+    """One grey plane: the mean of the channels (what deepscope feeds a 1-channel model)."""
+    return np.asarray(image_cf, np.float32).mean(axis=0)
+
+
+def train_model(work: Path, minutes: float, split: dict) -> tuple[Path, dict]:
+    """Train deepscope StarDist on the TRAIN images within ``minutes``."""
+    from deepscope.config import config_from_dict
+    from deepscope.workflow.training import train
+
+    images, masks = prepare(work, split)
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg["training"]["max_minutes"] = minutes
+    run = work / "run"
+    if run.exists():
+        shutil.rmtree(run)
+    t0 = time.time()
+    result = train(config_from_dict(cfg), images, run, masks, show_bar=False)
+    info = {
+        "minutes_total_incl_threshold_tuning": round((time.time() - t0) / 60, 2),
+        "training_minutes": round(result.minutes, 2),
+        "epochs": result.epochs_trained,
+        "stopped_because": result.stopped_because,
+        "best_val_loss": result.best_val_loss,
+        "config": cfg,
+        "load_after_training": os.getloadavg(),
+    }
+    return run / "model", info
+
+
+def read_rgb(name: str) -> np.ndarray:
+    """A test picture as deepscope reads it, channel first (C, Y, X) float32."""
+    from deepscope.data.axes import to_channel_first
+    from deepscope.data.io import read_image
+
+    img = read_image(DATA / "images" / f"{name}.png")
+    return to_channel_first(img.data, img.axes, 2).astype(np.float32)
+
+
+def otsu_watershed(image_cf: np.ndarray, min_size: int = 15, min_distance: int = 4) -> np.ndarray:
+    """Classical baseline: Otsu + distance-transform watershed on the grey image.
+
+    Parameters
+    ----------
+    image_cf : numpy.ndarray
+        (C, Y, X) image; the mean over channels is used.
+    min_size : int
+        Objects (and holes) smaller than this many pixels are removed (filled).
+    min_distance : int
+        Smallest distance between two seeds (maxima of the distance transform).
+
+    Returns
+    -------
+    numpy.ndarray
+        Label image (Y, X).
+    """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import remove_small_holes, remove_small_objects
+    from skimage.segmentation import watershed
+
+    grey = gaussian(image_cf.mean(axis=0), sigma=1, preserve_range=True)
+    fg = grey > threshold_otsu(grey)
+    if fg.mean() > 0.5:  # nuclei are the smaller side: dark nuclei on a bright background
+        fg = ~fg
+    fg = remove_small_holes(remove_small_objects(fg, max_size=min_size - 1), max_size=min_size - 1)
+    dist = ndi.distance_transform_edt(fg)
+    regions, _ = ndi.label(fg)
+    peaks = peak_local_max(
+        gaussian(dist, 1), min_distance=min_distance, labels=regions, exclude_border=False
+    )
+    markers = np.zeros(fg.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    # every region gets at least one seed
+    missing = np.setdiff1d(np.unique(regions[fg]), np.unique(regions[markers > 0]))
+    for r in missing:
+        markers[regions == r] = markers.max() + 1
+    return watershed(-dist, markers, mask=fg).astype(np.int32)
+
+
+def score(truths: dict, preds: dict, kinds: dict) -> dict:
+    """F1 and accuracy at IoU 0.5 / 0.7, per kind and for all test images."""
+    from deepscope.workflow.qc_instance import match_dataset
+
+    groups: dict[str, list[str]] = {}
+    for name in truths:
+        groups.setdefault(kinds[name], []).append(name)
+    groups["all"] = list(truths)
+    out = {}
+    for group, names in groups.items():
+        m = match_dataset([truths[n] for n in names], [preds[n] for n in names], THRESHOLDS)
+        out[group] = {"images": len(names), "objects": int(m["0.5"]["n_true"])}
+        for t, v in m.items():
+            out[group][t] = {
+                k: round(float(v[k]), 4) for k in ("f1", "accuracy", "precision", "recall")
+            }
+            out[group][t].update({k: int(v[k]) for k in ("tp", "fp", "fn")})
+    return out
+
+
+def predict_model(model_dir: Path, names: list[str]) -> tuple[dict, float]:
+    """Labels of every test image with a deepscope model folder; seconds per image."""
+    from deepscope.workflow.model_folder import load_model_folder
+    from deepscope.workflow.predict import predict_array
+
+    model = load_model_folder(model_dir)
+    preds, t0 = {}, time.time()
+    for name in names:
+        preds[name] = predict_array(model, read_rgb(name))[0]
+    return preds, (time.time() - t0) / max(1, len(names))
+
+
+def main() -> None:
+    """Run the benchmark (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--minutes", type=float, default=20.0, help="training time budget")
+    p.add_argument("--work", type=Path, default=OUT / "work")
+    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--model", type=Path, help="model folder to score (default: the one trained)")
+    a = p.parse_args()
+    split, test = _load()
+    kinds = split["kinds"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "split": {k: v for k, v in split["counts"].items()},
+        "uptime_start": os.getloadavg(),
+    }
+
+    truths = {n: tifffile.imread(DATA / "masks" / f"{n}.tif").astype(np.int32) for n in test}
+    t0 = time.time()
+    base = {n: otsu_watershed(read_rgb(n)) for n in test}
+    results["baseline"] = {
+        "scores": score(truths, base, kinds),
+        "seconds_per_image": round((time.time() - t0) / len(test), 3),
+    }
+    print("baseline", json.dumps(results["baseline"]["scores"]["all"]))
+
+    model_dir = a.model
+    if not a.skip_training:
+        model_dir, info = train_model(a.work, a.minutes, split)
+        results["training"] = info
+    if model_dir is not None:
+        preds, per_image = predict_model(model_dir, test)
+        results["trained"] = {
+            "model": str(model_dir),
+            "thresholds": json.loads((model_dir / "thresholds.json").read_text())
+            if (model_dir / "thresholds.json").exists()
+            else None,
+            "scores": score(truths, preds, kinds),
+            "seconds_per_image": round(per_image, 3),
+            "load": os.getloadavg(),
+        }
+        print("trained", json.dumps(results["trained"]["scores"]["all"]))
+        from deepscope.workflow.qc_instance import InstanceCase, evaluate_instances
+
+        cases = [
+            InstanceCase(f"{n[:12]} ({kinds[n]})", read_rgb(n), truths[n], preds[n]) for n in test
+        ]
+        evaluate_instances(
+            cases,
+            OUT / "qc_trained",
+            history_csv=model_dir / "history.csv",
+            title="nuclei2d test images — deepscope StarDist trained on the train split",
+            model_info={"model folder": str(model_dir)},
+        )
+    shipped: Path | None = None
+    try:
+        from deepscope.workflow.pretrained import resolve_model
+
+        shipped = Path(resolve_model("nuclei"))
+    except Exception as err:  # noqa: BLE001  (not shipped yet, or the API differs)
+        results["shipped"] = f"not evaluated: {type(err).__name__}: {err}"
+    else:
+        if not (shipped / "weights.pt").is_file():
+            results["shipped"] = "not evaluated: no shipped 'nuclei' model in this checkout"
+            shipped = None
+    if shipped is not None and not isinstance(results.get("shipped"), str):
+        preds, per_image = predict_model(shipped, test)
+        results["shipped"] = {
+            "model": str(shipped),
+            "scores": score(truths, preds, kinds),
+            "seconds_per_image": round(per_image, 3),
+        }
+        print("shipped", json.dumps(results["shipped"]["scores"]["all"]))
+    results["uptime_end"] = os.getloadavg()
+    (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {OUT / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

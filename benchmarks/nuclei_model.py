@@ -1,0 +1,193 @@
+"""Train, score and package the shipped StarDist ``nuclei`` model (issue 4, item 7).
+
+Data: ``../shared/data/nuclei2d`` (DSB 2018 stage-1 test, BBBC038) split by the fixed
+``benchmarks/nuclei_split.json``; the model is trained on the TRAIN images of the
+fluorescence kind plus the stardist package's example image (``nuclei_extras``), read as
+grey (channel 0 of the RGB PNGs). It is scored on the TEST images of every kind.
+
+Steps (each one command, run from the project root)::
+
+    .venv/bin/python benchmarks/nuclei_model.py prepare --work /tmp/nuclei-work
+    .venv/bin/python benchmarks/nuclei_model.py train --work /tmp/nuclei-work --minutes 27
+    .venv/bin/python benchmarks/nuclei_model.py score --model /tmp/nuclei-work/run/model
+    .venv/bin/python benchmarks/nuclei_model.py package --model /tmp/nuclei-work/run/model
+
+``score`` writes ``benchmarks/nuclei_model_scores.json``; ``package`` copies the model
+(without its extra checkpoints) to ``src/deepscope/pretrained/nuclei`` with a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DEEPSCOPE_DATA", ROOT / ".." / "shared" / "data"))
+SPLIT = ROOT / "benchmarks" / "nuclei_split.json"
+SCORES = ROOT / "benchmarks" / "nuclei_model_scores.json"
+TARGET = ROOT / "src" / "deepscope" / "pretrained" / "nuclei"
+
+CONFIG = {
+    "task": "stardist",
+    "data": {"patch_size": [64, 64], "val_fraction": 0.15},
+    "model": {"depth": 3, "base_channels": 16},
+    "stardist": {"n_rays": 32, "grid": [2, 2], "feature_channels": 32},
+    "training": {
+        "epochs": 200,
+        "patches_per_epoch": 256,
+        "batch_size": 16,
+        "val_patches": 64,
+        "learning_rate": 8e-4,
+        "checkpoint_every": 20,
+        "precision": "32",
+        "seed": 7,
+    },
+}
+
+
+def grey(path: Path) -> np.ndarray:
+    """Read a DSB picture as one grey channel (channel 0 of RGB(A), else as is)."""
+    import imageio.v3 as iio
+
+    a = np.asarray(iio.imread(path))
+    return a[..., 0] if a.ndim == 3 else a
+
+
+def prepare(work: Path) -> None:
+    """Write grey training images and masks into ``work/train`` (fluorescence kind)."""
+    split = json.loads(SPLIT.read_text())
+    img_dir, mask_dir = work / "train" / "images", work / "train" / "masks"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for name in split["train"]:
+        if split["kinds"][name] != "fluorescence":
+            continue
+        picture = grey(DATA / "nuclei2d" / "images" / f"{name}.png")
+        tifffile.imwrite(img_dir / f"{name}.tif", picture)
+        shutil.copyfile(DATA / "nuclei2d" / "masks" / f"{name}.tif", mask_dir / f"{name}.tif")
+        n += 1
+    extra = DATA / "nuclei_extras" / "stardist_dsb2018_example"
+    shutil.copyfile(extra / "img2d.tif", img_dir / "stardist_example.tif")
+    shutil.copyfile(extra / "mask2d.tif", mask_dir / "stardist_example.tif")
+    print(f"{n + 1} training images in {img_dir}")
+
+
+def train(work: Path, minutes: float) -> None:
+    """Train the model into ``work/run`` within ``minutes``."""
+    from deepscope.config import config_from_dict
+    from deepscope.workflow.training import train as run_training
+
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg["training"]["max_minutes"] = minutes
+    t0 = time.time()
+    result = run_training(
+        config_from_dict(cfg),
+        work / "train" / "images",
+        work / "run",
+        work / "train" / "masks",
+        resume=(work / "run" / "config.yaml").exists(),
+        show_bar=False,
+    )
+    print(
+        f"trained {result.epochs_trained} epochs in {(time.time() - t0) / 60:.1f} min "
+        f"({result.stopped_because}); load: {os.getloadavg()}"
+    )
+
+
+def score(model_dir: Path) -> dict:
+    """F1 / accuracy at IoU 0.5 and 0.7 on the TEST images, per kind and overall."""
+    from stardist.matching import matching_dataset
+
+    from deepscope.workflow.model_folder import load_model_folder
+    from deepscope.workflow.predict import predict_array
+
+    split = json.loads(SPLIT.read_text())
+    model = load_model_folder(model_dir)
+    by_kind: dict[str, tuple[list, list]] = {}
+    t0 = time.time()
+    for name in split["test"]:
+        kind = split["kinds"][name]
+        image = grey(DATA / "nuclei2d" / "images" / f"{name}.png")
+        truth = tifffile.imread(DATA / "nuclei2d" / "masks" / f"{name}.tif")
+        pred = predict_array(model, image[None].astype(np.float32))[0]
+        by_kind.setdefault(kind, ([], []))
+        by_kind[kind][0].append(truth)
+        by_kind[kind][1].append(pred)
+    seconds = time.time() - t0
+    groups = dict(by_kind)
+    groups["all"] = (
+        [t for ts, _ in by_kind.values() for t in ts],
+        [p for _, ps in by_kind.values() for p in ps],
+    )
+    result: dict = {"model": str(model_dir), "images": {}, "scores": {}}
+    for kind, (truths, preds) in groups.items():
+        stats = matching_dataset(truths, preds, thresh=[0.5, 0.7], show_progress=False)
+        result["images"][kind] = len(truths)
+        result["scores"][kind] = {
+            str(s.thresh): {"f1": round(float(s.f1), 4), "accuracy": round(float(s.accuracy), 4)}
+            for s in stats
+        }
+    result["thresholds"] = json.loads((model_dir / "thresholds.json").read_text())
+    result["prediction_seconds"] = round(seconds, 1)
+    result["load_during_prediction"] = os.getloadavg()
+    SCORES.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["scores"], indent=1))
+    return result
+
+
+def package(model_dir: Path) -> None:
+    """Copy the model (weights, config, normalisation, thresholds, history) into the package."""
+    if TARGET.exists():
+        shutil.rmtree(TARGET)
+    TARGET.mkdir(parents=True)
+    for name in (
+        "deepscope_model.json",
+        "config.yaml",
+        "normalization.json",
+        "weights.pt",
+        "thresholds.json",
+        "history.csv",
+    ):
+        shutil.copyfile(model_dir / name, TARGET / name)
+    (TARGET / "checkpoints").mkdir()
+    (TARGET / "checkpoints" / ".keep").write_text("")
+    card = (ROOT / "benchmarks" / "nuclei_model_card.md").read_text()
+    scores = json.loads(SCORES.read_text()) if SCORES.exists() else None
+    if scores:
+        rows = [
+            f"| {kind} | {scores['images'][kind]} | {s['0.5']['f1']:.3f} | "
+            f"{s['0.5']['accuracy']:.3f} | {s['0.7']['f1']:.3f} | {s['0.7']['accuracy']:.3f} |"
+            for kind, s in scores["scores"].items()
+        ]
+        card = card.replace("{{SCORES}}", "\n".join(rows))
+    info = json.loads((model_dir / "deepscope_model.json").read_text())
+    card = card.replace("{{TRAINING}}", json.dumps(info.get("training", {})))
+    (TARGET / "MODEL_CARD.md").write_text(card)
+    size = sum(p.stat().st_size for p in TARGET.rglob("*") if p.is_file())
+    print(f"packaged into {TARGET} ({size / 1e6:.2f} MB)")
+
+
+def main() -> None:
+    """Command line of this script."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("step", choices=["prepare", "train", "score", "package"])
+    p.add_argument("--work", type=Path, default=Path("/tmp/nuclei-work"))
+    p.add_argument("--model", type=Path)
+    p.add_argument("--minutes", type=float, default=27.0)
+    a = p.parse_args()
+    model = a.model or a.work / "run" / "model"
+    {"prepare": lambda: prepare(a.work), "train": lambda: train(a.work, a.minutes)}.get(
+        a.step, lambda: score(model) if a.step == "score" else package(model)
+    )()
+
+
+if __name__ == "__main__":
+    main()

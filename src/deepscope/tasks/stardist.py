@@ -1,0 +1,689 @@
+"""StarDist instance segmentation: star-convex polygons (2D) and polyhedra (3D).
+
+Each object (typically a nucleus) is described from every pixel inside it by the distances
+to its boundary along ``n_rays`` fixed directions (Schmidt et al., MICCAI 2018; Weigert et
+al., WACV 2020). The network predicts, on a grid ``grid`` times coarser than the image,
+
+* an object probability (how far inside an object the pixel is: 1 at the centre, falling
+  to 0 at the boundary), and
+* the ``n_rays`` distances.
+
+Every grid point above the probability threshold proposes a polygon; non-maximum
+suppression keeps the most probable of overlapping proposals (overlap above the NMS
+threshold) and the kept polygons are painted into a label image. Both thresholds are
+tuned on the validation images after training (``thresholds.json`` in the model folder).
+
+The geometry (distances, rays, polygon/polyhedron rendering), the non-maximum
+suppression and the matching come from the ``stardist`` package, without TensorFlow.
+
+Masks are instance label images: 0 for background, one integer per object.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from deepscope.config import TaskConfigBase, _Section
+from deepscope.errors import DeepscopeError
+from deepscope.tasks.base import Task, register_task
+
+if TYPE_CHECKING:
+    from deepscope.data.normalize import PercentileNormalizer
+    from deepscope.data.validation import Finding
+
+#: Thresholds used when neither the config nor a tuning fixes them (StarDist's defaults).
+DEFAULT_PROB_THRESHOLD = 0.5
+DEFAULT_NMS_THRESHOLD = 0.4
+#: Published loss weights: probability (binary cross-entropy), distances (masked MAE).
+PROB_LOSS_WEIGHT = 1.0
+DIST_LOSS_WEIGHT = 0.2
+#: Weight of the small penalty on distances predicted outside objects.
+BACKGROUND_REG = 1e-4
+_EPS = 1e-7
+
+
+# ----------------------------------------------------------------------------- config
+
+
+class StarDistSettings(_Section):
+    """Settings of the StarDist task."""
+
+    n_rays: int | None = Field(
+        None,
+        ge=4,
+        le=256,
+        description="Number of rays (directions) describing each object. Default 32 in 2D, "
+        "96 in 3D.",
+    )
+    grid: list[int] | None = Field(
+        None,
+        description="The network predicts on a grid this many times coarser than the image "
+        "per axis (powers of 2), which makes it faster. Default [2, 2] in 2D, [1, 2, 2] in 3D.",
+    )
+    anisotropy: list[float] | None = Field(
+        None,
+        description="3D: voxel size ratio (Z, Y, X), e.g. [4, 1, 1] when Z steps are 4 times "
+        "the pixel size; default: isotropic.",
+    )
+    prob_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Object probability threshold. Default: the value tuned after training "
+        "(thresholds.json in the model folder), else 0.5.",
+    )
+    nms_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Overlap above which the less probable of two candidate objects is "
+        "dropped. Default: the tuned value, else 0.4.",
+    )
+    feature_channels: int = Field(
+        128, ge=8, le=512, description="Channels of the layer between the U-Net and the heads."
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(g < 1 or g & (g - 1) or g > 8 for g in v):
+            raise ValueError(f"grid {v}: every factor must be 1, 2, 4 or 8")
+        return v
+
+    @field_validator("anisotropy")
+    @classmethod
+    def _check_anisotropy(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 3 or any(a <= 0 for a in v)):
+            raise ValueError(f"anisotropy {v} must be three positive numbers (Z, Y, X)")
+        return v
+
+
+class StarDistConfig(TaskConfigBase):
+    """Config of the StarDist task."""
+
+    task: Literal["stardist"] = "stardist"
+    stardist: StarDistSettings = Field(default_factory=StarDistSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> StarDistConfig:
+        dims = self.data.spatial_dims
+        s = self.stardist
+        if s.grid is not None and len(s.grid) != dims:
+            raise ValueError(f"stardist.grid {s.grid} must have {dims} numbers ({dims}D data)")
+        if s.anisotropy is not None and dims != 3:
+            raise ValueError("stardist.anisotropy is for 3D data (--3d); leave it out in 2D")
+        if self.data.intensity_jitter > 0:
+            raise ValueError(
+                "data.intensity_jitter would also scale the mask values (object numbers); "
+                "set it to 0 for StarDist"
+            )
+        div = 2**self.model.depth * max(grid_of(self))
+        bad = [p for p in self.data.patch_size if p % div]
+        if bad:
+            raise ValueError(
+                f"patch_size {self.data.patch_size} must be divisible by {div} (2 to the power "
+                f"of the U-Net depth {self.model.depth}, times the grid {grid_of(self)})"
+            )
+        return self
+
+
+def grid_of(config: TaskConfigBase) -> tuple[int, ...]:
+    """The grid of a StarDist config, with its default filled in."""
+    grid = config.stardist.grid
+    if grid is None:
+        return (2, 2) if config.data.spatial_dims == 2 else (1, 2, 2)
+    return tuple(int(g) for g in grid)
+
+
+def n_rays_of(config: TaskConfigBase) -> int:
+    """The number of rays of a StarDist config, with its default filled in."""
+    n = config.stardist.n_rays
+    return n if n is not None else (32 if config.data.spatial_dims == 2 else 96)
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Return ``labels`` renumbered 1..n (0 stays background), as int32."""
+    values, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    out = inverse.reshape(labels.shape).astype(np.int32)
+    if values[0] != 0:
+        out += 1
+    return out
+
+
+def star_targets(
+    labels: np.ndarray,
+    n_rays: int,
+    grid: tuple[int, ...],
+    rays: Any = None,
+    anisotropy: tuple[float, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training targets of one label patch: object probability and ray distances.
+
+    Parameters
+    ----------
+    labels
+        Instance labels (*spatial), integers, 0 = background. Objects cut by the patch
+        border end at the border.
+    n_rays
+        Number of rays (2D; in 3D the number of ``rays``).
+    grid
+        Subsampling per axis; the targets are taken at every ``grid``-th pixel.
+    rays
+        3D only: a ``stardist.Rays_*`` object.
+    anisotropy
+        3D only: voxel size ratio (Z, Y, X) for the probability.
+
+    Returns
+    -------
+    prob, dist
+        float32 arrays (*spatial / grid) and (n_rays, *spatial / grid).
+    """
+    from stardist.geometry import star_dist, star_dist3D
+    from stardist.utils import edt_prob
+
+    lbl = relabel(labels)
+    if lbl.max() >= 2**16:  # the C code reads uint16 labels
+        raise ValueError("more than 65535 objects in one patch")
+    sub = tuple(slice(None, None, g) for g in grid)
+    if lbl.ndim == 2:
+        prob = edt_prob(lbl)[sub]
+        dist = star_dist(lbl, n_rays, grid=grid)
+    else:
+        prob = edt_prob(lbl, anisotropy=anisotropy)[sub]
+        dist = star_dist3D(lbl, rays, grid=grid)
+    return prob.astype(np.float32), np.moveaxis(dist, -1, 0).astype(np.float32)
+
+
+def stardist_loss(output: torch.Tensor, prob: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """StarDist's published loss of a batch.
+
+    Binary cross-entropy of the object probability, plus 0.2 × the mean absolute error of
+    the distances weighted by the true probability (so that the centres of objects count
+    most; normalised by the mean weight), plus a 1e-4 penalty on the size of distances
+    predicted outside objects.
+
+    Parameters
+    ----------
+    output
+        Network output (N, 1 + n_rays, *grid_spatial): probability logit, distances.
+    prob
+        True object probability (N, *grid_spatial).
+    dist
+        True distances (N, n_rays, *grid_spatial).
+    """
+    logit, pred = output[:, 0], output[:, 1:]
+    prob_loss = F.binary_cross_entropy_with_logits(logit, prob)
+    weight = prob[:, None]
+    dist_err = (weight * (pred - dist).abs()).mean() / (weight.mean() + _EPS)
+    reg = ((1 - weight) * pred.abs()).mean()
+    return PROB_LOSS_WEIGHT * prob_loss + DIST_LOSS_WEIGHT * (dist_err + BACKGROUND_REG * reg)
+
+
+# -------------------------------------------------------------------------- instances
+
+
+def instances_from_maps(
+    prob: np.ndarray,
+    dist: np.ndarray,
+    shape: tuple[int, ...],
+    grid: tuple[int, ...],
+    prob_threshold: float,
+    nms_threshold: float,
+    rays: Any = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Objects from probability and distance maps on the grid: NMS, then rendering.
+
+    Parameters
+    ----------
+    prob
+        Object probability on the grid (*grid_spatial).
+    dist
+        Distances (n_rays, *grid_spatial), in image pixels.
+    shape
+        The image's spatial shape.
+    grid
+        The grid factor per axis.
+    prob_threshold, nms_threshold
+        Thresholds of the non-maximum suppression.
+    rays
+        3D only: the ``stardist.Rays_*`` object.
+
+    Returns
+    -------
+    labels, details
+        Labels (*shape), uint16 (uint32 above 65535 objects), numbered 1..n; details
+        with ``points`` (n, dims; object centres in pixels), ``prob`` (n,) and ``dist``
+        (n, n_rays), row ``k - 1`` describing label ``k``.
+    """
+    from stardist.geometry import polygons_to_label, polyhedron_to_label
+    from stardist.nms import non_maximum_suppression, non_maximum_suppression_3d
+
+    # Distances must be positive for the renderers (an untrained network predicts 0).
+    dist_last = np.ascontiguousarray(np.moveaxis(np.maximum(dist, 1e-3), 0, -1), dtype=np.float32)
+    prob = np.ascontiguousarray(prob, dtype=np.float32)
+    if len(shape) == 2:
+        points, scores, dists = non_maximum_suppression(
+            dist_last, prob, grid=grid, prob_thresh=prob_threshold, nms_thresh=nms_threshold
+        )
+        labels = polygons_to_label(dists, points, shape=shape, prob=scores)
+    else:
+        points, scores, dists = non_maximum_suppression_3d(
+            dist_last, prob, rays, grid=grid, prob_thresh=prob_threshold, nms_thresh=nms_threshold
+        )
+        labels = (
+            polyhedron_to_label(dists, points, rays, shape=shape, prob=scores, verbose=False)
+            if len(points)
+            else np.zeros(shape, np.int32)
+        )
+    # Label k paints row k - 1; a candidate hidden entirely by more probable ones vanishes.
+    present = np.unique(labels)
+    present = present[present > 0]
+    keep = present - 1
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    lookup[present] = np.arange(1, len(present) + 1)
+    out = lookup[labels]
+    dtype = np.uint16 if len(present) < 2**16 else np.uint32
+    details = {
+        "points": np.asarray(points)[keep].reshape(-1, len(shape)),
+        "prob": np.asarray(scores, dtype=np.float32)[keep],
+        "dist": np.asarray(dists, dtype=np.float32).reshape(-1, dist_last.shape[-1])[keep],
+    }
+    return out.astype(dtype), details
+
+
+# ------------------------------------------------------------------------------- task
+
+
+@register_task
+class StarDistTask(Task):
+    """Instance segmentation of star-convex objects (nuclei) with StarDist."""
+
+    name = "stardist"
+    title = "Instance segmentation (StarDist)"
+    description = (
+        "Finds each object (typically nuclei) one by one, even when they touch, as star-convex "
+        "polygons (2D) or polyhedra (3D), learnt from images and instance masks (one number "
+        "per object). Gives label images, ImageJ ROIs and per-object measurements."
+    )
+    config_class = StarDistConfig
+    needs_targets = True
+    normalize_targets = False
+    qc_kind = "instance"
+    #: Each image is mapped by its own percentiles (1 %, 99.8 %), as StarDist does.
+    normalize_per_image = True
+    #: Files written beside each label image by ``deepscope predict``.
+    extra_file_suffixes = ["rois.zip", "measurements.csv"]
+
+    def __init__(self, config: TaskConfigBase):
+        super().__init__(config)
+        s = self.settings
+        self.prob_threshold = s.prob_threshold
+        self.nms_threshold = s.nms_threshold
+        self._last: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def settings(self) -> StarDistSettings:
+        """The ``stardist`` section of the config."""
+        return self.config.stardist
+
+    @property
+    def dims(self) -> int:
+        """2 or 3."""
+        return self.config.data.spatial_dims
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Grid factor per axis (default filled in)."""
+        return grid_of(self.config)
+
+    @property
+    def n_rays(self) -> int:
+        """Number of rays (default filled in)."""
+        return n_rays_of(self.config)
+
+    @property
+    def anisotropy(self) -> tuple[float, ...] | None:
+        """3D voxel size ratio (Z, Y, X), or None."""
+        a = self.settings.anisotropy
+        return tuple(a) if a is not None else None
+
+    @cached_property
+    def rays(self) -> Any:
+        """3D: the golden-spiral rays (``stardist.Rays_GoldenSpiral``); None in 2D."""
+        if self.dims != 3:
+            return None
+        from stardist.rays3d import Rays_GoldenSpiral
+
+        return Rays_GoldenSpiral(self.n_rays, anisotropy=self.anisotropy)
+
+    def thresholds(self) -> tuple[float, float]:
+        """(probability, NMS) thresholds in use: config, else tuned, else defaults."""
+        p = self.prob_threshold if self.prob_threshold is not None else DEFAULT_PROB_THRESHOLD
+        n = self.nms_threshold if self.nms_threshold is not None else DEFAULT_NMS_THRESHOLD
+        return float(p), float(n)
+
+    def use_tuned_settings(self, settings: dict[str, Any]) -> None:
+        """Use the thresholds tuned after training, unless the config fixes them."""
+        if self.settings.prob_threshold is None and settings.get("prob_threshold") is not None:
+            self.prob_threshold = float(settings["prob_threshold"])
+        if self.settings.nms_threshold is None and settings.get("nms_threshold") is not None:
+            self.nms_threshold = float(settings["nms_threshold"])
+
+    # ------------------------------------------------------------------- network
+
+    def out_channels(self, in_channels: int) -> int:
+        """One probability channel plus one channel per ray."""
+        return 1 + self.n_rays
+
+    def divisibility(self) -> int:
+        """U-Net divisibility times the largest grid factor."""
+        return 2**self.config.model.depth * max(self.grid)
+
+    def output_stride(self) -> tuple[int, ...]:
+        """The network predicts on the grid."""
+        return self.grid
+
+    def build_model(self, in_channels: int) -> nn.Module:
+        """StarDist network: grid stem, U-Net, probability and distance heads."""
+        from deepscope.engine.models.stardist_net import StarDistNet
+
+        m = self.config.model
+        return StarDistNet(
+            dims=self.dims,
+            in_channels=in_channels,
+            n_rays=self.n_rays,
+            grid=self.grid,
+            depth=m.depth,
+            base_channels=m.base_channels,
+            batch_norm=m.batch_norm,
+            dropout=m.dropout,
+            feature_channels=self.settings.feature_channels,
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def prepare_targets(
+        self, masks: list[np.ndarray], log: Callable[[str], None] = print
+    ) -> list[np.ndarray]:
+        """Check the masks are label images and fill holes in objects.
+
+        Returns the label images (1, *spatial) as float32 (exact up to 2**24 objects);
+        the distance and probability targets are computed per patch after augmentation.
+
+        Raises
+        ------
+        DeepscopeError
+            When a mask is not an instance label image.
+        """
+        from stardist.utils import fill_label_holes
+
+        out = []
+        for i, m in enumerate(masks):
+            problem = label_problem(m)
+            if problem is not None:
+                raise DeepscopeError(f"training mask {i + 1}: {problem[0]}", fix=problem[1])
+            lbl = np.asarray(m[0] if m.ndim == self.dims + 1 else m).astype(np.int64)
+            out.append(fill_label_holes(lbl)[None].astype(np.float32))
+        n_objects = sum(len(np.unique(o)) - 1 for o in out)
+        log(
+            f"{n_objects} objects in {len(out)} mask(s); {self.n_rays} rays, grid "
+            f"{'x'.join(map(str, self.grid))}."
+        )
+        return out
+
+    def batch_targets(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability and distance targets of a batch of label patches (N, 1, *spatial)."""
+        probs, dists = [], []
+        for lbl in labels[:, 0].detach().cpu().numpy():
+            p, d = star_targets(
+                np.rint(lbl).astype(np.int64), self.n_rays, self.grid, self.rays, self.anisotropy
+            )
+            probs.append(p)
+            dists.append(d)
+        prob = torch.from_numpy(np.stack(probs)).to(labels.device)
+        return prob, torch.from_numpy(np.stack(dists)).to(labels.device)
+
+    def training_loss(
+        self,
+        model: nn.Module,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """StarDist's loss (see :func:`stardist_loss`); targets come from the label patch."""
+        prob, dist = self.batch_targets(batch["target"])
+        output = model(batch["input"]).float()
+        return stardist_loss(output, prob, dist)
+
+    # ---------------------------------------------------------------- prediction
+
+    def adapt_channels(self, image_cf: np.ndarray, in_channels: int) -> np.ndarray:
+        """Read an RGB(A) picture as grey for a one-channel model, and vice versa.
+
+        A one-channel model (e.g. the shipped ``nuclei`` model) given a colour image gets
+        the mean of its red, green and blue channels; a three-channel model given a grey
+        image gets it three times. Other combinations are left for the channel check.
+        """
+        c = image_cf.shape[0]
+        if in_channels == 1 and c in (3, 4):
+            return np.asarray(image_cf[:3], dtype=np.float32).mean(axis=0, keepdims=True)
+        if in_channels == 3 and c == 1:
+            return np.repeat(image_cf, 3, axis=0)
+        return image_cf
+
+    def denormalize_output(
+        self, output: np.ndarray, normalizer: PercentileNormalizer
+    ) -> np.ndarray:
+        """Probability (sigmoid of channel 0) and distances (at least 0, in pixels)."""
+        out = np.empty_like(output, dtype=np.float32)
+        out[0] = 1.0 / (1.0 + np.exp(-np.clip(output[0], -30, 30)))
+        np.maximum(output[1:], 0, out=out[1:])
+        return out
+
+    def grid_maps(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and distances at the network's own grid points, from a full output."""
+        sub = tuple(slice(None, None, g) for g in self.grid)
+        return output[0][sub], output[1:][(slice(None),) + sub]
+
+    def instances_with_details(
+        self,
+        output: np.ndarray,
+        prob_threshold: float | None = None,
+        nms_threshold: float | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Labels and per-object details of a de-normalised output (1 + n_rays, *spatial).
+
+        ``output`` is what ``workflow.predict.predict_raw`` returns (image-sized). The
+        thresholds default to :meth:`thresholds`. See :func:`instances_from_maps`.
+        """
+        if (
+            prob_threshold is None
+            and nms_threshold is None
+            and self._last is not None
+            and self._last[0] is output
+        ):
+            return self._last[1], self._last[2]
+        p_default, n_default = self.thresholds()
+        prob, dist = self.grid_maps(output)
+        labels, details = instances_from_maps(
+            prob,
+            dist,
+            tuple(output.shape[1:]),
+            self.grid,
+            p_default if prob_threshold is None else prob_threshold,
+            n_default if nms_threshold is None else nms_threshold,
+            self.rays,
+        )
+        if prob_threshold is None and nms_threshold is None:
+            self._last = (output, labels, details)  # postprocess, then the extra files
+        return labels, details
+
+    def instances(self, output: np.ndarray) -> np.ndarray:
+        """Instance labels (*spatial) of a de-normalised output."""
+        return self.instances_with_details(output)[0]
+
+    def postprocess(self, output: np.ndarray) -> np.ndarray:
+        """Return the label image (1, *spatial)."""
+        return self.instances(output)[None]
+
+    def write_extra_files(
+        self,
+        raw: np.ndarray,
+        result: np.ndarray,
+        image_cf: np.ndarray,
+        result_path: Path,
+        overwrite: bool,
+    ) -> dict[str, str]:
+        """Write ``<name>_rois.zip`` (ImageJ ROIs) and ``<name>_measurements.csv``."""
+        from deepscope.data.io import atomic_write_bytes, atomic_write_text
+
+        labels, details = self.instances_with_details(raw)
+        stem = result_path.name.removesuffix(".ome.zarr").removesuffix(".tif")
+        rois = result_path.with_name(f"{stem}_rois.zip")
+        table = result_path.with_name(f"{stem}_measurements.csv")
+        atomic_write_bytes(rois, roi_zip_bytes(details, self.rays), overwrite=overwrite)
+        atomic_write_text(table, measurements_csv(labels, image_cf, details), overwrite=overwrite)
+        return {"rois": rois.name, "measurements": table.name}
+
+    # ---------------------------------------------------------------- validation
+
+    def extra_checks(
+        self,
+        image_path: Path,
+        image_cf: np.ndarray,
+        target_path: Path | None,
+        target_cf: np.ndarray | None,
+    ) -> list[Finding]:
+        """Masks must be instance label images (more checks: ``stardist_checks``)."""
+        from deepscope.data.validation import Finding
+
+        if target_path is None or target_cf is None:
+            return []
+        problem = label_problem(target_cf)
+        if problem is not None:
+            return [Finding("error", target_path, *problem)]
+        try:
+            from deepscope.tasks import stardist_checks
+        except ImportError:
+            return []
+        check = getattr(stardist_checks, "check_mask", None)
+        return list(check(self, image_path, image_cf, target_path, target_cf)) if check else []
+
+
+def label_problem(mask: np.ndarray) -> tuple[str, str] | None:
+    """Say why ``mask`` (channel-first) is not an instance label image, or None.
+
+    Returns
+    -------
+    (problem, fix) or None
+    """
+    data = np.asarray(mask)
+    if data.ndim >= 3 and data.shape[0] != 1:
+        return (
+            f"this mask has {data.shape[0]} channels (a colour or multi-channel image), but a "
+            "StarDist mask must be one grey label image: 0 for background and one number per "
+            "object.",
+            "save the labels as a single-channel 16-bit image (e.g. Fiji: Image > Type > "
+            "16-bit on a label image), or check the axes (--axes).",
+        )
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            return None  # reported by the shared NaN check
+        if np.any(data != np.round(data)):
+            return (
+                "this mask holds fractional values; a label image holds whole numbers (0 for "
+                "background, 1, 2, … one per object).",
+                "give the label image as drawn (e.g. exported from Fiji's Label Editor or "
+                "napari), not a smoothed or resized copy.",
+            )
+    if data.size and data.min() < 0:
+        return (
+            f"this mask holds negative values (down to {data.min()}).",
+            "give a label image with 0 for background and 1, 2, … for the objects.",
+        )
+    return None
+
+
+# ------------------------------------------------------------------------ exports
+
+
+def roi_zip_bytes(details: dict[str, np.ndarray], rays: Any = None) -> bytes:
+    """An ImageJ/Fiji ROI set (zip) of the objects.
+
+    2D: one polygon per object (its star-convex outline), named by its label.
+    3D: one point per object at its centre, on its Z slice (ImageJ ROIs are 2D; the
+    label image holds the full shapes).
+    """
+    from roifile import ROI_TYPE, ImagejRoi
+
+    points = details["points"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        if points.shape[1] == 2 and len(points):
+            from stardist.geometry import dist_to_coord
+
+            coords = dist_to_coord(details["dist"], points)  # (n, 2, n_rays): y, x
+            for k, c in enumerate(coords, start=1):
+                roi = ImagejRoi.frompoints(np.stack([c[1], c[0]], axis=1), name=f"{k:05d}")
+                roi.roitype = ROI_TYPE.POLYGON
+                zf.writestr(f"{k:05d}.roi", roi.tobytes())
+        else:
+            for k, (z, y, x) in enumerate(points, start=1):
+                roi = ImagejRoi.frompoints(np.array([[x, y]], float), name=f"{k:05d}", z=int(z))
+                roi.roitype = ROI_TYPE.POINT
+                zf.writestr(f"{k:05d}.roi", roi.tobytes())
+    return buf.getvalue()
+
+
+def measurements_csv(
+    labels: np.ndarray, image_cf: np.ndarray, details: dict[str, np.ndarray]
+) -> str:
+    """CSV text: one row per object with label, centroid, area/volume, mean intensities, prob.
+
+    Columns: ``label``, ``centroid_z`` (3D), ``centroid_y``, ``centroid_x``, ``area``
+    (2D, pixels) or ``volume`` (3D, voxels), ``mean_intensity`` (one channel) or
+    ``mean_intensity_ch0``, ``…_ch1`` … (several), ``probability``.
+    """
+    from skimage.measure import regionprops_table
+
+    dims = labels.ndim
+    intensity = np.moveaxis(np.asarray(image_cf, dtype=np.float32), 0, -1)
+    props = regionprops_table(
+        labels.astype(np.int32),
+        intensity_image=intensity,
+        properties=("label", "centroid", "area", "intensity_mean"),
+    )
+    axes = ["z", "y", "x"][-dims:]
+    columns: dict[str, Any] = {"label": props["label"]}
+    for i, a in enumerate(axes):
+        columns[f"centroid_{a}"] = np.round(props[f"centroid-{i}"], 2)
+    columns["area" if dims == 2 else "volume"] = props["area"].astype(np.int64)
+    n_ch = intensity.shape[-1]
+    for c in range(n_ch):
+        key = f"intensity_mean-{c}" if f"intensity_mean-{c}" in props else "intensity_mean"
+        name = "mean_intensity" if n_ch == 1 else f"mean_intensity_ch{c}"
+        columns[name] = np.round(props[key], 3)
+    columns["probability"] = np.round(details["prob"][props["label"] - 1], 4)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in zip(*columns.values(), strict=True):
+        writer.writerow(row)
+    return out.getvalue()

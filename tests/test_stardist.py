@@ -1,0 +1,489 @@
+"""StarDist task: targets, loss, instances, tiling seams, thresholds, outputs, CLI, pretrained.
+
+Synthetic star-convex objects (discs, ellipses, spheres) and tiny networks only.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from roifile import roiread
+from scipy import ndimage
+from skimage.draw import disk, ellipse
+from stardist.matching import matching
+from torch import nn
+from torch.nn import functional as F
+
+from conftest import write_tif
+from deepscope.errors import DeepscopeError
+from deepscope.interfaces.cli import main
+from deepscope.tasks import get_task
+from deepscope.tasks.stardist import (
+    StarDistTask,
+    instances_from_maps,
+    measurements_csv,
+    star_targets,
+    stardist_loss,
+)
+from deepscope.workflow.model_folder import load_model_folder
+from deepscope.workflow.predict import TileSettings, predict_raw
+
+TINY = {
+    "task": "stardist",
+    "data": {"patch_size": [32, 32], "spatial_dims": 2},
+    "model": {"depth": 1, "base_channels": 8},
+    "stardist": {"n_rays": 16, "feature_channels": 8},
+    "training": {
+        "epochs": 2,
+        "patches_per_epoch": 16,
+        "batch_size": 8,
+        "val_patches": 8,
+        "checkpoint_every": 1,
+        "precision": "32",
+        "seed": 0,
+    },
+}
+TINY_3D = copy.deepcopy(TINY)
+TINY_3D["data"] = {"patch_size": [8, 16, 16], "spatial_dims": 3}
+TINY_3D["stardist"] = {"n_rays": 16, "feature_channels": 8, "anisotropy": [2.0, 1.0, 1.0]}
+
+
+def config(data: dict):
+    return get_task("stardist").config_class.model_validate(copy.deepcopy(data))
+
+
+def blob_labels(shape=(96, 96), n=12, seed=0, radius=(4, 7)) -> np.ndarray:
+    """Non-overlapping ellipses, labelled 1..k."""
+    rng = np.random.default_rng(seed)
+    lbl = np.zeros(shape, np.uint16)
+    k = 0
+    for _ in range(n * 5):
+        cy, cx = (int(rng.integers(radius[1], s - radius[1])) for s in shape)
+        r1, r2 = rng.uniform(*radius, size=2)
+        rr, cc = ellipse(cy, cx, r1, r2, shape=shape, rotation=rng.uniform(0, np.pi))
+        if lbl[rr, cc].any():
+            continue
+        k += 1
+        lbl[rr, cc] = k
+        if k == n:
+            break
+    return lbl
+
+
+def blob_image(lbl: np.ndarray, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter((lbl > 0).astype(np.float32), 1.0) * 800 + 100
+    return (img + rng.normal(0, 20, lbl.shape)).astype(np.float32)
+
+
+def sphere_labels(shape=(16, 32, 32)) -> np.ndarray:
+    zz, yy, xx = np.indices(shape)
+    lbl = np.zeros(shape, np.uint16)
+    for k, (z, y, x, r) in enumerate([(8, 9, 9, 5), (8, 22, 20, 6), (7, 10, 24, 4)], start=1):
+        lbl[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    return lbl
+
+
+def perfect_output(task: StarDistTask, lbl: np.ndarray) -> np.ndarray:
+    """An image-sized output (1 + n_rays, *spatial) built from the true targets."""
+    prob, dist = star_targets(lbl, task.n_rays, task.grid, task.rays, task.anisotropy)
+    out = np.concatenate([prob[None], dist])
+    for axis, g in enumerate(task.grid, start=1):
+        out = np.repeat(out, g, axis=axis)
+    return out[(slice(None),) + tuple(slice(0, s) for s in lbl.shape)]
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def test_targets_of_a_disc_2d():
+    lbl = np.zeros((40, 40), np.uint16)
+    lbl[disk((20, 20), 8)] = 5
+    prob, dist = star_targets(lbl, 16, (2, 2))
+    assert prob.shape == (20, 20) and dist.shape == (16, 20, 20)
+    assert prob[10, 10] == pytest.approx(1.0)  # the centre (20, 20) is on the grid
+    assert prob[0, 0] == 0 and np.all(dist[:, 0, 0] == 0)
+    assert np.allclose(dist[:, 10, 10], 8.5, atol=1.0)  # every ray reaches the edge
+
+
+def test_targets_of_a_sphere_3d_with_anisotropy():
+    task = StarDistTask(config(TINY_3D))
+    lbl = sphere_labels()
+    prob, dist = star_targets(lbl, task.n_rays, task.grid, task.rays, task.anisotropy)
+    assert prob.shape == (16, 16, 16) and dist.shape == (16, 16, 16, 16)
+    assert prob.max() == pytest.approx(1.0) and prob[0, 0, 0] == 0
+    assert dist[:, 8, 11, 10].min() > 3  # centre of the sphere of radius 6 at (8, 22, 20)
+
+
+def test_loss_is_lower_for_the_truth_and_decreases_with_training():
+    lbl = blob_labels((32, 32), n=4)
+    prob, dist = star_targets(lbl, 16, (2, 2))
+    p, d = torch.from_numpy(prob)[None], torch.from_numpy(dist)[None]
+    logit = torch.logit(p.clamp(1e-4, 1 - 1e-4))
+    good = stardist_loss(torch.cat([logit[:, None], d], 1), p, d)
+    bad = stardist_loss(torch.cat([-logit[:, None], d + 3], 1), p, d)
+    assert good < bad
+
+    task = StarDistTask(config(TINY))
+    torch.manual_seed(0)
+    net = task.build_model(1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.from_numpy(blob_image(lbl)[None, None] / 900)
+    batch = {"input": x, "target": torch.from_numpy(lbl[None, None].astype(np.float32))}
+    losses = []
+    for _ in range(25):
+        loss = task.training_loss(net, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_network_output_is_on_the_grid():
+    task = StarDistTask(config({**TINY, "stardist": {"n_rays": 8, "grid": [4, 4]}}))
+    net = task.build_model(2)
+    assert task.divisibility() == 8
+    assert net(torch.zeros(1, 2, 32, 48)).shape == (1, 9, 8, 12)
+    task3 = StarDistTask(config(TINY_3D))
+    assert task3.grid == (1, 2, 2) and task3.out_channels(1) == 17
+    assert task3.build_model(1)(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 17, 8, 8, 8)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="divisible by 8"):
+        config({**TINY, "data": {"patch_size": [36, 36]}, "model": {"depth": 2}})
+    with pytest.raises(ValueError, match="anisotropy"):
+        config({**TINY, "stardist": {"anisotropy": [2, 1, 1]}})
+    with pytest.raises(ValueError, match="grid"):
+        config({**TINY, "stardist": {"grid": [3, 3]}})
+    defaults = StarDistTask(config({"task": "stardist"}))
+    assert defaults.n_rays == 32 and defaults.grid == (2, 2)
+    assert defaults.thresholds() == (0.5, 0.4)
+
+
+# -------------------------------------------------------------------------- instances
+
+
+@pytest.mark.parametrize("three_d", [False, True])
+def test_perfect_maps_give_back_the_objects(three_d):
+    task = StarDistTask(config(TINY_3D if three_d else TINY))
+    lbl = sphere_labels() if three_d else blob_labels()
+    labels, details = task.instances_with_details(perfect_output(task, lbl))
+    m = matching(lbl, labels, thresh=0.5)
+    assert m.f1 == 1.0 and labels.shape == lbl.shape and labels.dtype == np.uint16
+    n = int(labels.max())
+    assert n == len(np.unique(lbl)) - 1 and set(np.unique(labels)) == set(range(n + 1))
+    assert details["prob"].shape == (n,) and details["dist"].shape == (n, task.n_rays)
+    # Row k - 1 describes label k: its centre lies inside it.
+    for k, point in enumerate(details["points"], start=1):
+        assert labels[tuple(point)] == k
+
+
+def test_thresholds_change_the_result():
+    task = StarDistTask(config(TINY))
+    out = perfect_output(task, blob_labels())
+    assert task.instances_with_details(out, prob_threshold=1.0)[0].max() == 0
+    prob, dist = task.grid_maps(out)
+    labels, details = instances_from_maps(prob * 0, dist, out.shape[1:], task.grid, 0.5, 0.4)
+    assert labels.max() == 0 and details["dist"].shape == (0, 16)
+
+
+class BlobNet(nn.Module):
+    """A fixed 'network' with a small receptive field: blurred intensity → probability,
+    a constant distance of 6 pixels on every ray, on a 2×2 grid."""
+
+    def __init__(self, n_rays: int):
+        super().__init__()
+        g = np.exp(-((np.arange(9) - 4) ** 2) / (2 * 2.0**2))
+        self.register_buffer(
+            "kernel", torch.tensor(np.outer(g, g) / np.outer(g, g).sum())[None, None].float()
+        )
+        self.n_rays = n_rays
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blur = F.conv2d(x[:, :1], self.kernel, padding=4)[:, :, ::2, ::2]
+        logit = 12 * (blur - 0.45)
+        dist = torch.full((x.shape[0], self.n_rays, *blur.shape[2:]), 6.0)
+        return torch.cat([logit, dist], 1)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny 2D StarDist training (2 epochs) on synthetic blobs: run folder."""
+    from deepscope.workflow.training import train
+
+    base = tmp_path_factory.mktemp("sd")
+    for i in range(3):
+        lbl = blob_labels(seed=i)
+        write_tif(base / "images" / f"b{i}.tif", blob_image(lbl, i).astype(np.uint16))
+        write_tif(base / "masks" / f"b{i}.tif", lbl)
+    logs: list[str] = []
+    train(
+        config(TINY), base / "images", base / "run", base / "masks", show_bar=False, log=logs.append
+    )
+    (base / "log.txt").write_text("\n".join(logs))
+    return base
+
+
+def discs_image(shape=(100, 100)) -> tuple[np.ndarray, np.ndarray]:
+    """Discs of radius 6 centred on grid points, some across the tile borders at 32 and 64."""
+    lbl = np.zeros(shape, np.uint16)
+    centres = [(32, 32), (16, 64), (64, 20), (50, 50), (80, 80), (30, 90), (88, 34), (64, 64)]
+    for k, c in enumerate(centres, start=1):
+        lbl[disk(c, 6, shape=shape)] = k
+    return blob_image(lbl)[None], lbl
+
+
+def test_tiled_prediction_equals_whole_prediction(trained_run):
+    model = load_model_folder(trained_run / "run" / "model")
+    net = BlobNet(model.task.n_rays)
+    image, truth = discs_image()
+    model.task.use_tuned_settings({"prob_threshold": 0.5, "nms_threshold": 0.3})
+    whole = model.task.instances(predict_raw(model, image, TileSettings(tile=512), network=net))
+    tiled = model.task.instances(
+        predict_raw(model, image, TileSettings(tile=32, overlap=16), network=net)
+    )
+    assert whole.max() == tiled.max() == truth.max()
+    m = matching(whole, tiled, thresh=0.5)
+    assert m.tp == truth.max() and m.mean_matched_score > 0.99
+    assert matching(truth, tiled, thresh=0.5).f1 == 1.0  # nothing cut or doubled at seams
+
+
+def test_thresholds_are_tuned_written_and_used(trained_run, tmp_path):
+    from deepscope.workflow.stardist_thresholds import optimize_thresholds, write_thresholds
+
+    assert "thresholds" in (trained_run / "log.txt").read_text()  # tuning ran after training
+    folder = tmp_path / "model"
+    shutil.copytree(trained_run / "run" / "model", folder)
+    model = load_model_folder(folder)
+    model.network = BlobNet(model.task.n_rays)
+    images, masks = zip(*[discs_image() for _ in range(2)], strict=True)
+    result = optimize_thresholds(model, images, masks)
+    assert result["score"] > 0.9 and result["nms_threshold"] in (0.3, 0.4, 0.5)
+    write_thresholds(folder, {**result, "prob_threshold": 0.77})
+    again = load_model_folder(folder)
+    predict_raw(again, images[0], TileSettings(tile=64))
+    assert again.task.thresholds() == (0.77, result["nms_threshold"])
+    fixed = load_model_folder(folder)
+    fixed.config.stardist.prob_threshold = 0.6
+    fixed.task.prob_threshold = 0.6
+    predict_raw(fixed, images[0], TileSettings(tile=64))
+    assert fixed.task.thresholds()[0] == 0.6  # a threshold in the config wins
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def test_predict_writes_labels_rois_and_measurements(trained_run, tmp_path):
+    from deepscope.workflow.predict import predict_files
+
+    model = load_model_folder(trained_run / "run" / "model")
+    model.network = BlobNet(model.task.n_rays)
+    image, truth = discs_image()
+    rgb = np.repeat(image[0][..., None], 3, axis=-1).astype(np.uint16)
+    write_tif(tmp_path / "in" / "cells.tif", image[0].astype(np.uint16))
+    tifffile.imwrite(tmp_path / "in" / "colour.tif", rgb, photometric="rgb")
+    written = predict_files(model, tmp_path / "in", tmp_path / "out")
+    assert len(written) == 2
+    for stem in ("cells", "colour"):
+        # An RGB input keeps its colour axis (of length 1) in the result, as for every task.
+        labels = np.squeeze(tifffile.imread(tmp_path / "out" / f"{stem}.tif"))
+        assert labels.dtype == np.uint16 and labels.shape == truth.shape
+        assert matching(truth, labels, thresh=0.5).f1 == 1.0  # RGB read as grey
+        rois = roiread(tmp_path / "out" / f"{stem}_rois.zip")
+        assert len(rois) == labels.max()
+        xy = rois[0].coordinates()
+        assert labels[int(round(xy[:, 1].mean())), int(round(xy[:, 0].mean()))] == 1
+        rows = list(csv.DictReader((tmp_path / "out" / f"{stem}_measurements.csv").open()))
+        assert len(rows) == labels.max()
+        assert 100 < float(rows[0]["area"]) < 130  # disc of radius 6
+        assert 0.5 < float(rows[0]["probability"]) <= 1
+    cols = (tmp_path / "out" / "colour_measurements.csv").read_text().splitlines()[0]
+    assert cols == (
+        "label,centroid_y,centroid_x,area,mean_intensity_ch0,mean_intensity_ch1,"
+        "mean_intensity_ch2,probability"
+    )
+    record = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert record["files"][0]["rois"] == "cells_rois.zip"
+    with pytest.raises(DeepscopeError, match="already exist"):
+        predict_files(model, tmp_path / "in", tmp_path / "out")
+
+
+def test_measurements_3d_and_point_rois(tmp_path):
+    from deepscope.tasks.stardist import roi_zip_bytes
+
+    task = StarDistTask(config(TINY_3D))
+    lbl = sphere_labels()
+    labels, details = task.instances_with_details(perfect_output(task, lbl))
+    text = measurements_csv(labels, np.ones((1, *lbl.shape)), details)
+    assert text.splitlines()[0] == (
+        "label,centroid_z,centroid_y,centroid_x,volume,mean_intensity,probability"
+    )
+    (tmp_path / "r.zip").write_bytes(roi_zip_bytes(details, task.rays))
+    rois = roiread(tmp_path / "r.zip")
+    assert len(rois) == 3 and rois[0].z_position == details["points"][0][0] + 1
+
+
+def test_3d_train_and_predict(tmp_path):
+    from deepscope.workflow.predict import predict_files
+    from deepscope.workflow.training import train
+
+    for i in range(2):
+        lbl = sphere_labels()
+        write_tif(tmp_path / "images" / f"s{i}.tif", blob_image(lbl, i).astype(np.uint16))
+        write_tif(tmp_path / "masks" / f"s{i}.tif", lbl)
+    cfg = copy.deepcopy(TINY_3D)
+    cfg["training"]["epochs"] = 1
+    result = train(
+        config(cfg),
+        tmp_path / "images",
+        tmp_path / "run",
+        tmp_path / "masks",
+        show_bar=False,
+        log=lambda _m: None,
+    )
+    model = load_model_folder(result.model_dir)
+    assert model.info["divisibility"] == 4
+    predict_files(
+        model, tmp_path / "images", tmp_path / "out", tiles=TileSettings(tile=16, tile_z=8)
+    )
+    labels = tifffile.imread(tmp_path / "out" / "s0.tif")
+    assert labels.shape == (16, 32, 32)
+    assert (tmp_path / "out" / "s0_measurements.csv").read_text().startswith("label,centroid_z")
+
+
+# -------------------------------------------------------------------------- CLI, masks
+
+
+def test_cli_train_predict_and_thresholds_options(tmp_path, trained_run):
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    d = trained_run
+    code = main(
+        [
+            "train",
+            "stardist",
+            "--images",
+            str(d / "images"),
+            "--masks",
+            str(d / "masks"),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(cfg),
+            "--epochs",
+            "1",
+            "--rays",
+            "8",
+            "--grid",
+            "1",
+        ]
+    )
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "model" / "config.yaml").read_text())
+    assert saved["stardist"]["n_rays"] == 8 and saved["stardist"]["grid"] == [1, 1]
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "run" / "model"),
+            "--input",
+            str(d / "images"),
+            "--out",
+            str(tmp_path / "pred"),
+            "--prob-threshold",
+            "0.99",
+            "--nms-threshold",
+            "0.3",
+        ]
+    )
+    assert code == 0 and (tmp_path / "pred" / "b0_rois.zip").exists()
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "run" / "model"),
+                "--input",
+                str(d / "images"),
+                "--out",
+                str(tmp_path / "p2"),
+                "--prob-threshold",
+                "1.5",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "train",
+                "n2v",
+                "--images",
+                str(d / "images"),
+                "--out",
+                str(tmp_path / "x"),
+                "--rays",
+                "8",
+            ]
+        )
+        == 2
+    )
+
+
+def test_bad_masks_are_refused_with_a_fix(tmp_path, trained_run):
+    from deepscope.workflow.training import ValidationFailed, train
+
+    shutil.copytree(trained_run / "images", tmp_path / "images")
+    for i in range(3):
+        write_tif(tmp_path / "masks" / f"b{i}.tif", blob_labels(seed=i) * 0.5)
+    with pytest.raises(ValidationFailed, match="fractional"):
+        train(
+            config(TINY),
+            tmp_path / "images",
+            tmp_path / "run",
+            tmp_path / "masks",
+            show_bar=False,
+            log=lambda _m: None,
+        )
+
+
+# ------------------------------------------------------------------------ pretrained
+
+
+def test_shipped_nuclei_model_loads_predicts_and_starts_a_training(tmp_path, trained_run):
+    from deepscope.workflow.pretrained import available_pretrained, resolve_model
+    from deepscope.workflow.training import train
+
+    assert "nuclei" in available_pretrained()
+    folder = resolve_model("nuclei")
+    model = load_model_folder(folder)
+    assert model.config.task == "stardist" and (folder / "thresholds.json").is_file()
+    assert (folder / "MODEL_CARD.md").read_text().count("BBBC038") >= 1
+    image, truth = discs_image((64, 64))
+    labels = model.task.instances(predict_raw(model, image * 3))
+    assert labels.shape == truth.shape
+    cfg = json.loads(json.dumps(model.config.model_dump(mode="json")))
+    cfg["training"].update(TINY["training"], epochs=1, start_from=str(folder))
+    cfg["data"]["patch_size"] = [64, 64]
+    result = train(
+        config(cfg),
+        trained_run / "images",
+        tmp_path / "ft",
+        trained_run / "masks",
+        show_bar=False,
+        log=lambda _m: None,
+    )
+    started = json.loads((result.model_dir / "deepscope_model.json").read_text())
+    assert started["training"]["started_from"]["loaded"] > 10
+    assert resolve_model(tmp_path) == tmp_path  # an existing folder always wins
