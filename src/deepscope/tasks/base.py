@@ -63,6 +63,9 @@ class TrainingData:
     shuffle: bool = False
     target_normalizer: PercentileNormalizer | None = None
     split: dict[str, Any] | None = None
+    #: Raw (not normalised) validation images and targets, for tuning after training
+    #: (e.g. StarDist's thresholds); None when the task has no targets.
+    raw_validation: tuple[list, list] | None = None
 
 
 class Task(ABC):

@@ -178,7 +178,12 @@ def _patch_datasets(
         if tnorm is not None:
             norm_d["target"] = tnorm.to_dict()
         atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
-    raw_inputs = inputs
+    raw_validation = None
+    if tgts is not None:
+        raw_split = split_train_val(
+            inputs, tgts, d.val_fraction, d.patch_size, config.training.seed
+        )
+        raw_validation = (raw_split.val_inputs, raw_split.val_targets)
     inputs = [normalizer.normalize(a) for a in inputs]
     if tgts is not None and task_cls.normalize_targets:
         tgts = [(tnorm or normalizer).normalize(a) for a in tgts]
@@ -211,6 +216,7 @@ def _patch_datasets(
         axes=axes,
         n_images=len(inputs),
         target_normalizer=tnorm,
+        raw_validation=raw_validation,
     )
 
 
@@ -307,11 +313,10 @@ def train(
         training_info["started_from"] = started_from
     model_dir = export_model(run_dir, config, in_channels, axes, normalizer, tnorm, training_info)
     after = AFTER_TRAINING.get(config.task)
-    if after is not None and tgts is not None:
-        raw_split = split_train_val(raw_inputs, tgts, d.val_fraction, d.patch_size, t.seed)
+    if after is not None and data.raw_validation is not None:
         module_name, func = after.split(":")
         tune = getattr(importlib.import_module(module_name), func)
-        tune(model_dir, raw_split.val_inputs, raw_split.val_targets, log)
+        tune(model_dir, *data.raw_validation, log)
     best = trainer.checkpoint_callback.best_model_score
     return TrainResult(
         run_dir,
