@@ -61,7 +61,9 @@ class ClassifierModelConfig(_Section):
         "U-Net encoder (taken from the start model when it is a U-Net).",
     )
     base_channels: int = Field(32, ge=4, le=256, description="Channels of the first block.")
-    batch_norm: bool = True
+    batch_norm: bool = Field(
+        True, description="Normalise activations in each layer (steadier, faster training)."
+    )
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout before the last layer.")
 
 
