@@ -338,20 +338,8 @@ def _zarr_physical(level0: dict, axes: str, units: list[str | None]) -> dict[str
 
 
 def _read_zarr(path: Path) -> tuple[np.ndarray, str | None, dict[str, Any]]:
-    import zarr
-
-    node = zarr.open(store=str(path), mode="r")
-    if isinstance(node, zarr.Array):
-        return np.asarray(node[...]), None, {}
-    group, multiscales = _zarr_multiscales(node)
-    level0 = multiscales[0]["datasets"][0]
-    data = np.asarray(group[level0["path"]][...])
-    raw_axes = multiscales[0].get("axes") or list("tczyx"[-data.ndim :])
-    names = [(a["name"] if isinstance(a, dict) else a).upper() for a in raw_axes]
-    units = [a.get("unit") if isinstance(a, dict) else None for a in raw_axes]
-    axes = "".join(names) if all(len(n) == 1 for n in names) else None
-    metadata = _zarr_physical(level0, axes, units) if axes else {}
-    return data, axes, metadata
+    data, axes, metadata = _open_zarr_lazy(path)
+    return np.asarray(data[...]), axes, metadata
 
 
 _READERS: dict[str, Callable[[Path], tuple[np.ndarray, str | None, dict[str, Any]]]] = {
