@@ -487,3 +487,19 @@ def test_shipped_nuclei_model_loads_predicts_and_starts_a_training(tmp_path, tra
     started = json.loads((result.model_dir / "deepscope_model.json").read_text())
     assert started["training"]["started_from"]["loaded"] > 10
     assert resolve_model(tmp_path) == tmp_path  # an existing folder always wins
+
+
+def test_qc_of_the_shipped_model_leaves_its_folder_untouched(tmp_path):
+    from deepscope.workflow.pretrained import resolve_model
+
+    folder = resolve_model("nuclei")
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    image, truth = discs_image((64, 64))
+    write_tif(tmp_path / "imgs" / "a.tif", (image * 3).astype(np.float32))
+    write_tif(tmp_path / "masks" / "a.tif", truth.astype(np.uint16))
+    code = main(
+        ["qc", "nuclei", "--images", str(tmp_path / "imgs"), "--targets",
+         str(tmp_path / "masks"), "--out", str(tmp_path / "qc")]
+    )
+    assert code == 0 and (tmp_path / "qc" / "summary.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before

@@ -7,6 +7,7 @@ labelfree) are scored by :mod:`deepscope.workflow.qc_restoration`.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def run_qc(
     """Score ``model`` on the pairs in ``images``/``targets``; write a report into ``out_dir``.
 
     The task's ``qc_kind`` picks the scoring (see ``QC_RUNNERS``). The summary is also
-    stored as ``qc_summary.json`` in the model folder. Tasks with one result per image
+    stored as ``qc_summary.json`` in the model folder (not for shipped models, which
+    are never modified). Tasks with one result per image
     (``Task.image_level``, e.g. classification) read labelled images from ``images``
     alone and need no ``targets``.
     """
@@ -88,8 +90,29 @@ def run_qc(
             )
         pairs = _pairs(Path(images), Path(targets))
         summary = runner(model, pairs, Path(out_dir), tiles=tiles, progress=progress)
-    atomic_write_text(model.folder / "qc_summary.json", json.dumps(summary, indent=2))
+    _remember_in_model_folder(model, summary)
     return summary
+
+
+def _remember_in_model_folder(model: TrainedModel, summary: dict[str, Any]) -> None:
+    """Keep the summary beside the model (for its card and export), where that is allowed.
+
+    Shipped models (``deepscope/pretrained/``) are never written to, and a read-only model
+    folder only costs this copy: the report in ``out_dir`` is complete either way.
+    """
+    from deepscope.workflow.pretrained import PRETRAINED_DIR
+
+    folder = Path(model.folder).resolve()
+    if folder.is_relative_to(PRETRAINED_DIR):
+        return
+    try:
+        atomic_write_text(folder / "qc_summary.json", json.dumps(summary, indent=2))
+    except OSError as err:
+        warnings.warn(
+            f"could not store qc_summary.json in the model folder {folder} ({err}); "
+            "the report and summary.json in the output folder are complete",
+            stacklevel=2,
+        )
 
 
 def restoration_qc(
