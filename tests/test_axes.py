@@ -92,6 +92,15 @@ def test_from_channel_first_adds_channel_axis_when_needed():
 def test_from_channel_first_keeps_new_channel_count_and_order():
     out = from_channel_first(np.zeros((1, 6, 7)), "YXC", 2)
     assert out.shape == (6, 7, 1)
+    assert from_channel_first(np.zeros((1, 6, 7)), "YXC", 2, input_channels=1).shape == (6, 7, 1)
+
+
+def test_single_channel_result_of_rgb_input_has_no_channel_axis():
+    # e.g. a label image predicted from an RGB (H&E) image
+    assert output_axes("YXC", 2, 1, input_channels=3) == "YX"
+    assert from_channel_first(np.zeros((1, 6, 7)), "YXC", 2, input_channels=3).shape == (6, 7)
+    assert output_axes("CZYX", 3, 1, input_channels=2) == "ZYX"
+    assert output_axes("YXC", 2, 3, input_channels=3) == "YXC"
 
 
 def test_to_channel_first_refuses_time_lapse():

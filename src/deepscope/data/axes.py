@@ -210,11 +210,15 @@ def to_channel_first(
     return np.transpose(data, [axes.index(a) for a in target])
 
 
-def output_axes(axes: str, spatial_ndim: int, n_channels: int) -> str:
+def output_axes(
+    axes: str, spatial_ndim: int, n_channels: int, input_channels: int | None = None
+) -> str:
     """Axes of the array that :func:`from_channel_first` returns.
 
     These are the input's ``axes``, except that a channel axis is added (just before
-    the first of Z, Y, X) when the input had none and the result has several channels.
+    the first of Z, Y, X) when the input had none and the result has several channels,
+    and dropped when a multi-channel input (e.g. RGB) gives a single-channel result
+    (e.g. a label image), so that the result is not written with a length-1 channel axis.
 
     Parameters
     ----------
@@ -224,6 +228,9 @@ def output_axes(axes: str, spatial_ndim: int, n_channels: int) -> str:
         2 or 3, as given to :func:`to_channel_first`.
     n_channels
         Number of channels of the channel-first result.
+    input_channels
+        Length of the input's C axis, if known; a single-channel result of a
+        multi-channel input has no C axis.
 
     Returns
     -------
@@ -234,13 +241,17 @@ def output_axes(axes: str, spatial_ndim: int, n_channels: int) -> str:
     axes = check_axes(axes, len(axes))
     if spatial_ndim == 3 and "Z" not in axes:
         raise ValueError(f"axes {axes} have no Z axis, so they cannot hold a 3D result")
+    if "C" in axes and n_channels == 1 and (input_channels or 1) > 1:
+        return axes.replace("C", "")
     if "C" in axes or n_channels == 1:
         return axes
     first_spatial = min(axes.index(a) for a in spatial if a in axes)
     return axes[:first_spatial] + "C" + axes[first_spatial:]
 
 
-def from_channel_first(data_cf: np.ndarray, axes: str, spatial_ndim: int) -> np.ndarray:
+def from_channel_first(
+    data_cf: np.ndarray, axes: str, spatial_ndim: int, input_channels: int | None = None
+) -> np.ndarray:
     """Rearrange a channel-first result back to the axes of the original image.
 
     The inverse of :func:`to_channel_first`: axes that were removed because they had
@@ -257,11 +268,14 @@ def from_channel_first(data_cf: np.ndarray, axes: str, spatial_ndim: int) -> np.
         Axes of the original image.
     spatial_ndim
         2 or 3, as given to :func:`to_channel_first`.
+    input_channels
+        Length of the input's C axis, if known (see :func:`output_axes`).
 
     Returns
     -------
     numpy.ndarray
-        A view of ``data_cf`` with axes ``output_axes(axes, spatial_ndim, C)``.
+        A view of ``data_cf`` with axes
+        ``output_axes(axes, spatial_ndim, C, input_channels)``.
     """
     current = "C" + _spatial_axes(spatial_ndim)
     if data_cf.ndim != len(current):
@@ -269,7 +283,7 @@ def from_channel_first(data_cf: np.ndarray, axes: str, spatial_ndim: int) -> np.
             f"expected a channel-first array with {len(current)} dimensions, "
             f"got shape {data_cf.shape}"
         )
-    target = output_axes(axes, spatial_ndim, data_cf.shape[0])
+    target = output_axes(axes, spatial_ndim, data_cf.shape[0], input_channels)
     data = data_cf
     if "C" not in target:
         data, current = data[0], current[1:]

@@ -198,6 +198,7 @@ def predict_in_blocks(
     letters = spatial_letters(dims)
     spatial, _ = image_sizes(image, dims)
     regions = list(blocks(spatial, block, margin))
+    n_in = image.data.shape[image.axes.index("C")] if "C" in image.axes else None
     outputs: dict[str, _DiskOutput] = {}
     try:
         for i, (read, write, crop) in enumerate(regions):
@@ -207,7 +208,7 @@ def predict_in_blocks(
             results = {"": postprocess(raw), **side_outputs(raw)}
             for key, result in results.items():
                 kept = result[(slice(None),) + crop]
-                out_axes = output_axes(image.axes, dims, kept.shape[0])
+                out_axes = output_axes(image.axes, dims, kept.shape[0], n_in)
                 if key not in outputs:
                     shape = _output_shape(image, dims, out_axes, spatial, kept.shape[0])
                     path = target if key == "" else side_target(key)
@@ -215,7 +216,7 @@ def predict_in_blocks(
                         path, shape, out_axes, kept.dtype, image.metadata, overwrite
                     )
                 outputs[key].write(
-                    _region(out_axes, letters, write), from_channel_first(kept, image.axes, dims)
+                    _region(out_axes, letters, write), from_channel_first(kept, image.axes, dims, n_in)
                 )
             if progress:
                 progress(i + 1, len(regions))

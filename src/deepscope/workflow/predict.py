@@ -294,10 +294,11 @@ def predict_files(
         cf = to_channel_first(img.data, img.axes, dims, path=src)
         raw = predict_raw(model, cf, tiles, progress=tile_cb)
         result = model.task.postprocess(raw)
-        out_axes = output_axes(img.axes, dims, result.shape[0])
+        n_in = img.data.shape[img.axes.index("C")] if "C" in img.axes else None
+        out_axes = output_axes(img.axes, dims, result.shape[0], n_in)
         write_image(
             dst,
-            from_channel_first(result, img.axes, dims),
+            from_channel_first(result, img.axes, dims, n_in),
             out_axes,
             overwrite=overwrite,
             metadata=img.metadata,
@@ -314,8 +315,8 @@ def predict_files(
             side = dst.with_name(side_output_name(dst.name, suffix))
             write_image(
                 side,
-                from_channel_first(extra, img.axes, dims),
-                output_axes(img.axes, dims, extra.shape[0]),
+                from_channel_first(extra, img.axes, dims, n_in),
+                output_axes(img.axes, dims, extra.shape[0], n_in),
                 overwrite=overwrite,
                 metadata=img.metadata,
             )
