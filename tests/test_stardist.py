@@ -498,8 +498,16 @@ def test_qc_of_the_shipped_model_leaves_its_folder_untouched(tmp_path):
     write_tif(tmp_path / "imgs" / "a.tif", (image * 3).astype(np.float32))
     write_tif(tmp_path / "masks" / "a.tif", truth.astype(np.uint16))
     code = main(
-        ["qc", "nuclei", "--images", str(tmp_path / "imgs"), "--targets",
-         str(tmp_path / "masks"), "--out", str(tmp_path / "qc")]
+        [
+            "qc",
+            "nuclei",
+            "--images",
+            str(tmp_path / "imgs"),
+            "--targets",
+            str(tmp_path / "masks"),
+            "--out",
+            str(tmp_path / "qc"),
+        ]
     )
     assert code == 0 and (tmp_path / "qc" / "summary.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before

@@ -270,6 +270,25 @@ def instances_from_maps(
         with ``points`` (n, dims; object centres in pixels), ``prob`` (n,) and ``dist``
         (n, n_rays), row ``k - 1`` describing label ``k``.
     """
+    from threadpoolctl import threadpool_limits
+
+    # The package's NMS is OpenMP code whose threads cost more than they give on a few
+    # cores (1024x1024, ~12,600 candidates, 2 cores: 0.21 s on one thread, 0.30-0.41 s
+    # on two, 1-13 s when the cores are busy; benchmarks/RESULTS.md), so it runs on one.
+    with threadpool_limits(1, "openmp"):
+        return _suppress_and_render(prob, dist, shape, grid, prob_threshold, nms_threshold, rays)
+
+
+def _suppress_and_render(
+    prob: np.ndarray,
+    dist: np.ndarray,
+    shape: tuple[int, ...],
+    grid: tuple[int, ...],
+    prob_threshold: float,
+    nms_threshold: float,
+    rays: Any,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`instances_from_maps` without the thread limit."""
     from stardist.geometry import polygons_to_label, polyhedron_to_label
     from stardist.nms import non_maximum_suppression, non_maximum_suppression_3d
 

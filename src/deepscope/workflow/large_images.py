@@ -216,7 +216,8 @@ def predict_in_blocks(
                         path, shape, out_axes, kept.dtype, image.metadata, overwrite
                     )
                 outputs[key].write(
-                    _region(out_axes, letters, write), from_channel_first(kept, image.axes, dims, n_in)
+                    _region(out_axes, letters, write),
+                    from_channel_first(kept, image.axes, dims, n_in),
                 )
             if progress:
                 progress(i + 1, len(regions))
