@@ -18,12 +18,13 @@ weights (they cannot be downloaded here), the NMS of both is timed on the same
 2x2 grid; prob threshold 0.5, NMS threshold 0.4; about 12,600 candidates → ~1,100 nuclei).
 
 ``deepscope`` (project venv)
-    (b) normalisation + network + de-normalisation (``predict_raw``, one 1024 tile) of a
-    deepscope StarDist model folder: ``--model nuclei`` (the shipped model, default), a
-    folder, or ``random`` (random weights with the ``nuclei_dsb.py`` architecture: U-Net
-    depth 3, 16 base channels, 128 feature channels, 32 rays, grid 2 — network time does
-    not depend on the weights); (c) ``instances_from_maps`` (NMS + label rendering) on
-    the reference maps; with a trained model also end to end on its own maps.
+    (b) normalisation + network + de-normalisation (``predict_raw``, with the default
+    tiling of ``deepscope predict``) of a deepscope StarDist model folder: ``--model
+    nuclei`` (the shipped model, default), a folder, or ``random`` (random weights with
+    the ``nuclei_dsb.py`` architecture: U-Net depth 3, 16 base channels, 128 feature
+    channels, 32 rays, grid 2 — network time does not depend on the weights); (c)
+    ``instances_from_maps`` (NMS + label rendering) on the reference maps; with a
+    trained model also end to end on its own maps.
 ``stardist-tf`` (the separate TF venv, never the project's)
     ``StarDist2D`` with the config of ``2D_versatile_fluo`` (32 rays, grid 2×2, default
     U-Net: depth 3, 32 base filters, 128 feature channels; 1 input channel) and random
@@ -167,8 +168,8 @@ def run_deepscope(model_name: str, repeats: int, threads: int, end_to_end: bool)
     model = load_model_folder(folder)
     task = model.task
     image = tifffile.imread(OUT / "mosaic.tif").astype(np.float32)[None]
-    tiles = TileSettings(tile=SIZE)
-    # (b) normalisation + network (+ de-normalisation), one 1024x1024 tile
+    tiles = TileSettings()  # what `deepscope predict` uses
+    # (b) normalisation + network (+ de-normalisation), default tiling
     t_net, net_times, raw = _median_time(lambda: predict_raw(model, image, tiles), repeats)
     # (c) NMS + label rendering on the reference maps, deepscope's code path
     ref = np.load(OUT / "reference_maps.npz")

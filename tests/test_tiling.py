@@ -44,6 +44,21 @@ def test_fit_tile_shape_clips_and_rounds_to_divisibility():
     assert fit_tile_shape((5, 20, 33), (8, 16, 16), 4) == (8, 16, 16)
 
 
+def test_fit_tile_shape_shares_the_axis_evenly_between_overlapping_tiles():
+    # 512-px tiles on 1024 px with 32 px overlap need three tiles; three of 368 px cover
+    # it, where 512-px ones would make the last overlap its neighbour by 480 px.
+    assert tile_starts(1024, 512, 32) == [0, 480, 512]
+    assert fit_tile_shape((1024, 1024), (512, 512), 16, 32) == (368, 368)
+    assert tile_starts(1024, 368, 32) == [0, 336, 656]
+    assert fit_tile_shape((600,), (512,), 16, 32) == (320,)  # two tiles of 320, not 512
+    assert fit_tile_shape((100,), (64,), 8, 16) == (64,)  # already even: unchanged
+    assert fit_tile_shape((300,), (512,), 16, 32) == (304,)  # one tile: clipped as before
+    for size in range(40, 700, 7):  # never more tiles, never a larger tile
+        tile = fit_tile_shape((size,), (128,), 8, 16)[0]
+        assert tile <= 136 and tile % 8 == 0
+        assert len(tile_starts(size, tile, 16)) <= len(tile_starts(size, 128, 16))
+
+
 @pytest.mark.parametrize("shape", [(16, 16), (16, 24), (8, 16, 16)])
 @pytest.mark.parametrize("overlap", [0, 1, 4, 8])
 def test_blend_window_positive_and_shaped(shape, overlap):
@@ -122,7 +137,7 @@ def test_identity_network_reproduces_image(shape, tile, divisibility):
     )
     assert out.shape == image.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, image, rtol=0, atol=1e-6)
-    tile_shape = fit_tile_shape(shape[1:], tile, divisibility)
+    tile_shape = fit_tile_shape(shape[1:], tile, divisibility, 4)
     assert all(s[2:] == tile_shape for s in net.seen)
     overlap = min(4, min(tile_shape) // 2)
     starts = [tile_starts(s, t, overlap) for s, t in zip(shape[1:], tile_shape, strict=True)]
@@ -209,7 +224,8 @@ def test_image_smaller_than_tile_along_one_axis_3d():
     )
     assert out.shape == image.shape
     np.testing.assert_allclose(out, image, atol=1e-6)
-    assert {s[2:] for s in net.seen} == {(4, 16, 16)}
+    # Z clipped to the (rounded) image; Y and X shared evenly by two tiles of 12.
+    assert {s[2:] for s in net.seen} == {(4, 12, 12)}
 
 
 def test_result_does_not_depend_on_batch_size():

@@ -272,9 +272,11 @@ def instances_from_maps(
     """
     from threadpoolctl import threadpool_limits
 
-    # The package's NMS is OpenMP code whose threads cost more than they give on a few
-    # cores (1024x1024, ~12,600 candidates, 2 cores: 0.21 s on one thread, 0.30-0.41 s
-    # on two, 1-13 s when the cores are busy; benchmarks/RESULTS.md), so it runs on one.
+    # The package's NMS is OpenMP code. On a quiet 2-core machine a second thread saves
+    # 40-70 ms (1024x1024, 12,600 candidates, with rendering: 0.12 vs 0.19 s), but when
+    # the cores are busy (a training beside it, PyTorch's threads still spinning) its
+    # team waits on them: 0.3-13 s measured (benchmarks/RESULTS.md). One thread is the
+    # robust choice.
     with threadpool_limits(1, "openmp"):
         return _suppress_and_render(prob, dist, shape, grid, prob_threshold, nms_threshold, rays)
 
@@ -292,15 +294,20 @@ def _suppress_and_render(
     from stardist.geometry import polygons_to_label, polyhedron_to_label
     from stardist.nms import non_maximum_suppression, non_maximum_suppression_3d
 
-    # Distances must be positive for the renderers (an untrained network predicts 0).
-    dist_last = np.ascontiguousarray(np.moveaxis(np.maximum(dist, 1e-3), 0, -1), dtype=np.float32)
     prob = np.ascontiguousarray(prob, dtype=np.float32)
+    dist_last = np.moveaxis(np.asarray(dist, dtype=np.float32), 0, -1)  # a view
     if len(shape) == 2:
+        # The NMS copies only the candidates' distances out of the view (a full
+        # contiguous copy of the maps cost 15-80 ms on 1024x1024).
         points, scores, dists = non_maximum_suppression(
             dist_last, prob, grid=grid, prob_thresh=prob_threshold, nms_thresh=nms_threshold
         )
+        # Distances must be positive for the renderer (an untrained network predicts 0).
+        dists = np.maximum(dists, 1e-3)
         labels = polygons_to_label(dists, points, shape=shape, prob=scores)
     else:
+        # Polyhedra of zero volume upset the 3D NMS: clip before it.
+        dist_last = np.ascontiguousarray(np.maximum(dist_last, 1e-3))
         points, scores, dists = non_maximum_suppression_3d(
             dist_last, prob, rays, grid=grid, prob_thresh=prob_threshold, nms_thresh=nms_threshold
         )
@@ -313,16 +320,16 @@ def _suppress_and_render(
     present = np.unique(labels)
     present = present[present > 0]
     keep = present - 1
-    lookup = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    dtype = np.uint16 if len(present) < 2**16 else np.uint32
+    lookup = np.zeros(int(labels.max()) + 1, dtype=dtype)
     lookup[present] = np.arange(1, len(present) + 1)
     out = lookup[labels]
-    dtype = np.uint16 if len(present) < 2**16 else np.uint32
     details = {
         "points": np.asarray(points)[keep].reshape(-1, len(shape)),
         "prob": np.asarray(scores, dtype=np.float32)[keep],
-        "dist": np.asarray(dists, dtype=np.float32).reshape(-1, dist_last.shape[-1])[keep],
+        "dist": np.asarray(dists, dtype=np.float32).reshape(-1, dist.shape[0])[keep],
     }
-    return out.astype(dtype), details
+    return out, details
 
 
 # ------------------------------------------------------------------------------- task

@@ -28,13 +28,30 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def fit_tile_shape(
-    image_shape: Sequence[int], tile_shape: Sequence[int], divisibility: int
+    image_shape: Sequence[int],
+    tile_shape: Sequence[int],
+    divisibility: int,
+    overlap: int | Sequence[int] = 0,
 ) -> tuple[int, ...]:
-    """Clip the tile to the image (rounded up to the network's divisibility)."""
+    """Clip the tile to the image (rounded up to the network's divisibility).
+
+    With ``overlap``, a tile that needs several per axis is shrunk to the smallest size
+    that covers the axis with the same number of tiles, so that the tiles share the
+    axis evenly instead of the last one overlapping its neighbour by most of its length
+    (1024 px with 512-px tiles and 32 px overlap: three tiles of 368 px, not of 512 px:
+    1.16x instead of 2.25x the pixels to compute in 2D).
+    """
     out = []
-    for size, tile in zip(image_shape, tile_shape, strict=True):
-        t = min(tile, size)
-        out.append(int(math.ceil(t / divisibility) * divisibility))
+    overlaps = _per_axis(overlap, len(image_shape))
+    for size, tile, ov in zip(image_shape, tile_shape, overlaps, strict=True):
+        t = int(math.ceil(min(tile, size) / divisibility) * divisibility)
+        if ov and size > t:
+            n = len(tile_starts(size, t, ov))
+            even = math.ceil((size + (n - 1) * ov) / n)
+            even = int(math.ceil(even / divisibility) * divisibility)
+            if even > 2 * ov and len(tile_starts(size, even, ov)) <= n:
+                t = min(t, even)
+        out.append(t)
     return tuple(out)
 
 
@@ -127,7 +144,9 @@ def predict_tiled(
     stride = tuple(output_stride) if output_stride is not None else (1,) * len(spatial)
     if any(divisibility % s for s in stride):
         raise ValueError(f"divisibility {divisibility} must be a multiple of the stride {stride}")
-    tile = fit_tile_shape(spatial, tile_shape, divisibility)
+    tile = fit_tile_shape(
+        spatial, tile_shape, divisibility, tuple(-(-overlap // g) * g for g in stride)
+    )
     # Pad so that every spatial size is at least one tile (reflect keeps statistics) and
     # a multiple of the stride (so that every tile starts on a multiple of it).
     pad = [(0, 0)] + [
@@ -151,6 +170,9 @@ def predict_tiled(
     slices = list(_tiles(work_shape, tile, overlaps))
     device = next(iter(network.parameters()), torch.zeros(0)).device  # CPU if none (ONNX)
     fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
+    # Weights in the same channels-last layout as the input: 2.3x faster convolutions
+    # (bf16, 1024x1024 StarDist tile, 2 cores: 0.11 s vs 0.25 s; benchmarks/RESULTS.md).
+    network = network.to(memory_format=fmt)
     for first in range(0, len(slices), batch_size):
         group = slices[first : first + batch_size]
         batch = np.stack([padded[(slice(None),) + sl] for sl in group])
