@@ -221,6 +221,44 @@ def test_pairs_stay_aligned_under_augmentation(spatial):
     assert {o[2] for o in orientations} == {True, False}
 
 
+def test_intensity_augmentations_change_images_but_never_masks():
+    rng = np.random.default_rng(5)
+    image = rng.random((1, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 4, (1, 32, 32)).astype(np.float32)
+    cfg = DataConfig(
+        spatial_dims=2,
+        patch_size=[16, 16],
+        intensity_jitter=0.3,
+        invert=True,
+        flips=False,
+        rotations=False,
+    )
+    ds = RandomPatches([image], [labels], (16, 16), 60, cfg, seed=2, scale_targets=False)
+    inverted = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        x, t = item["input"].numpy(), item["target"].numpy()
+        assert set(np.unique(t)) <= {0.0, 1.0, 2.0, 3.0}  # labels untouched
+        # the input is the image patch at the labels' position, scaled or inverted
+        rows = [
+            (y, xx)
+            for y in range(17)
+            for xx in range(17)
+            if np.array_equal(t[0], labels[0, y : y + 16, xx : xx + 16])
+        ]
+        y, xx = rows[0]
+        ref = image[0, y : y + 16, xx : xx + 16]
+        r = np.corrcoef(x[0].ravel(), ref.ravel())[0, 1]
+        assert abs(abs(r) - 1) < 1e-4
+        inverted += r < 0
+    assert 15 < inverted < 45  # about half the patches inverted
+    paired = RandomPatches([image], [image * 2], (16, 16), 20, cfg, seed=2)
+    for i in range(len(paired)):  # restoration pairs: the same change on both
+        item = paired[i]
+        x, t = item["input"].numpy(), item["target"].numpy()
+        assert np.corrcoef(x.ravel(), t.ravel())[0, 1] > 0.999
+
+
 def test_fixed_seed_without_augmentation_is_deterministic():
     rng = np.random.default_rng(0)
     images = [rng.random((1, 30, 30), dtype=np.float32), rng.random((1, 50, 20), dtype=np.float32)]

@@ -53,6 +53,12 @@ class DataConfig(_Section):
     intensity_jitter: float = Field(
         0.0, ge=0.0, le=0.5, description="Random intensity scaling of ± this fraction (0 = off)."
     )
+    invert: bool = Field(
+        False,
+        description="Augment with inverted intensities (half the patches), so that one "
+        "model learns bright objects on a dark background and dark ones on a bright "
+        "background (e.g. fluorescence and brightfield/H&E nuclei).",
+    )
 
     @model_validator(mode="after")
     def _check_patch(self) -> DataConfig:

@@ -115,6 +115,9 @@ class RandomPatches(Dataset):
         Seed of the sampler; a fixed seed with ``augment=False`` gives a fixed set.
     augment
         Whether to augment.
+    scale_targets
+        Whether intensity augmentations (jitter, inversion) also apply to the targets:
+        yes for images (restoration), no for masks and labels.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class RandomPatches(Dataset):
         data_config: DataConfig,
         seed: int = 0,
         augment: bool = True,
+        scale_targets: bool = True,
     ):
         self.patch = tuple(patch_size)
         self.inputs = [_pad_to(im, self.patch) for im in inputs]
@@ -135,6 +139,7 @@ class RandomPatches(Dataset):
         self.length = length
         self.cfg = data_config
         self.augment = augment
+        self.scale_targets = scale_targets
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
@@ -164,7 +169,11 @@ class RandomPatches(Dataset):
             for axis in range(1, ndim):
                 if rng.random() < 0.5:
                     arrays = [np.flip(a, axis) for a in arrays]
+        n = len(arrays) if self.scale_targets else 1  # the arrays whose intensities change
         if self.cfg.intensity_jitter > 0:
             scale = 1.0 + rng.uniform(-self.cfg.intensity_jitter, self.cfg.intensity_jitter)
-            arrays = [a * scale for a in arrays]
+            arrays = [a * scale for a in arrays[:n]] + arrays[n:]
+        if self.cfg.invert and rng.random() < 0.5:
+            # Normalised images span about 0..1: 1 - x swaps dark and bright.
+            arrays = [1.0 - a for a in arrays[:n]] + arrays[n:]
         return arrays

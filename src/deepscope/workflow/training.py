@@ -198,6 +198,7 @@ def _patch_datasets(
         d,
         seed=t.seed,
         augment=True,
+        scale_targets=task_cls.normalize_targets,
     )
     val_ds = RandomPatches(
         split.val_inputs,
