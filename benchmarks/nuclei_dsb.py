@@ -51,7 +51,7 @@ THRESHOLDS = (0.5, 0.7)
 
 CONFIG = {
     "task": "stardist",
-    "data": {"patch_size": [96, 96], "val_fraction": 0.15},
+    "data": {"patch_size": [96, 96], "val_fraction": 0.15, "invert": True},
     "model": {"depth": 3, "base_channels": 16},
     "stardist": {"n_rays": 32, "grid": [2, 2]},
     "training": {

@@ -62,7 +62,11 @@ def make_model(root: Path, task: str = "n2v", three_d: bool = False, **sections:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
-    norm = PercentileNormalizer(1.0, 99.8, (180.0,), (2300.0,))
+        if task == "stardist":  # objects of a few pixels, as a trained model finds
+            net.dist_head.bias.fill_(3.0)
+            net.prob_head.bias.fill_(0.5)
+    # StarDist maps each image by its own percentiles, as training sets it up
+    norm = PercentileNormalizer(1.0, 99.8, (180.0,), (2300.0,), per_image=task == "stardist")
     target = PercentileNormalizer(1.0, 99.8, (150.0,), (2600.0,)) if task == "care" else None
     folder = root / f"{task}{'3d' if three_d else ''}" / "model"
     return save_model_folder(
@@ -301,6 +305,7 @@ def test_cli_export_and_import(n2v_package, tmp_path: Path, capsys) -> None:
         ("labelfree", True, {}),
         ("semantic", False, {"semantic": {"classes": 3, "class_names": ["bg", "cell", "edge"]}}),
         ("semantic", True, {"semantic": {"mode": "boundary"}}),
+        ("stardist", False, {"stardist": {"n_rays": 8, "grid": [2, 2], "feature_channels": 8}}),
         ("n2v", True, {"n2v": {"variant": "n2v2"}}),
     ],
 )
@@ -323,3 +328,38 @@ def test_every_task_exports_a_package_that_passes_test_model(
     shape = (1, 8, 24, 28) if three_d else (1, 36, 28)
     image = np.random.default_rng(0).uniform(100, 2500, shape).astype(np.float32)
     np.testing.assert_array_equal(predict_array(again, image), predict_array(original, image))
+
+
+def test_stardist_package_gives_the_labels_deepscope_gives(tmp_path: Path) -> None:
+    """The spec's stardist_postprocessing on the package reproduces deepscope's objects."""
+    from bioimageio.core import create_prediction_pipeline, load_model_description
+    from bioimageio.core.digest_spec import create_sample_for_model
+    from stardist.matching import matching
+
+    model_dir = make_model(
+        tmp_path, "stardist", stardist={"n_rays": 8, "grid": [2, 2], "feature_channels": 8}
+    )
+    package = export_model(
+        model_dir,
+        "bioimageio",
+        tmp_path / "sd.zip",
+        authors=["Ada Lovelace"],
+        license="MIT",
+        check=False,
+        log=lambda _m: None,
+    )
+    rdf = read_rdf(package)
+    post = rdf["outputs"][0]["postprocessing"][0]
+    assert post["id"] == "stardist_postprocessing" and post["kwargs"]["n_rays"] == 8
+    assert "scale_range" in [p["id"] for p in rdf["inputs"][0]["preprocessing"]]  # per image
+    image = np.random.default_rng(1).uniform(100, 2500, (1, 64, 48)).astype(np.float32)
+    descr = load_model_description(package)
+    with create_prediction_pipeline(descr, weight_format="onnx") as pipeline:
+        sample = create_sample_for_model(descr, inputs={"input": image[None]})
+        labels = pipeline.predict_sample_without_blocking(sample).members["output"].data
+    labels = np.asarray(labels)[0, ..., 0]
+    ours = predict_array(load_model_folder(model_dir), image)[0]
+    assert ours.max() > 3
+    assert matching(ours, labels, thresh=0.9).f1 == 1.0  # same objects, numbers may differ
+    with pytest.raises(DeepscopeError, match="state dict"):
+        import_model(package, tmp_path / "ts", weights_format="torchscript", log=lambda _m: None)

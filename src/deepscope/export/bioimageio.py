@@ -209,10 +209,11 @@ def build_description(
     np.save(work / "test_output.npy", y.astype(entry.output_dtype))
     write_cover(model, x[0], y[0], work / "cover.png")
 
-    network = model.network.float().eval()
+    kwargs = {**model.task.model_kwargs(model.in_channels), **entry.network_kwargs}
+    network = _export_network(model, kwargs)
     src, callable_name = standalone_source(network)
     (work / "architecture.py").write_text(src)
-    _check_standalone(model, src, callable_name, x)
+    _check_standalone(model, network, kwargs, src, callable_name, x)
     shutil.copyfile(model.folder / "weights.pt", work / "weights.pt")
     example = model.normalizer.normalize(x[0])[None]
     log("converting the weights to TorchScript ...")
@@ -270,7 +271,6 @@ def build_description(
         postprocessing=entry.postprocessing(model),
     )
     pytorch_version = spec.Version(torch.__version__.split("+")[0])
-    kwargs = model.task.model_kwargs(model.in_channels)
     weights = spec.WeightsDescr(
         pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
             source=work / "weights.pt",
@@ -359,8 +359,23 @@ def _model_name(model: TrainedModel, name: str | None) -> str:
 
 
 def _scale_linear_in(model: TrainedModel):  # noqa: ANN202
+    """The input normalisation as a spec operation.
+
+    Fixed statistics of the training set: ``scale_linear``. Per-image percentiles
+    (StarDist's default): ``scale_range`` over the space axes of each sample and channel.
+    """
     from bioimageio.spec.model import v0_5 as spec
 
+    norm = model.normalizer
+    if norm.per_image:
+        space = SPACE_AXES[model.config.data.spatial_dims]
+        return spec.ScaleRangeDescr(
+            kwargs=spec.ScaleRangeKwargs(
+                axes=[spec.AxisId(a) for a in space],
+                min_percentile=norm.low_pct,
+                max_percentile=norm.high_pct,
+            )
+        )
     lo = np.asarray(model.normalizer.low, dtype=np.float64)
     hi = np.asarray(model.normalizer.high, dtype=np.float64)
     gain = (1.0 / (hi - lo)).tolist()
@@ -372,15 +387,32 @@ def _scale_linear_in(model: TrainedModel):  # noqa: ANN202
     )
 
 
-def _check_standalone(model: TrainedModel, src: str, callable_name: str, x: np.ndarray) -> None:
+def _export_network(model: TrainedModel, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """The network as exported: fp32, eval mode, built with the package's ``kwargs``."""
+    network = model.network.float().eval()
+    if kwargs == model.task.model_kwargs(model.in_channels):
+        return network
+    exported = type(network)(**kwargs)
+    exported.load_state_dict(network.state_dict())
+    return exported.eval()
+
+
+def _check_standalone(
+    model: TrainedModel,
+    network: torch.nn.Module,
+    kwargs: dict[str, Any],
+    src: str,
+    callable_name: str,
+    x: np.ndarray,
+) -> None:
     """Build the network from the shipped source and check that it gives the same output."""
     module = load_standalone(src, callable_name)
-    net = getattr(module, callable_name)(**model.task.model_kwargs(model.in_channels))
+    net = getattr(module, callable_name)(**kwargs)
     net.load_state_dict(model.network.state_dict())
     net.eval()
     example = torch.from_numpy(model.normalizer.normalize(x[0])[None])
     with torch.no_grad():
-        same = torch.allclose(net(example), model.network(example), rtol=0, atol=1e-6)
+        same = torch.allclose(net(example), network(example), rtol=0, atol=1e-6)
     if not same:
         raise DeepscopeError(
             "the architecture file written for the package does not reproduce the network",
@@ -481,6 +513,11 @@ def write_cover(model: TrainedModel, x_cf: np.ndarray, y_cf: np.ndarray, path: P
             dtype=np.uint8,
         )
         right = palette[classes % len(palette)]
+    elif model.task.qc_kind == "instance":  # labels: one colour per object
+        labels = _middle(y_cf)
+        colours = np.random.default_rng(0).integers(60, 256, (int(labels.max()) + 1, 3))
+        colours[0] = 0
+        right = colours[labels].astype(np.uint8)
     else:
         right = np.repeat(_to_uint8(_middle(y_cf))[..., None], 3, axis=-1)
     gap = np.full((left.shape[0], max(2, left.shape[1] // 64), 3), 255, np.uint8)

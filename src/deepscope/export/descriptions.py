@@ -98,6 +98,10 @@ class TaskExport:
     output_axes: Callable[[TrainedModel], list[Any]] | None = None
     #: Data type of the exported output (e.g. "uint16" for instance labels).
     output_dtype: str = "float32"
+    #: Architecture keyword arguments of the exported network on top of the task's
+    #: ``model_kwargs`` (StarDist: a channel-last output for the spec's operation). The
+    #: weights are the same; deepscope itself builds the network without them.
+    network_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _EXPORTS: dict[str, TaskExport] = {}
@@ -282,5 +286,158 @@ register_export(
         notes=_semantic_notes,
         citations=lambda model: [UNET, ZERO_COST],
         tags=("segmentation", "semantic-segmentation", "unet"),
+    ),
+)
+
+
+# ------------------------------------------------------------------------- stardist
+
+STARDIST_2D = Citation(
+    "Schmidt, Weigert, Broaddus & Myers (2018). Cell detection with star-convex polygons. MICCAI.",
+    "10.1007/978-3-030-00934-2_30",
+)
+STARDIST_3D = Citation(
+    "Weigert, Schmidt, Haase, Sugawara & Myers (2020). Star-convex polyhedra for 3D "
+    "object detection and segmentation in microscopy. WACV.",
+    "10.1109/WACV45572.2020.9093435",
+)
+#: Border (in grid points) where the NMS ignores candidates; the stardist package's
+#: default, which deepscope's own NMS uses too.
+STARDIST_BORDER = 2
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def _stardist_post(model: TrainedModel) -> list[Any]:
+    """The spec's ``stardist_postprocessing`` on the raw output (probability as a logit).
+
+    The network's channel 0 is the logit of the object probability; a threshold ``p`` on
+    the probability is the threshold ``logit(p)`` on the logit (the NMS only compares and
+    orders the scores), so no activation is needed before the spec's operation.
+    """
+    from bioimageio.spec.model.v0_5 import (
+        StardistPostprocessingDescr,
+        StardistPostprocessingKwargs2D,
+        StardistPostprocessingKwargs3D,
+    )
+
+    task = model.task
+    prob, nms = task.thresholds()
+    common = dict(
+        prob_threshold=_logit(prob),
+        nms_threshold=nms,
+        n_rays=task.n_rays,
+        grid=tuple(task.grid),
+        b=STARDIST_BORDER,
+    )
+    if task.dims == 2:
+        return [StardistPostprocessingDescr(kwargs=StardistPostprocessingKwargs2D(**common))]
+    anisotropy = tuple(float(a) for a in (task.anisotropy or (1.0, 1.0, 1.0)))
+    return [
+        StardistPostprocessingDescr(
+            kwargs=StardistPostprocessingKwargs3D(**common, anisotropy=anisotropy)
+        )
+    ]
+
+
+def _stardist_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
+    """Instance labels (*spatial, 1) from the raw output (1 + n_rays, *grid_spatial).
+
+    The same steps as deepscope's prediction (``stardist`` NMS and rendering, the tuned
+    thresholds), without deepscope's final renumbering to 1..n (the spec's operation
+    keeps the NMS numbering, which may skip numbers of candidates hidden by others).
+    """
+    from stardist.geometry import polygons_to_label
+    from stardist.nms import non_maximum_suppression
+
+    task = model.task
+    if task.dims != 2:
+        from deepscope.errors import DeepscopeError
+
+        raise DeepscopeError(
+            "3D StarDist models cannot be exported to BioImage.IO yet (2D ones can)",
+            model.folder,
+            "export with --format torchscript or onnx, or use the model folder in deepscope",
+        )
+    prob, nms = task.thresholds()
+    grid = tuple(task.grid)
+    shape = tuple(n * g for n, g in zip(raw.shape[1:], grid, strict=True))
+    points, scores, dists = non_maximum_suppression(
+        np.ascontiguousarray(np.moveaxis(raw[1:], 0, -1), dtype=np.float32),
+        np.ascontiguousarray(raw[0], dtype=np.float32),
+        grid=grid,
+        prob_thresh=_logit(prob),
+        nms_thresh=nms,
+        b=STARDIST_BORDER,
+    )
+    labels = polygons_to_label(dists, points, shape=shape, prob=scores)
+    return labels[..., None].astype(np.int32)  # axes as in _stardist_axes
+
+
+def _stardist_axes(model: TrainedModel) -> list[Any]:
+    """Instance labels: batch, space axes of the input's size, one channel.
+
+    Channel last: bioimageio.core reads the network's output with these axes, and its
+    ``stardist_postprocessing`` gives labels in this layout; so the exported network
+    puts its channels last (``network_kwargs``).
+    """
+    from bioimageio.spec.model import v0_5 as spec
+
+    space = ("y", "x") if model.task.dims == 2 else ("z", "y", "x")
+    return [
+        spec.BatchAxis(),
+        *[
+            spec.SpaceOutputAxis(
+                id=spec.AxisId(a),
+                size=spec.SizeReference(tensor_id=spec.TensorId("input"), axis_id=spec.AxisId(a)),
+            )
+            for a in space
+        ],
+        spec.ChannelAxis(channel_names=[spec.Identifier("instance_labels")]),
+    ]
+
+
+def _stardist_notes(model: TrainedModel) -> str:
+    task = model.task
+    prob, nms = task.thresholds()
+    norm = model.normalizer
+    return (
+        f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
+        f"{norm.high_pct:g} % to 1, per channel; the spec's `scale_range`), as StarDist "
+        "does, so images of any brightness or bit depth can be given.\n\n"
+        "The network predicts, on a grid "
+        f"{'x'.join(str(g) for g in task.grid)} times coarser than the image, the logit of "
+        f"the object probability (channel 0) and the distances to the object's boundary "
+        f"along {task.n_rays} rays (channels 1 to {task.n_rays}, in image pixels). The "
+        "BioImage.IO operation `stardist_postprocessing` (non-maximum suppression and "
+        "rendering of the star-convex polygons, by the `stardist` package) turns these into "
+        f"instance labels, with the thresholds tuned by deepscope after training: object "
+        f"probability {prob:g} (given to the operation as its logit, {_logit(prob):.4f}, "
+        f"because the network outputs logits) and overlap (IoU) {nms:g} for the "
+        "suppression. deepscope's own prediction gives the same objects, numbered 1..n "
+        "without gaps, and also writes ImageJ ROIs and a table of measurements per object."
+    )
+
+
+register_export(
+    "stardist",
+    TaskExport(
+        postprocessing=_stardist_post,
+        expected_output=_stardist_expected,
+        channel_names=lambda model: ["instance_labels"],
+        output_description="instance labels (0 = background, one number per object)",
+        notes=_stardist_notes,
+        citations=lambda model: [
+            STARDIST_2D if model.task.dims == 2 else STARDIST_3D,
+            UNET,
+            ZERO_COST,
+        ],
+        tags=("segmentation", "instance-segmentation", "stardist", "nuclei"),
+        output_axes=_stardist_axes,
+        output_dtype="int32",
+        network_kwargs={"channel_last_output": True},
     ),
 )

@@ -112,6 +112,7 @@ def import_bioimageio(
         else None,
         training={**record.get("training", {}), "imported_from": str(source.resolve())},
     )
+    _check_network_file_layout(config, fmt, source)
     entry = getattr(descr.weights, fmt)
     data = _read_bytes(entry, source)
     log(f"importing the {fmt} weights of {source.name} ...")
@@ -132,6 +133,23 @@ def import_bioimageio(
         raise
     log(f"model folder written: {out} ({INFO_FILE} says where it came from)")
     return out
+
+
+def _check_network_file_layout(config: Any, fmt: str, source: Path) -> None:
+    """TorchScript/ONNX files of tasks exported with extra network arguments cannot be used.
+
+    Their output layout is the package's (e.g. StarDist's channels last), not deepscope's.
+    """
+    from deepscope.export.descriptions import get_export
+
+    export = get_export(config.task)
+    if fmt != "pytorch_state_dict" and export is not None and export.network_kwargs:
+        raise DeepscopeError(
+            f"the {fmt} weights of a {config.task} package give the network output in the "
+            "BioImage.IO layout, which deepscope's prediction does not read",
+            source,
+            "import the package's PyTorch state dict (the default: leave out --weights)",
+        )
 
 
 def _attachment(descr: Any, name: str, source: Path, work: Path) -> Path | None:
@@ -249,13 +267,21 @@ def _choose_weights(descr: Any, source: Path, wanted: str | None) -> str:
 
 
 def _check_architecture(entry: Any, source: Path, config: Any, in_channels: int) -> None:
-    """The state dict's architecture must be the deepscope network its config builds."""
-    from deepscope.engine.models import get_model_class
+    """The state dict's architecture must be the deepscope network its config builds.
+
+    The package may build it with the export's extra arguments (``network_kwargs`` of
+    the task's export entry, e.g. StarDist's channel-last output); the weights are the
+    same, and deepscope builds the network without them.
+    """
+    from deepscope.export.descriptions import get_export
     from deepscope.tasks import get_task
 
-    cls = get_model_class(config.model.architecture)
+    task = get_task(config.task)(config)
+    cls = type(task.build_model(in_channels))
     name = str(entry.architecture.callable)
-    expected = get_task(config.task)(config).model_kwargs(in_channels)
+    export = get_export(config.task)
+    extra = export.network_kwargs if export is not None else {}
+    expected = {**task.model_kwargs(in_channels), **extra}
     if name != cls.__name__ or dict(entry.architecture.kwargs) != expected:
         raise DeepscopeError(
             f"the package's network ({name} with {dict(entry.architecture.kwargs)}) is not the "

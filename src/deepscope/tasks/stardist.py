@@ -430,12 +430,16 @@ class StarDistTask(Task):
         """StarDist network: grid stem, U-Net, probability and distance heads."""
         from deepscope.engine.models.stardist_net import StarDistNet
 
+        return StarDistNet(**self.model_kwargs(in_channels))
+
+    def model_kwargs(self, in_channels: int) -> dict:
+        """Keyword arguments of :class:`StarDistNet` (recorded by the export)."""
         m = self.config.model
-        return StarDistNet(
+        return dict(
             dims=self.dims,
             in_channels=in_channels,
             n_rays=self.n_rays,
-            grid=self.grid,
+            grid=list(self.grid),
             depth=m.depth,
             base_channels=m.base_channels,
             batch_norm=m.batch_norm,

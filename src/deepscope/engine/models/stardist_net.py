@@ -40,6 +40,10 @@ class StarDistNet(nn.Module):
         Settings of the U-Net (see :class:`~deepscope.engine.models.unet.UNet`).
     feature_channels
         Channels of the feature layer between the U-Net and the heads.
+    channel_last_output
+        Give the output as (N, *spatial / grid, 1 + n_rays) instead of channel first:
+        the layout that BioImage.IO's ``stardist_postprocessing`` reads (set only in
+        exported packages; deepscope itself uses channel first).
     """
 
     def __init__(
@@ -53,12 +57,14 @@ class StarDistNet(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.0,
         feature_channels: int = 128,
+        channel_last_output: bool = False,
     ):
         super().__init__()
         grid = tuple(int(g) for g in grid)
         if len(grid) != dims or any(g < 1 or g & (g - 1) for g in grid):
             raise ValueError(f"grid {grid} must have {dims} powers of 2")
         self.dims, self.depth, self.grid, self.n_rays = dims, depth, grid, n_rays
+        self.channel_last_output = channel_last_output
         # Reduce to the grid step by step (factor 2 per step on the axes still to reduce).
         stem: list[nn.Module] = []
         done = [1] * dims
@@ -97,6 +103,7 @@ class StarDistNet(nn.Module):
         return 2**self.depth * max(self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (N, C, *spatial) to (N, 1 + n_rays, *spatial / grid)."""
+        """Map (N, C, *spatial) to (N, 1 + n_rays, *spatial / grid) (see channel_last_output)."""
         features = torch.relu(self.unet(self.stem(x)))
-        return torch.cat([self.prob_head(features), self.dist_head(features)], dim=1)
+        out = torch.cat([self.prob_head(features), self.dist_head(features)], dim=1)
+        return out.movedim(1, -1) if self.channel_last_output else out
