@@ -202,7 +202,7 @@ def build_description(
     from pydantic import ValidationError
 
     dims = model.config.data.spatial_dims
-    x = test_input(model, sample)  # (1, C, *spatial), raw intensities
+    x = test_input(model, sample, entry)  # (1, C, *spatial), raw intensities
     raw = raw_output(model, x)
     y = entry.expected_output(model, raw[0])[None]
     np.save(work / "test_input.npy", x.astype(np.float32))
@@ -237,9 +237,12 @@ def build_description(
             spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in in_names]),
             *[
                 spec.SpaceInputAxis(
-                    id=spec.AxisId(a), size=spec.ParameterizedSize(min=div, step=div)
+                    id=spec.AxisId(a),
+                    size=spec.ParameterizedSize(min=div, step=div)
+                    if entry.fixed_input_size is None
+                    else n,
                 )
-                for a in space
+                for a, n in zip(space, x.shape[2:], strict=True)
             ],
         ],
         test_tensor=spec.FileDescr(source=work / "test_input.npy"),
@@ -423,15 +426,20 @@ def _check_standalone(
 # ------------------------------------------------------------------- test tensors
 
 
-def test_input(model: TrainedModel, sample: str | Path | None) -> np.ndarray:
+def test_input(
+    model: TrainedModel, sample: str | Path | None, entry: TaskExport | None = None
+) -> np.ndarray:
     """The test input (1, C, *spatial) in raw intensities, float32.
 
     The centre of ``sample`` (at most 256 pixels a side, 16 planes), cut to the
     network's divisibility; without a sample, smooth random blobs spanning the training
-    images' intensity range (low to high percentile of each channel).
+    images' intensity range (low to high percentile of each channel). Networks with a
+    fixed input size (``entry.fixed_input_size``) get the sample brought to that size
+    (``entry.fit_input``), or blobs of that size.
     """
     dims = model.config.data.spatial_dims
     div = int(model.info["divisibility"])
+    fixed = entry.fixed_input_size(model) if entry and entry.fixed_input_size else None
     if sample is not None:
         from deepscope.data.io import read_image
 
@@ -443,6 +451,8 @@ def test_input(model: TrainedModel, sample: str | Path | None) -> np.ndarray:
                 sample,
                 "give an image like the training images (--sample)",
             )
+        if fixed is not None and entry is not None and entry.fit_input is not None:
+            return np.ascontiguousarray(entry.fit_input(model, cf), dtype=np.float32)[None]
         limits = (TEST_SIDE, TEST_SIDE) if dims == 2 else (TEST_DEPTH, TEST_SIDE, TEST_SIDE)
         slices = [slice(None)]
         for n, limit in zip(cf.shape[1:], limits, strict=True):
@@ -460,7 +470,7 @@ def test_input(model: TrainedModel, sample: str | Path | None) -> np.ndarray:
     from scipy import ndimage
 
     shape = (64, 64) if dims == 2 else (TEST_DEPTH, 64, 64)
-    shape = tuple(max(div, s // div * div) for s in shape)
+    shape = tuple(max(div, s // div * div) for s in shape) if fixed is None else fixed
     rng = np.random.default_rng(0)
     channels = []
     for lo, hi in zip(model.normalizer.low, model.normalizer.high, strict=True):
@@ -497,7 +507,15 @@ def write_cover(model: TrainedModel, x_cf: np.ndarray, y_cf: np.ndarray, path: P
     import imageio.v3 as iio
 
     left = np.repeat(_to_uint8(_middle(x_cf))[..., None], 3, axis=-1)
-    if model.task.qc_kind == "segmentation":
+    if y_cf.ndim == 1:  # class probabilities: one bar per class, the most probable dark
+        h, n = left.shape[0], len(y_cf)
+        width = max(4, left.shape[1] // max(n, 1))
+        right = np.full((h, width * n, 3), 255, np.uint8)
+        for k, p in enumerate(y_cf):
+            top = h - int(round(float(p) * (h - 1)))
+            colour = (0, 114, 178) if k == int(np.argmax(y_cf)) else (160, 160, 160)
+            right[top:, k * width + 1 : (k + 1) * width - 1] = colour
+    elif model.task.qc_kind == "segmentation":
         classes = _middle(np.argmax(y_cf, axis=0)[None])
         palette = np.array(
             [

@@ -102,6 +102,10 @@ class TaskExport:
     #: ``model_kwargs`` (StarDist: a channel-last output for the spec's operation). The
     #: weights are the same; deepscope itself builds the network without them.
     network_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: For networks with a fixed input size (classifiers): the size (Y, X) and how a raw
+    #: (C, Y, X) image is brought to it (resize or crop), which the spec cannot express.
+    fixed_input_size: Callable[[TrainedModel], tuple[int, ...]] | None = None
+    fit_input: Callable[[TrainedModel, np.ndarray], np.ndarray] | None = None
 
 
 _EXPORTS: dict[str, TaskExport] = {}
@@ -439,5 +443,97 @@ register_export(
         output_axes=_stardist_axes,
         output_dtype="int32",
         network_kwargs={"channel_last_output": True},
+    ),
+)
+
+
+# ------------------------------------------------------------------------- classify
+
+RESNET = Citation(
+    "He, Zhang, Ren & Sun (2016). Deep residual learning for image recognition. CVPR.",
+    "10.1109/CVPR.2016.90",
+)
+VGG = Citation(
+    "Simonyan & Zisserman (2015). Very deep convolutional networks for large-scale image "
+    "recognition. ICLR.",
+    "10.48550/arXiv.1409.1556",
+)
+
+
+def _classify_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
+    """Class probabilities (K,) of one image: softmax of the class scores."""
+    return model.task.postprocess(raw[None])[0].astype(np.float32)
+
+
+def _classify_axes(model: TrainedModel) -> list[Any]:
+    from bioimageio.spec.model import v0_5 as spec
+
+    return [
+        spec.BatchAxis(),
+        spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in _classify_names(model)]),
+    ]
+
+
+def _classify_names(model: TrainedModel) -> list[str]:
+    out = []
+    for i, name in enumerate(model.task.class_names):
+        safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name).strip("_")
+        out.append(f"p_{safe or i}")
+    return out if len(set(out)) == len(out) else [f"p_class{i}" for i in range(len(out))]
+
+
+def _classify_size(model: TrainedModel) -> tuple[int, ...]:
+    return tuple(int(s) for s in model.config.classify.image_size)
+
+
+def _classify_fit(model: TrainedModel, image_cf: np.ndarray) -> np.ndarray:
+    from deepscope.data.classes import fit_to_size
+
+    c = model.config.classify
+    return fit_to_size(image_cf, c.image_size, c.fit)
+
+
+def _classify_notes(model: TrainedModel) -> str:
+    c = model.config.classify
+    names = ", ".join(f"{i}: {n}" for i, n in enumerate(model.task.class_names))
+    how = (
+        "resized (bilinear) to"
+        if c.fit == "resize"
+        else "centre-cropped (mirror-padded when smaller) to"
+    )
+    return (
+        f"Each image is {how} {c.image_size[0]}x{c.image_size[1]} pixels before the "
+        "network; BioImage.IO has no operation for this, so give images of that size "
+        "(deepscope does it itself). The input is then normalised "
+        + (
+            "by each image's own percentiles (`scale_range`)"
+            if model.normalizer.per_image
+            else "with fixed statistics of the training images (`scale_linear`)"
+        )
+        + ". The output holds one probability per "
+        f"class (softmax of the class scores, a BioImage.IO operation), in this order: "
+        f"{names}. The predicted class is the most probable one."
+    )
+
+
+def _classify_citations(model: TrainedModel) -> list[Citation]:
+    arch = model.config.model.architecture
+    method = {"resnet18": [RESNET], "unet_encoder": [UNET]}.get(arch, [VGG])
+    return [*method, ZERO_COST]
+
+
+register_export(
+    "classify",
+    TaskExport(
+        postprocessing=_semantic_post,  # softmax over the channel (class) axis
+        expected_output=_classify_expected,
+        channel_names=_classify_names,
+        output_description="class probabilities",
+        notes=_classify_notes,
+        citations=_classify_citations,
+        tags=("classification", "image-classification"),
+        output_axes=_classify_axes,
+        fixed_input_size=_classify_size,
+        fit_input=_classify_fit,
     ),
 )

@@ -241,9 +241,12 @@ class ClassifyTask(Task):
 
     def build_model(self, in_channels: int) -> nn.Module:
         """Build the backbone with one output per class."""
+        return build_model(backbone(self.config), **self.model_kwargs(in_channels))
+
+    def model_kwargs(self, in_channels: int) -> dict:
+        """Keyword arguments of the backbone class (recorded by the export)."""
         m = self.config.model
-        return build_model(
-            backbone(self.config),
+        return dict(
             in_channels=in_channels,
             classes=len(self.class_names),
             depth=m.depth,
