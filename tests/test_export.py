@@ -192,22 +192,78 @@ def test_qc_runs_on_a_model_imported_with_onnx_weights(
     assert np.isfinite(summary["model"]["psnr"]) and (tmp_path / "qc" / "report.html").exists()
 
 
-def test_import_refuses_foreign_and_broken_packages(n2v_package, tmp_path: Path) -> None:
-    _, package = n2v_package
-    foreign = tmp_path / "foreign"
+def _as_foreign(package: Path, folder: Path, change=None) -> Path:  # noqa: ANN001
+    """The package unpacked as another tool's: no deepscope settings (``change`` edits it)."""
     with zipfile.ZipFile(package) as z:
-        z.extractall(foreign)
-    rdf_path = next(foreign.glob("*.yaml"))
+        z.extractall(folder)
+    rdf_path = next(folder.glob("*.yaml"))
     rdf = yaml.safe_load(rdf_path.read_text())
     del rdf["config"]["deepscope"]
+    if change is not None:
+        change(rdf)
     rdf_path.write_text(yaml.safe_dump(rdf))
-    with pytest.raises(DeepscopeError, match="not exported by deepscope"):
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_foreign_restoration_package_imports_and_predicts_the_same(
+    n2v_package, tmp_path: Path, fmt: str
+) -> None:
+    model_dir, package = n2v_package
+    foreign = _as_foreign(package, tmp_path / "foreign")
+    out = import_model(foreign, tmp_path / "m", weights_format=fmt, log=lambda _m: None)
+    imported, original = load_model_folder(out), load_model_folder(model_dir)
+    assert imported.config.task == "care" and imported.info["network"]["format"] == fmt
+    assert imported.info["training"]["foreign_package"]["authors"] == ["Ada Lovelace"]
+    image = synthetic_pair((1, 60, 52), seed=5)[0].astype(np.float32)
+    expected = predict_array(original, image)
+    got = predict_array(imported, image)
+    assert np.max(np.abs(got - expected)) <= TOLERANCE * float(np.ptp(expected))
+
+
+def test_foreign_softmax_package_imports_as_semantic_segmentation(tmp_path: Path) -> None:
+    model_dir = make_model(tmp_path, "semantic", semantic={"classes": 3})
+    package = export_model(
+        model_dir,
+        "bioimageio",
+        tmp_path / "s.zip",
+        authors=["Ada Lovelace"],
+        license="MIT",
+        check=False,
+        log=lambda _m: None,
+    )
+    out = import_model(_as_foreign(package, tmp_path / "f"), tmp_path / "m", log=lambda _m: None)
+    imported, original = load_model_folder(out), load_model_folder(model_dir)
+    assert (
+        imported.config.task == "semantic" and imported.info["network"]["format"] == "torchscript"
+    )
+    image = np.random.default_rng(2).uniform(100, 2500, (1, 40, 48)).astype(np.float32)
+    same = predict_array(imported, image) == predict_array(original, image)
+    assert same.mean() > 0.999  # class maps: fp32 network files round differently at ties
+
+
+def test_import_refuses_foreign_processing_it_cannot_reproduce_and_broken_packages(
+    n2v_package, tmp_path: Path
+) -> None:
+    _, package = n2v_package
+
+    def zero_mean(rdf: dict) -> None:
+        rdf["inputs"][0]["preprocessing"] = [
+            {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"]}}
+        ]
+
+    foreign = _as_foreign(package, tmp_path / "zm", zero_mean)
+    with pytest.raises(DeepscopeError, match="zero_mean_unit_variance") as info:
         import_model(foreign, tmp_path / "m1", log=lambda _m: None)
+    assert "bioimageio predict" in str(info.value)
+    plain = _as_foreign(package, tmp_path / "sd")
+    with pytest.raises(DeepscopeError, match="architecture code"):
+        import_model(plain, tmp_path / "m4", weights_format="pytorch_state_dict", log=print)
     with pytest.raises(DeepscopeError, match="not a BioImage.IO package"):
         import_model(tmp_path, tmp_path / "m2", log=lambda _m: None)
     with pytest.raises(DeepscopeError, match="no keras_hdf5|cannot use"):
         import_model(package, tmp_path / "m3", weights_format="keras_hdf5", log=lambda _m: None)
-    assert not (tmp_path / "m1").exists() and not (tmp_path / "m3").exists()
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3", "m4"))
 
 
 def test_export_asks_for_authors_and_a_valid_licence(n2v_package, tmp_path: Path) -> None:

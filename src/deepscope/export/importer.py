@@ -9,10 +9,11 @@ weight formats:
 - ``torchscript`` or ``onnx`` only: the network file is kept as it is; ``predict`` and
   ``qc`` work, fine-tuning works for TorchScript (same parameter names), not for ONNX.
 
-Packages from other tools are refused with an explanation: their pre-processing (often a
-per-image percentile normalisation) and post-processing are not deepscope's fixed
-normalisation, so deepscope cannot run them faithfully yet; bioimageio.core's
-``bioimageio predict``, deepImageJ or ilastik run them.
+Packages from other tools (no ``config.deepscope``) are imported when their processing is
+one deepscope reproduces (see :mod:`deepscope.export.foreign`: restoration and softmax
+segmentation models with percentile or fixed normalisation, TorchScript or ONNX weights);
+the others are refused with the reason, and bioimageio.core's ``bioimageio predict``,
+deepImageJ or ilastik run them.
 
 Nothing is downloaded: only local ``.zip`` files or folders with a ``rdf.yaml`` /
 ``bioimageio.yaml`` are read.
@@ -81,7 +82,14 @@ def import_bioimageio(
         )
     descr = _load(source)
     record = _deepscope_record(descr, source)
-    fmt = _choose_weights(descr, source, weights_format)
+    if record is None:  # made by another tool: settings derived from its description
+        from deepscope.export.foreign import foreign_record
+
+        fmt = _choose_weights(descr, source, weights_format, prefer_files=True)
+        record = foreign_record(descr, source, fmt)
+        log(f"'{descr.name}' was made by another tool; its processing maps to deepscope's")
+    else:
+        fmt = _choose_weights(descr, source, weights_format)
     try:
         config = config_from_dict(record["config"], source)
     except ConfigError as err:
@@ -219,28 +227,31 @@ def _load(source: Path):  # noqa: ANN202
     return descr
 
 
-def _deepscope_record(descr: Any, source: Path) -> dict[str, Any]:
+def _deepscope_record(descr: Any, source: Path) -> dict[str, Any] | None:
+    """The deepscope settings stored by deepscope's export; None for other tools' packages."""
     extra = descr.config.model_extra or {}
     record = extra.get("deepscope")
+    if record is None:
+        return None
     if not isinstance(record, dict) or not {"config", "normalization", "info"} <= set(record):
-        formats = [
-            f
-            for f in WEIGHT_PRIORITY + ("keras_hdf5", "tensorflow_saved_model_bundle")
-            if getattr(descr.weights, f, None) is not None
-        ]
         raise DeepscopeError(
-            f"'{descr.name}' was not exported by deepscope (weights: {', '.join(formats)}). "
-            "deepscope imports only its own packages for now: other tools' models "
-            "normalise and post-process images in ways deepscope does not reproduce yet",
+            "the package's deepscope settings (config.deepscope) are incomplete",
             source,
-            "run this model with a BioImage.IO tool instead (bioimageio predict, "
-            "deepImageJ in Fiji, ilastik, napari), or train a deepscope model on your data",
+            "export the model again with deepscope",
         )
     return record
 
 
-def _choose_weights(descr: Any, source: Path, wanted: str | None) -> str:
-    available = [f for f in WEIGHT_PRIORITY if getattr(descr.weights, f, None) is not None]
+def _choose_weights(
+    descr: Any, source: Path, wanted: str | None, *, prefer_files: bool = False
+) -> str:
+    """The weight format to import: ``wanted``, else the best available.
+
+    ``prefer_files``: network files (TorchScript, ONNX) before a state dict, for packages
+    whose architecture code is not deepscope's.
+    """
+    order = (*NETWORK_FORMATS, "pytorch_state_dict") if prefer_files else WEIGHT_PRIORITY
+    available = [f for f in order if getattr(descr.weights, f, None) is not None]
     if wanted is not None:
         if wanted not in WEIGHT_PRIORITY:
             raise DeepscopeError(
