@@ -138,15 +138,6 @@ class SemanticConfig(TaskConfigBase):
     task: Literal["semantic"] = "semantic"
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
 
-    @model_validator(mode="after")
-    def _check_jitter(self) -> SemanticConfig:
-        if self.data.intensity_jitter > 0:
-            raise ValueError(
-                "data.intensity_jitter would also scale the mask values (class numbers); "
-                "set it to 0 for semantic segmentation"
-            )
-        return self
-
 
 # -------------------------------------------------------------------------- masks
 

@@ -124,11 +124,6 @@ class StarDistConfig(TaskConfigBase):
             raise ValueError(f"stardist.grid {s.grid} must have {dims} numbers ({dims}D data)")
         if s.anisotropy is not None and dims != 3:
             raise ValueError("stardist.anisotropy is for 3D data (--3d); leave it out in 2D")
-        if self.data.intensity_jitter > 0:
-            raise ValueError(
-                "data.intensity_jitter would also scale the mask values (object numbers); "
-                "set it to 0 for StarDist"
-            )
         div = 2**self.model.depth * max(grid_of(self))
         bad = [p for p in self.data.patch_size if p % div]
         if bad:
