@@ -247,7 +247,7 @@ def build_description(
         ],
         test_tensor=spec.FileDescr(source=work / "test_input.npy"),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
-        preprocessing=[_scale_linear_in(model)],
+        preprocessing=[_input_normalization(model)],
     )
     outputs = spec.OutputTensorDescr(
         id=spec.TensorId("output"),
@@ -361,7 +361,7 @@ def _model_name(model: TrainedModel, name: str | None) -> str:
     return name[:128]
 
 
-def _scale_linear_in(model: TrainedModel):  # noqa: ANN202
+def _input_normalization(model: TrainedModel):  # noqa: ANN202
     """The input normalisation as a spec operation.
 
     Fixed statistics of the training set: ``scale_linear``. Per-image percentiles
