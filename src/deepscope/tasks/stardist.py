@@ -22,6 +22,7 @@ Masks are instance label images: 0 for background, one integer per object.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import zipfile
 from collections.abc import Callable
@@ -232,6 +233,27 @@ def stardist_loss(output: torch.Tensor, prob: torch.Tensor, dist: torch.Tensor) 
 # -------------------------------------------------------------------------- instances
 
 
+def _one_openmp_thread(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``function`` with OpenMP limited to one thread.
+
+    The package's NMS is OpenMP code. On a quiet 2-core machine a second thread saves
+    40-70 ms (1024x1024, 12,600 candidates, with rendering: 0.12 vs 0.19 s), but when the
+    cores are busy (a training beside it, PyTorch's threads still spinning) its team
+    waits on them: 0.3-13 s measured (benchmarks/RESULTS.md). One thread is the robust
+    choice.
+    """
+
+    @functools.wraps(function)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "openmp"):
+            return function(*args, **kwargs)
+
+    return limited
+
+
+@_one_openmp_thread
 def instances_from_maps(
     prob: np.ndarray,
     dist: np.ndarray,
@@ -265,27 +287,6 @@ def instances_from_maps(
         with ``points`` (n, dims; object centres in pixels), ``prob`` (n,) and ``dist``
         (n, n_rays), row ``k - 1`` describing label ``k``.
     """
-    from threadpoolctl import threadpool_limits
-
-    # The package's NMS is OpenMP code. On a quiet 2-core machine a second thread saves
-    # 40-70 ms (1024x1024, 12,600 candidates, with rendering: 0.12 vs 0.19 s), but when
-    # the cores are busy (a training beside it, PyTorch's threads still spinning) its
-    # team waits on them: 0.3-13 s measured (benchmarks/RESULTS.md). One thread is the
-    # robust choice.
-    with threadpool_limits(1, "openmp"):
-        return _suppress_and_render(prob, dist, shape, grid, prob_threshold, nms_threshold, rays)
-
-
-def _suppress_and_render(
-    prob: np.ndarray,
-    dist: np.ndarray,
-    shape: tuple[int, ...],
-    grid: tuple[int, ...],
-    prob_threshold: float,
-    nms_threshold: float,
-    rays: Any,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """:func:`instances_from_maps` without the thread limit."""
     from stardist.geometry import polygons_to_label, polyhedron_to_label
     from stardist.nms import non_maximum_suppression, non_maximum_suppression_3d
 
