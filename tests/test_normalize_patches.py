@@ -289,3 +289,22 @@ def test_sampling_follows_image_size():
     ds = RandomPatches([small, large], None, (16, 16), 200, no_aug(), augment=False)
     from_large = sum(float(ds[i]["input"][0, 0, 0]) for i in range(len(ds)))
     assert 160 < from_large < 200  # about 10 / 11 of the patches
+
+
+def test_elastic_deformation_moves_image_and_mask_together():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    labels = ndimage.zoom(rng.integers(1, 5, (4, 4)), 16, order=0).astype(np.float32)[None]
+    image = labels * 100.0 + 7.0  # an image whose intensity tells its label
+    cfg = DataConfig(spatial_dims=2, patch_size=[64, 64], elastic=8.0, flips=False, rotations=False)
+    ds = RandomPatches([image], [labels], (64, 64), 10, cfg, seed=4, scale_targets=False)
+    moved = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        x, t = item["input"].numpy(), item["target"].numpy()
+        assert set(np.unique(t)) <= {1.0, 2.0, 3.0, 4.0}  # labels stay labels
+        agree = np.isclose(x, t * 100.0 + 7.0, atol=1.0).mean()
+        assert agree > 0.9  # same deformation (they differ only on blurred label edges)
+        moved += not np.array_equal(t[0], labels[0])  # the only 64x64 position
+    assert moved >= 8  # the patches are deformed

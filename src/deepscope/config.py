@@ -53,6 +53,14 @@ class DataConfig(_Section):
     intensity_jitter: float = Field(
         0.0, ge=0.0, le=0.5, description="Random intensity scaling of ± this fraction (0 = off)."
     )
+    elastic: float = Field(
+        0.0,
+        ge=0.0,
+        le=50.0,
+        description="Augment with smooth random elastic deformations in Y and X: the "
+        "typical displacement in pixels of a 3x3 grid of control points (the U-Net "
+        "paper used 10 on EM; 0 = off).",
+    )
     invert: bool = Field(
         False,
         description="Augment with inverted intensities (half the patches), so that one "

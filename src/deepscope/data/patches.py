@@ -169,6 +169,10 @@ class RandomPatches(Dataset):
             for axis in range(1, ndim):
                 if rng.random() < 0.5:
                     arrays = [np.flip(a, axis) for a in arrays]
+        if self.cfg.elastic > 0:
+            arrays = _elastic(
+                arrays, self.cfg.elastic, rng, labels_from=len(arrays) if self.scale_targets else 1
+            )
         n = len(arrays) if self.scale_targets else 1  # the arrays whose intensities change
         if self.cfg.intensity_jitter > 0:
             scale = 1.0 + rng.uniform(-self.cfg.intensity_jitter, self.cfg.intensity_jitter)
@@ -177,3 +181,34 @@ class RandomPatches(Dataset):
             # Normalised images span about 0..1: 1 - x swaps dark and bright.
             arrays = [1.0 - a for a in arrays[:n]] + arrays[n:]
         return arrays
+
+
+def _elastic(
+    arrays: list[np.ndarray], strength: float, rng: np.random.Generator, labels_from: int
+) -> list[np.ndarray]:
+    """The same smooth random deformation of the last two (Y, X) axes of every array.
+
+    Displacements drawn on a 3x3 grid of control points (standard deviation ``strength``
+    pixels) and interpolated cubically to every pixel, as in the U-Net paper. Arrays from
+    index ``labels_from`` on are masks or labels: sampled at the nearest pixel, so their
+    values stay integers; the others linearly.
+    """
+    from scipy import ndimage
+
+    shape = arrays[0].shape[-2:]
+    grid = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    coords = []
+    for axis in range(2):
+        coarse = rng.normal(0.0, strength, (3, 3))
+        factors = (shape[0] / 3, shape[1] / 3)
+        fine = ndimage.zoom(coarse, factors, order=3, mode="nearest")[: shape[0], : shape[1]]
+        coords.append(grid[axis] + fine)
+    out = []
+    for i, a in enumerate(arrays):
+        flat = a.reshape((-1,) + shape)
+        order = 0 if i >= labels_from else 1
+        warped = np.stack(
+            [ndimage.map_coordinates(p, coords, order=order, mode="reflect") for p in flat]
+        )
+        out.append(warped.reshape(a.shape).astype(a.dtype, copy=False))
+    return out
