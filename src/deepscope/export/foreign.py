@@ -176,9 +176,11 @@ def _input_normalizer(ops: list[Any], channels: int, refuse: Any) -> PercentileN
     if op.id == "scale_range":
         if kw.reference_tensor is not None:
             raise refuse("normalises its input by another tensor")
-        axes = {str(a) for a in (kw.axes or [])}
-        if "channel" in axes or "batch" in axes:
-            raise refuse(f"normalises its input jointly over the axes {sorted(axes)}")
+        # deepscope takes each image's percentiles per channel: the same as the package
+        # unless it pools several channels (axes None means all axes, channel included)
+        joint = kw.axes is None or "channel" in {str(a) for a in kw.axes}
+        if joint and channels > 1:
+            raise refuse("normalises its input channels jointly")
         low, high = float(kw.min_percentile), float(kw.max_percentile)
         if not (0 <= low < 50 < high <= 100):
             raise refuse(f"normalises to the percentiles {low} and {high}")
