@@ -54,7 +54,7 @@ NAMES = ["membrane", "cell interior"]
 
 CONFIG: dict[str, Any] = {
     "task": "semantic",
-    "data": {"patch_size": [128, 128], "spatial_dims": 2, "val_fraction": 0.12, "elastic": 10.0},
+    "data": {"patch_size": [128, 128], "spatial_dims": 2, "val_fraction": 0.12},
     "model": {"depth": 3, "base_channels": 16},
     "training": {
         "epochs": 1000,
