@@ -169,11 +169,9 @@ class RandomPatches(Dataset):
             for axis in range(1, ndim):
                 if rng.random() < 0.5:
                     arrays = [np.flip(a, axis) for a in arrays]
+        n = len(arrays) if self.scale_targets else 1  # arrays that are images, not labels
         if self.cfg.elastic > 0:
-            arrays = _elastic(
-                arrays, self.cfg.elastic, rng, labels_from=len(arrays) if self.scale_targets else 1
-            )
-        n = len(arrays) if self.scale_targets else 1  # the arrays whose intensities change
+            arrays = _elastic(arrays, self.cfg.elastic, rng, labels_from=n)
         if self.cfg.intensity_jitter > 0:
             scale = 1.0 + rng.uniform(-self.cfg.intensity_jitter, self.cfg.intensity_jitter)
             arrays = [a * scale for a in arrays[:n]] + arrays[n:]
@@ -197,10 +195,10 @@ def _elastic(
 
     shape = arrays[0].shape[-2:]
     grid = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    factors = (shape[0] / 3, shape[1] / 3)
     coords = []
     for axis in range(2):
         coarse = rng.normal(0.0, strength, (3, 3))
-        factors = (shape[0] / 3, shape[1] / 3)
         fine = ndimage.zoom(coarse, factors, order=3, mode="nearest")[: shape[0], : shape[1]]
         coords.append(grid[axis] + fine)
     out = []
