@@ -121,6 +121,13 @@ def export_bioimageio(
             model_folder,
             "export with --format onnx or torchscript instead",
         )
+    reason = entry.unsupported(model) if entry.unsupported is not None else None
+    if reason is not None:
+        raise DeepscopeError(
+            reason,
+            model_folder,
+            "export with --format onnx or torchscript, or use the model folder in deepscope",
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".deepscope-export-", dir=out.parent) as tmp:
         work = Path(tmp)

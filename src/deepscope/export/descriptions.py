@@ -106,6 +106,8 @@ class TaskExport:
     #: (C, Y, X) image is brought to it (resize or crop), which the spec cannot express.
     fixed_input_size: Callable[[TrainedModel], tuple[int, ...]] | None = None
     fit_input: Callable[[TrainedModel, np.ndarray], np.ndarray] | None = None
+    #: Why a model of this task cannot be exported (None when it can), e.g. 3D StarDist.
+    unsupported: Callable[[TrainedModel], str | None] | None = None
 
 
 _EXPORTS: dict[str, TaskExport] = {}
@@ -247,14 +249,19 @@ def _semantic_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
     return model.task.denormalize_output(raw, model.normalizer).astype(np.float32)
 
 
-def _semantic_names(model: TrainedModel) -> list[str]:
-    from deepscope.tasks.semantic import class_names
-
+def _probability_names(classes: list[str]) -> list[str]:
+    """Channel names ``p_<class>`` the spec accepts (``p_class<i>`` if they would clash)."""
     out = []
-    for i, name in enumerate(class_names(model.config.semantic)):
+    for i, name in enumerate(classes):
         safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name).strip("_")
         out.append(f"p_{safe or i}")
     return out if len(set(out)) == len(out) else [f"p_class{i}" for i in range(len(out))]
+
+
+def _semantic_names(model: TrainedModel) -> list[str]:
+    from deepscope.tasks.semantic import class_names
+
+    return _probability_names(class_names(model.config.semantic))
 
 
 def _semantic_notes(model: TrainedModel) -> str:
@@ -300,11 +307,6 @@ STARDIST_2D = Citation(
     "Schmidt, Weigert, Broaddus & Myers (2018). Cell detection with star-convex polygons. MICCAI.",
     "10.1007/978-3-030-00934-2_30",
 )
-STARDIST_3D = Citation(
-    "Weigert, Schmidt, Haase, Sugawara & Myers (2020). Star-convex polyhedra for 3D "
-    "object detection and segmentation in microscopy. WACV.",
-    "10.1109/WACV45572.2020.9093435",
-)
 #: Border (in grid points) where the NMS ignores candidates; the stardist package's
 #: default, which deepscope's own NMS uses too.
 STARDIST_BORDER = 2
@@ -313,6 +315,18 @@ STARDIST_BORDER = 2
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return float(np.log(p / (1 - p)))
+
+
+def _stardist_unsupported(model: TrainedModel) -> str | None:
+    # Tried: a 3D package reproduces deepscope's labels, but bioimageio.core's 3D
+    # operation fails on any image without objects (stardist's polyhedron_to_label
+    # returns uint16 there and core asserts int32), so test_model cannot pass.
+    if model.task.dims != 2:
+        return (
+            "3D StarDist models cannot be exported to BioImage.IO yet (2D ones can): "
+            "bioimageio.core's 3D StarDist step fails on images without objects"
+        )
+    return None
 
 
 def _stardist_post(model: TrainedModel) -> list[Any]:
@@ -325,26 +339,18 @@ def _stardist_post(model: TrainedModel) -> list[Any]:
     from bioimageio.spec.model.v0_5 import (
         StardistPostprocessingDescr,
         StardistPostprocessingKwargs2D,
-        StardistPostprocessingKwargs3D,
     )
 
     task = model.task
     prob, nms = task.thresholds()
-    common = dict(
+    kwargs = StardistPostprocessingKwargs2D(
         prob_threshold=_logit(prob),
         nms_threshold=nms,
         n_rays=task.n_rays,
         grid=tuple(task.grid),
         b=STARDIST_BORDER,
     )
-    if task.dims == 2:
-        return [StardistPostprocessingDescr(kwargs=StardistPostprocessingKwargs2D(**common))]
-    anisotropy = tuple(float(a) for a in (task.anisotropy or (1.0, 1.0, 1.0)))
-    return [
-        StardistPostprocessingDescr(
-            kwargs=StardistPostprocessingKwargs3D(**common, anisotropy=anisotropy)
-        )
-    ]
+    return [StardistPostprocessingDescr(kwargs=kwargs)]
 
 
 def _stardist_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
@@ -358,18 +364,6 @@ def _stardist_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
     from stardist.nms import non_maximum_suppression
 
     task = model.task
-    if task.dims != 2:
-        from deepscope.errors import DeepscopeError
-
-        # Tried: the package reproduces deepscope's labels, but bioimageio.core's 3D
-        # operation fails on any image without objects (stardist's polyhedron_to_label
-        # returns uint16 there and core asserts int32), so test_model cannot pass.
-        raise DeepscopeError(
-            "3D StarDist models cannot be exported to BioImage.IO yet (2D ones can): "
-            "bioimageio.core's 3D StarDist step fails on images without objects",
-            model.folder,
-            "export with --format torchscript or onnx, or use the model folder in deepscope",
-        )
     prob, nms = task.thresholds()
     grid = tuple(task.grid)
     shape = tuple(n * g for n, g in zip(raw.shape[1:], grid, strict=True))
@@ -438,15 +432,12 @@ register_export(
         channel_names=lambda model: ["instance_labels"],
         output_description="instance labels (0 = background, one number per object)",
         notes=_stardist_notes,
-        citations=lambda model: [
-            STARDIST_2D if model.task.dims == 2 else STARDIST_3D,
-            UNET,
-            ZERO_COST,
-        ],
+        citations=lambda model: [STARDIST_2D, UNET, ZERO_COST],
         tags=("segmentation", "instance-segmentation", "stardist", "nuclei"),
         output_axes=_stardist_axes,
         output_dtype="int32",
         network_kwargs={"channel_last_output": True},
+        unsupported=_stardist_unsupported,
     ),
 )
 
@@ -479,11 +470,7 @@ def _classify_axes(model: TrainedModel) -> list[Any]:
 
 
 def _classify_names(model: TrainedModel) -> list[str]:
-    out = []
-    for i, name in enumerate(model.task.class_names):
-        safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name).strip("_")
-        out.append(f"p_{safe or i}")
-    return out if len(set(out)) == len(out) else [f"p_class{i}" for i in range(len(out))]
+    return _probability_names(model.task.class_names)
 
 
 def _classify_size(model: TrainedModel) -> tuple[int, ...]:
