@@ -80,6 +80,19 @@ def make_model(root: Path, task: str = "n2v", three_d: bool = False, **sections:
     )
 
 
+def export_package(model_dir: Path, out: Path) -> Path:
+    """A BioImage.IO package of ``model_dir`` (MIT, one author), unchecked and quiet."""
+    return export_model(
+        model_dir,
+        "bioimageio",
+        out,
+        authors=["Ada Lovelace"],
+        license="MIT",
+        check=False,
+        log=lambda _m: None,
+    )
+
+
 def read_rdf(package: Path) -> dict:
     with zipfile.ZipFile(package) as z:
         name = next(n for n in z.namelist() if n.endswith(("rdf.yaml", "bioimageio.yaml")))
@@ -223,15 +236,7 @@ def test_foreign_restoration_package_imports_and_predicts_the_same(
 
 def test_foreign_softmax_package_imports_as_semantic_segmentation(tmp_path: Path) -> None:
     model_dir = make_model(tmp_path, "semantic", semantic={"classes": 3})
-    package = export_model(
-        model_dir,
-        "bioimageio",
-        tmp_path / "s.zip",
-        authors=["Ada Lovelace"],
-        license="MIT",
-        check=False,
-        log=lambda _m: None,
-    )
+    package = export_package(model_dir, tmp_path / "s.zip")
     out = import_model(_as_foreign(package, tmp_path / "f"), tmp_path / "m", log=lambda _m: None)
     imported, original = load_model_folder(out), load_model_folder(model_dir)
     assert (
@@ -374,15 +379,7 @@ def test_every_task_exports_a_package_that_passes_test_model(
     tmp_path: Path, task: str, three_d: bool, sections: dict
 ) -> None:
     model_dir = make_model(tmp_path, task, three_d=three_d, **sections)
-    package = export_model(
-        model_dir,
-        "bioimageio",
-        tmp_path / f"{task}.zip",
-        authors=["Ada Lovelace"],
-        license="MIT",
-        check=False,
-        log=lambda _m: None,
-    )
+    package = export_package(model_dir, tmp_path / f"{task}.zip")
     assert_passes_test_model(package)
     imported = import_model(package, tmp_path / "imported", log=lambda _m: None)
     original, again = load_model_folder(model_dir), load_model_folder(imported)
@@ -407,15 +404,7 @@ def test_stardist_package_gives_the_labels_deepscope_gives(tmp_path: Path) -> No
     model_dir = make_model(
         tmp_path, "stardist", stardist={"n_rays": 8, "grid": [2, 2], "feature_channels": 8}
     )
-    package = export_model(
-        model_dir,
-        "bioimageio",
-        tmp_path / "sd.zip",
-        authors=["Ada Lovelace"],
-        license="MIT",
-        check=False,
-        log=lambda _m: None,
-    )
+    package = export_package(model_dir, tmp_path / "sd.zip")
     rdf = read_rdf(package)
     post = rdf["outputs"][0]["postprocessing"][0]
     assert post["id"] == "stardist_postprocessing" and post["kwargs"]["n_rays"] == 8
@@ -431,3 +420,12 @@ def test_stardist_package_gives_the_labels_deepscope_gives(tmp_path: Path) -> No
     assert matching(ours, labels, thresh=0.9).f1 == 1.0  # same objects, numbers may differ
     with pytest.raises(DeepscopeError, match="state dict"):
         import_model(package, tmp_path / "ts", weights_format="torchscript", log=lambda _m: None)
+
+
+def test_3d_stardist_export_is_refused_with_the_reason(tmp_path: Path) -> None:
+    model_dir = make_model(
+        tmp_path, "stardist", three_d=True, stardist={"n_rays": 16, "grid": [1, 2, 2]}
+    )
+    with pytest.raises(DeepscopeError, match="3D StarDist") as info:
+        export_package(model_dir, tmp_path / "sd3.zip")
+    assert "onnx" in str(info.value) and not (tmp_path / "sd3.zip").exists()
