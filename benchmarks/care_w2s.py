@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from restoration_tta import tta_scores
 
 from deepscope.config import config_from_dict
 from deepscope.engine import performance
@@ -117,6 +118,7 @@ def main() -> None:
         train_min = (time.monotonic() - t0) / 60
         model = load_model_folder(result.model_dir)
         summary = run_qc(model, folders["test_noisy"], folders["test_clean"], a.out / f"{task}_qc")
+        summary["model_tta"] = tta_scores(model, folders["test_noisy"], folders["test_clean"])
         runs[task] = {
             "train_minutes": round(train_min, 2),
             "epochs": result.epochs_trained,
@@ -142,6 +144,8 @@ def main() -> None:
             **{k: runs["care"][k] for k in ("train_minutes", "epochs")},
         },
         "n2v": {**pick(n2v["model"]), **{k: runs["n2v"][k] for k in ("train_minutes", "epochs")}},
+        "care_tta": pick(care["model_tta"]),
+        "n2v_tta": pick(n2v["model_tta"]),
         "gaussian": {**pick(care["gaussian"]), "sigma": care["gaussian"]["sigma"]},
         "input": pick(care["input"]),
         "care_minus_n2v_db": round(gain_n2v, 2),

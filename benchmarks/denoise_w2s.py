@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from restoration_tta import tta_scores
 from torch.utils.flop_counter import FlopCounterMode
 
 from deepscope.config import config_from_dict
@@ -104,6 +105,7 @@ def main() -> None:
         "predict_mpix_per_s": round(mpix, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "model": summary["model"],
+        "model_tta": tta_scores(model, a.data / "noisy", a.data / "clean"),
         "input": summary["input"],
         "gaussian": summary["gaussian"],
         "checkpoints": summary["checkpoints"],

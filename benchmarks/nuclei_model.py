@@ -40,7 +40,9 @@ TARGET = ROOT / "src" / "deepscope" / "pretrained" / "nuclei"
 CONFIG = {
     "task": "stardist",
     "data": {"patch_size": [96, 96], "val_fraction": 0.15, "invert": True},
-    "model": {"depth": 3, "base_channels": 32},
+    # 16 base channels (0.5 M parameters): the 20-minute nuclei_dsb model with 16 scored
+    # higher than the shipped one with 32 (2 M), at a quarter of the prediction time.
+    "model": {"depth": 3, "base_channels": 16},
     "stardist": {"n_rays": 32, "grid": [2, 2], "feature_channels": 64},
     "training": {
         "epochs": 1000,

@@ -110,7 +110,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
             json={"images": str(data / "qc_noisy"), "targets": str(data / "qc_clean")},
         )
         assert wait_job(client, r.json()["job"])["status"] == "done"
-        r = client.post("/api/runs/r1/apply", json={"input": str(data / "qc_noisy")})
+        r = client.post("/api/runs/r1/apply", json={"input": str(data / "qc_noisy"), "tta": True})
         assert wait_job(client, r.json()["job"])["status"] == "done"
         yield client, data, outside, base / "runs"
 
@@ -301,6 +301,9 @@ def test_trained_run_shows_history_preview_qc_and_results(trained):
     (applied,) = d["applied"]
     assert [Path(f["output"]).name for f in applied["files"]] == ["p.tif", "q.tif"]
     assert Path(applied["path"]).parent == runs.resolve() / "r1" / "apply"
+    assert d["tta_ok"]  # n2v predictions may be averaged over flips and turns, as asked
+    provenance = json.loads((Path(applied["path"]) / "provenance.json").read_text())
+    assert provenance["test_time_augmentation"] is True
     png = client.get("/api/runs/r1/files/preview.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     report = client.get("/api/runs/r1/files/qc/report.html")

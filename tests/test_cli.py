@@ -82,8 +82,9 @@ OPTIONS = {
         "--engine",
         "--prob-threshold",
         "--nms-threshold",
+        "--tta",
     ],
-    "qc": ["--images", "--targets", "--masks", "--out", "--tile"],
+    "qc": ["--images", "--targets", "--masks", "--out", "--tile", "--tta"],
     "demo": ["--out", "--max-minutes"],
     "track": [
         "--input",

@@ -27,11 +27,13 @@ from deepscope.tasks.semantic import (
     SemanticSettings,
     boundary_classes,
     compute_class_weights,
+    grow_from_outlines,
     instances_from_probabilities,
     mask_to_classes,
     segmentation_loss,
     watershed_split,
 )
+from deepscope.workflow import semantic_thresholds
 from deepscope.workflow.model_folder import load_model_folder
 from deepscope.workflow.predict import predict_files
 from deepscope.workflow.qc import run_qc
@@ -299,3 +301,123 @@ def test_boundary_mode_gives_instances(tmp_path: Path) -> None:
     summary = run_qc(model, images, masks, tmp_path / "qc")
     assert set(summary["iou"]) == {"background", "boundary", "interior"}
     assert summary["adapted_rand_error"] is None or 0.0 <= summary["adapted_rand_error"] <= 1.0
+
+
+# ------------------------------------------------------------------ outlines (EM style)
+
+
+def _three_cells() -> tuple[np.ndarray, np.ndarray]:
+    """(cell probability, class map) of three cells in a row separated by two membranes.
+
+    The first membrane has a gap of probability 0.75 (a faint spot of membrane); the third
+    cell is predicted less surely (0.92) than the others (0.97).
+    """
+    prob = np.full((20, 60), 0.97, np.float32)
+    prob[:, 41:] = 0.92
+    prob[:, [20, 40]] = 0.02
+    prob[8:12, 20] = 0.75
+    classes = np.ones((20, 60), np.uint8)
+    classes[:, [20, 40]] = 0
+    return prob, classes
+
+
+def test_outlines_grow_cells_through_a_gap_in_the_membrane() -> None:
+    prob, classes = _three_cells()
+    truth = instances_from_probabilities(  # the truth's own cells: 3 components
+        np.stack([1 - classes, classes]).astype(np.float32), SemanticSettings(), classes
+    )
+    assert truth.max() == 3
+    probs = np.stack([1 - prob, prob])
+    merged = instances_from_probabilities(probs, SemanticSettings(), (prob > 0.5).astype(np.uint8))
+    assert merged.max() == 2  # connected regions: the gap joins the first two cells
+    grown = grow_from_outlines(prob, 0.9)
+    assert grown.max() == 3 and grown.min() == 1  # every pixel belongs to a cell
+    assert adapted_rand(truth, grown) == pytest.approx(0.0)
+    assert adapted_rand(truth, merged) > 0.1
+    assert grow_from_outlines(prob, 0.99).max() == 0  # no pixel sure enough: no cell
+    speck = np.zeros((20, 20), np.float32)
+    speck[5:7, 5:7] = 1.0  # 4 pixels: too small to start a cell
+    assert grow_from_outlines(speck, 0.5).max() == 0
+    settings = SemanticSettings(instances="outlines", seed_threshold=0.9)
+    via_task = instances_from_probabilities(probs, settings, (prob > 0.5).astype(np.uint8))
+    assert via_task.max() == 3
+
+
+def test_outlines_config_checks() -> None:
+    with pytest.raises(ConfigError, match="two classes"):
+        tiny(instances="outlines", classes=3)
+    with pytest.raises(ConfigError, match="two classes"):
+        tiny(instances="outlines", mode="boundary")
+    with pytest.raises(ConfigError, match="outlines"):
+        tiny(seed_threshold=0.8)
+    assert tiny(instances="outlines", seed_threshold=0.8).semantic.seed_threshold == 0.8
+
+
+def test_seed_threshold_is_chosen_by_adapted_rand(monkeypatch) -> None:
+    prob, classes = _three_cells()
+    probs = np.stack([1 - prob, prob])
+    monkeypatch.setattr(semantic_thresholds, "predict_raw", lambda *_a, **_k: probs)
+    model = type("M", (), {"config": tiny(instances="outlines")})()
+    result = semantic_thresholds.optimize_seed_threshold(
+        model, [np.zeros((1, 20, 60), np.float32)], [classes[None]]
+    )
+    by = result["by_threshold"]
+    # low thresholds leak through the gap, 0.95 leaves the third cell without a seed
+    assert by["0.5"] > 0.1 and by["0.7"] > 0.1 and by["0.95"] > 0.1
+    assert by["0.8"] == pytest.approx(0.0) and by["0.9"] == pytest.approx(0.0)
+    assert result["seed_threshold"] == 0.9  # ties go to the surer seeds
+    assert result["images"] == 1
+    empty = semantic_thresholds.optimize_seed_threshold(
+        model, [np.zeros((1, 20, 60), np.float32)], [np.zeros((1, 20, 60), np.uint8)]
+    )
+    assert empty["seed_threshold"] is None
+
+
+def membrane_data(root: Path, names: str) -> tuple[Path, Path]:
+    """EM-like images: cells (bright) separated by dark one-to-two-pixel membranes."""
+    from skimage.segmentation import find_boundaries
+
+    images, masks = root / "em_images", root / "em_masks"
+    for i, name in enumerate(names):
+        rng = np.random.default_rng(i)
+        seeds = np.zeros((48, 48), np.int32)
+        for n, (y, x) in enumerate(rng.integers(0, 48, (6, 2)), start=1):
+            seeds[y, x] = n
+        from skimage.segmentation import watershed
+
+        cells = watershed(np.zeros((48, 48)), seeds)
+        membrane = find_boundaries(cells, mode="inner")
+        image = np.where(membrane, 40.0, 200.0) + rng.normal(0, 10, (48, 48))
+        write_tif(images / f"{name}.tif", np.clip(image, 0, 255).astype(np.uint8))
+        write_tif(masks / f"{name}.tif", np.where(membrane, 0, 255).astype(np.uint8))
+    return images, masks
+
+
+def test_outlines_seed_threshold_tuned_in_training_kept_by_qc_used_by_predict(
+    tmp_path: Path,
+) -> None:
+    images, masks = membrane_data(tmp_path, "abcd")
+    config = tiny(instances="outlines", class_names=["membrane", "cell"])
+    messages: list[str] = []
+    run = train(config, images, tmp_path / "run", masks, show_bar=False, log=messages.append)
+    tuned = json.loads((run.model_dir / "thresholds.json").read_text())
+    assert tuned["seed_threshold"] in semantic_thresholds.SEED_THRESHOLDS
+    assert "validation" in tuned["seed_threshold_chosen_by"]
+    assert any(m.startswith("seed threshold:") for m in messages), messages
+    model = load_model_folder(run.model_dir)
+    assert model.task.seed_threshold is None  # applied at prediction, from the file
+    run_qc(model, images, masks, tmp_path / "qc")
+    after_qc = json.loads((run.model_dir / "thresholds.json").read_text())
+    assert after_qc["seed_threshold"] == tuned["seed_threshold"]  # QC adds, keeps the rest
+    assert "foreground_threshold" in after_qc
+    assert main(["predict", str(run.model_dir), "--input", str(images), "--out",
+                 str(tmp_path / "pred"), "--instances", "--tta"]) == 0  # fmt: skip
+    loaded = load_model_folder(run.model_dir)
+    from deepscope.workflow.predict import apply_tuned_settings
+
+    apply_tuned_settings(loaded)
+    assert loaded.task.seed_threshold == tuned["seed_threshold"]
+    provenance = json.loads((tmp_path / "pred" / "provenance.json").read_text())
+    assert provenance["test_time_augmentation"] is True
+    inst = tifffile.imread(tmp_path / "pred" / "a_instances.tif")
+    assert inst.shape == (48, 48)

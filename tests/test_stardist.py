@@ -511,3 +511,37 @@ def test_qc_of_the_shipped_model_leaves_its_folder_untouched(tmp_path):
     )
     assert code == 0 and (tmp_path / "qc" / "summary.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+def test_test_time_augmentation_is_refused_for_stardist(tmp_path, capsys):
+    from deepscope.workflow.pretrained import resolve_model
+
+    model = load_model_folder(resolve_model("nuclei"))
+    image, _ = discs_image((64, 64))
+    with pytest.raises(DeepscopeError, match="test-time augmentation is not available"):
+        predict_raw(model, image, TileSettings(tta=True))
+    write_tif(tmp_path / "imgs" / "a.tif", image.astype(np.float32))
+    code = main(["predict", "nuclei", "--input", str(tmp_path / "imgs"), "--out",
+                 str(tmp_path / "out"), "--tta"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--tta is not available for stardist" in err and "leave out --tta" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nms_uses_every_core_only_when_nothing_else_runs(tmp_path, monkeypatch):
+    from deepscope.tasks import stardist as sd
+
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(sd, "_LOADAVG", str(loadavg))
+    monkeypatch.setattr(sd, "available_cores", lambda: 2)
+    loadavg.write_text("0.10 0.20 0.30 1/230 4242\n")  # only the asking thread runs
+    assert sd.nms_threads() == 2
+    loadavg.write_text("2.10 2.20 1.30 3/230 4242\n")  # a training beside it
+    assert sd.nms_threads() == 1
+    loadavg.write_text("garbage\n")
+    assert sd.nms_threads() == 1
+    loadavg.unlink()
+    assert sd.nms_threads() == 1
+    loadavg.write_text("0.10 0.20 0.30 1/230 4242\n")
+    monkeypatch.setattr(sd, "available_cores", lambda: 1)
+    assert sd.nms_threads() == 1

@@ -238,3 +238,66 @@ def test_result_does_not_depend_on_batch_size():
         net, image, out_channels=1, tile_shape=(16, 16), overlap=4, divisibility=1, batch_size=16
     )
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_dihedral_average_turns_every_version_back():
+    from deepscope.workflow.predict import DIHEDRAL, dihedral_average
+
+    x = np.random.default_rng(0).random((2, 5, 7)).astype(np.float32)  # not square
+    seen: list[tuple[int, ...]] = []
+    calls: list[tuple[int, int]] = []
+
+    def identity(image, report):
+        seen.append(image.shape)
+        for done in (1, 2):
+            report(done, 2)
+        return image.copy()
+
+    out = dihedral_average(identity, x, lambda done, total: calls.append((done, total)))
+    assert np.allclose(out, x, atol=1e-6)  # each version was turned back before averaging
+    assert len(seen) == len(DIHEDRAL) == 8 and {s[1:] for s in seen} == {(5, 7), (7, 5)}
+    assert calls[-1] == (16, 16) and all(t == 16 for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+    # an operation that does not turn with the image (a left-to-right ramp) is averaged out
+    ramp = np.arange(7, dtype=np.float32)
+    out = dihedral_average(lambda image, _r: image * 0 + np.arange(image.shape[-1]), x[:, :5, :5])
+    assert np.allclose(out, ramp[:5].mean())
+    # 3D stacks turn in YX only
+    z = np.random.default_rng(1).random((1, 3, 4, 6)).astype(np.float32)
+    assert np.allclose(dihedral_average(lambda image, _r: image.copy(), z), z, atol=1e-6)
+
+
+def test_inference_network_folds_batch_norm_and_follows_new_weights():
+    from deepscope.engine.inference import inference_network
+    from deepscope.engine.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(dims=2, in_channels=1, out_channels=2, depth=2, base_channels=8, batch_norm=True)
+    for m in net.modules():  # give batch norm statistics that matter
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    net.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.inference_mode():
+        reference = net(x)
+    fast = inference_network(net, torch.channels_last, bf16=False)
+    assert fast is not net and not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # original untouched
+    with torch.inference_mode():
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), reference,
+                              atol=1e-4)  # fmt: skip
+    assert inference_network(net, torch.channels_last, bf16=False) is fast  # kept
+    with torch.no_grad():  # other weights loaded into the same module: a new copy
+        net.load_state_dict({k: v * 0.5 if v.is_floating_point() else v
+                             for k, v in net.state_dict().items()})  # fmt: skip
+    renewed = inference_network(net, torch.channels_last, bf16=False)
+    assert renewed is not fast
+    with torch.inference_mode():
+        assert torch.allclose(renewed(x), net(x), atol=1e-4)
+    half = inference_network(net, torch.channels_last, bf16=True)
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    net.train()
+    assert inference_network(net, torch.channels_last, bf16=True) is net  # training: as is

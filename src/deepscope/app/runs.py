@@ -140,9 +140,20 @@ def run_detail(run_dir: Path, store: JobStore) -> dict[str, Any]:
             "qc_report": (run_dir / "qc" / "report.html").is_file(),
             "qc_summary": _read_json(model / "qc_summary.json"),
             "applied": applied_folders(run_dir),
+            "tta_ok": _tta_ok(out["task"]),
         }
     )
     return out
+
+
+def _tta_ok(task: str | None) -> bool:
+    """Whether predictions of this task may be averaged over flips and turns (``--tta``)."""
+    from deepscope.tasks import get_task
+
+    try:
+        return bool(task) and get_task(task).tta_ok
+    except Exception:  # an unknown task name in a foreign run folder
+        return False
 
 
 def applied_folders(run_dir: Path) -> list[dict[str, Any]]:

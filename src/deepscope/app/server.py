@@ -82,6 +82,7 @@ class ApplyRequest(BaseModel):
 
     input: str
     axes: str | None = None
+    tta: bool = False
 
 
 class CheckpointRequest(BaseModel):
@@ -406,7 +407,13 @@ def create_app(
         while out.exists():
             n += 1
             out = base / f"{stem}-{n}"
-        spec = {"model": str(model), "input": str(source), "out": str(out), "axes": body.axes}
+        spec = {
+            "model": str(model),
+            "input": str(source),
+            "out": str(out),
+            "axes": body.axes,
+            "tta": body.tta,
+        }
         return {"run": name, "job": _launch(app, "predict", name, spec), "out": str(out)}
 
     @app.post("/api/runs/{name}/checkpoint")

@@ -224,7 +224,7 @@ def run_qc_job(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
 def run_predict(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
     """Batch prediction of a folder into the job's output folder."""
     from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import predict_files
+    from deepscope.workflow.predict import TileSettings, predict_files
 
     model = load_model_folder(spec["model"])
     report = _Throttled(store, job_id)
@@ -233,7 +233,12 @@ def run_predict(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
         report({"stage": "predicting", "name": str(name), "done": done, "total": total})
 
     written = predict_files(
-        model, Path(spec["input"]), Path(spec["out"]), axes=spec.get("axes"), progress=progress
+        model,
+        Path(spec["input"]),
+        Path(spec["out"]),
+        axes=spec.get("axes"),
+        tiles=TileSettings(tta=bool(spec.get("tta"))),
+        progress=progress,
     )
     report({"stage": "finished", "done": len(written), "total": len(written)}, force=True)
     return f"{len(written)} result(s) written"

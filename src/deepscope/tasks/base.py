@@ -88,6 +88,11 @@ class Task(ABC):
     #: True for tasks with one result per image (e.g. a class) instead of an image:
     #: training uses ``make_datasets``, prediction writes a table, QC reads labels.
     image_level: ClassVar[bool] = False
+    #: True for tasks whose network output turns with the image pixel by pixel (a
+    #: flipped image gives the flipped output), so that prediction may average over the
+    #: 8 flips and 90-degree rotations (``--tta``). Not StarDist: its ray distances
+    #: would have to be re-ordered.
+    tta_ok: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfigBase):
         self.config = config

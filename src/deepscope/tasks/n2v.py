@@ -144,6 +144,7 @@ class N2VTask(Task):
     )
     config_class = N2VConfig
     needs_targets = False
+    tta_ok = True
 
     def blockwise_ok(self) -> bool:
         """Denoised pixels depend only on their neighbourhood: large images go in blocks."""

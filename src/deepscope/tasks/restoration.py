@@ -285,6 +285,7 @@ class PairedRestorationTask(Task):
     needs_targets = True
     normalize_targets = True
     qc_kind = "restoration"
+    tta_ok = True
     settings_field: ClassVar[str]
     #: Whether input and target are the same kind of image (False for label-free, where
     #: a shift found by cross-correlation is less certain).

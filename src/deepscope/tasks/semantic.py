@@ -20,6 +20,12 @@ its boundary.
 Instances (``--instances``) come from the class map: in boundary mode by growing the
 interiors; otherwise from the connected regions of each class other than 0, optionally
 split by a seeded watershed (``instances: watershed``) where round objects touch.
+``instances: outlines`` is for two-class masks whose class 0 is the outline *between*
+cells (membranes in EM, cell borders in epithelia): the regions where the network is
+sure of class 1 (probability above ``seed_threshold``) are grown over the outlines,
+downhill in the probability of class 0, until they meet, so every pixel belongs to a cell
+and a gap in a predicted membrane no longer merges two cells. After training the seed
+threshold is chosen on the validation images (lowest adapted Rand error).
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ MAX_CLASSES = 255
 _SEED_DEPTH = 2.0  # watershed: a dent shallower than this (pixels) does not split an object
 _MAX_WEIGHT = 50.0  # largest automatic class weight relative to the smallest
 _IMBALANCE_SHARE = 0.2  # a class below this share of the pixels makes pixel accuracy misleading
+DEFAULT_SEED_THRESHOLD = 0.9
+"""instances 'outlines': seed threshold used until one is chosen on validation images."""
+_MIN_SEED_SIZE = 10  # instances 'outlines': smaller confident specks (pixels) start no cell
 
 
 # ----------------------------------------------------------------------------- configs
@@ -85,10 +94,20 @@ class SemanticSettings(_Section):
         description="Two classes only: a pixel is class 1 when its probability exceeds this. "
         "Default: the threshold chosen by 'deepscope qc', else 0.5.",
     )
-    instances: Literal["components", "watershed"] = Field(
+    instances: Literal["components", "watershed", "outlines"] = Field(
         "components",
         description="How objects are found for --instances (classes mode): 'components' "
-        "(connected regions) or 'watershed' (also splits touching round objects).",
+        "(connected regions), 'watershed' (also splits touching round objects) or "
+        "'outlines' (two classes where class 0 is the membrane or border between cells, "
+        "e.g. EM: cells are grown from their sure parts until they meet).",
+    )
+    seed_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="instances 'outlines' only: probability of class 1 a pixel needs to "
+        "start a cell. Default: the value chosen on the validation images after training, "
+        f"else {DEFAULT_SEED_THRESHOLD}.",
     )
     min_object_size: int = Field(
         0, ge=0, description="Objects smaller than this many pixels are dropped from instances."
@@ -129,6 +148,13 @@ class SemanticSettings(_Section):
             )
         if self.threshold is not None and n != 2:
             raise ValueError("threshold applies to two classes only; leave it out")
+        if self.instances == "outlines" and (n != 2 or self.mode != "classes"):
+            raise ValueError(
+                "instances 'outlines' needs two classes (0 = outline between cells, 1 = cell) "
+                "in classes mode; use 'components' or 'watershed'"
+            )
+        if self.seed_threshold is not None and self.instances != "outlines":
+            raise ValueError("seed_threshold applies to instances 'outlines' only; leave it out")
         return self
 
 
@@ -455,8 +481,33 @@ def watershed_split(foreground: np.ndarray) -> np.ndarray:
     return watershed(-dist, seeds, mask=fg).astype(np.int64)
 
 
+def grow_from_outlines(cell_probability: np.ndarray, seed_threshold: float) -> np.ndarray:
+    """Cells separated by outlines: sure cell regions grown until they meet (int64 labels).
+
+    Seeds are the face-connected regions where ``cell_probability`` exceeds
+    ``seed_threshold`` (specks under ``_MIN_SEED_SIZE`` pixels dropped); a watershed on
+    ``1 - cell_probability`` grows them over the outlines, so the outlines end up as the
+    lines where two cells meet and every pixel belongs to a cell. All zeros when no pixel
+    is sure enough.
+    """
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    prob = np.asarray(cell_probability, np.float32)
+    seeds = label(prob > seed_threshold, connectivity=1)
+    specks = np.bincount(seeds.ravel()) < _MIN_SEED_SIZE
+    specks[0] = False
+    seeds[specks[seeds]] = 0
+    if seeds.max() == 0:
+        return np.zeros(prob.shape, np.int64)
+    return watershed(1.0 - prob, seeds).astype(np.int64)
+
+
 def instances_from_probabilities(
-    probabilities: np.ndarray, settings: SemanticSettings, class_map: np.ndarray
+    probabilities: np.ndarray,
+    settings: SemanticSettings,
+    class_map: np.ndarray,
+    seed_threshold: float | None = None,
 ) -> np.ndarray:
     """Instance labels (*spatial, uint16/uint32) from class probabilities and the class map.
 
@@ -468,6 +519,9 @@ def instances_from_probabilities(
         Task settings: mode, instance method and smallest object size.
     class_map
         The class map (*spatial) the task's post-processing made of them.
+    seed_threshold
+        Instances 'outlines': the seed threshold (default: the settings', else
+        ``DEFAULT_SEED_THRESHOLD``).
     """
     from skimage.measure import label
     from skimage.segmentation import watershed
@@ -475,6 +529,9 @@ def instances_from_probabilities(
     if settings.mode == "boundary":
         seeds = label(class_map == 2, connectivity=1)
         labels = watershed(-probabilities[2], seeds, mask=class_map > 0)
+    elif settings.instances == "outlines":
+        t = seed_threshold or settings.seed_threshold or DEFAULT_SEED_THRESHOLD
+        labels = grow_from_outlines(probabilities[1], t)
     elif settings.instances == "watershed" and settings.n_classes == 2:
         labels = watershed_split(class_map == 1)
     else:
@@ -513,6 +570,7 @@ class SemanticTask(Task):
         "(boundary mode) and turn the result into one label per object."
     )
     config_class = SemanticConfig
+    tta_ok = True
     needs_targets = True
     normalize_targets = False
     qc_kind = "segmentation"
@@ -521,6 +579,7 @@ class SemanticTask(Task):
         super().__init__(config)
         s = self.settings
         self.threshold: float | None = s.threshold
+        self.seed_threshold: float | None = s.seed_threshold
         self.class_weights: torch.Tensor | None = (
             torch.tensor(s.class_weights, dtype=torch.float32)
             if isinstance(s.class_weights, list)
@@ -603,6 +662,9 @@ class SemanticTask(Task):
         if self.settings.threshold is None and self.n_classes == 2:
             value = settings.get("foreground_threshold")
             self.threshold = float(value) if value is not None else None
+        if self.settings.seed_threshold is None:
+            value = settings.get("seed_threshold")
+            self.seed_threshold = float(value) if value is not None else None
 
     def class_map(self, probabilities: np.ndarray) -> np.ndarray:
         """Class map (*spatial, uint8) of class probabilities (C, *spatial)."""
@@ -618,7 +680,7 @@ class SemanticTask(Task):
     def instances(self, probabilities: np.ndarray) -> np.ndarray:
         """Instance labels (*spatial) of class probabilities (see module documentation)."""
         return instances_from_probabilities(
-            probabilities, self.settings, self.class_map(probabilities)
+            probabilities, self.settings, self.class_map(probabilities), self.seed_threshold
         )
 
     def blockwise_ok(self) -> bool:

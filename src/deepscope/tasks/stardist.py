@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepscope.config import TaskConfigBase, _Section
+from deepscope.engine.performance import available_cores
 from deepscope.errors import DeepscopeError
 from deepscope.tasks.base import Task, register_task
 
@@ -233,27 +234,45 @@ def stardist_loss(output: torch.Tensor, prob: torch.Tensor, dist: torch.Tensor) 
 # -------------------------------------------------------------------------- instances
 
 
-def _one_openmp_thread(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``function`` with OpenMP limited to one thread.
+_LOADAVG = "/proc/loadavg"
+
+
+def nms_threads() -> int:
+    """OpenMP threads for the NMS: every core when the others are idle right now, else one.
 
     The package's NMS is OpenMP code. On a quiet 2-core machine a second thread saves
     40-70 ms (1024x1024, 12,600 candidates, with rendering: 0.12 vs 0.19 s), but when the
-    cores are busy (a training beside it, PyTorch's threads still spinning) its team
-    waits on them: 0.3-13 s measured (benchmarks/RESULTS.md). One thread is the robust
-    choice.
+    cores are busy (a training beside it) its team waits on them: 0.3-13 s measured
+    instead of 0.2 s on one thread (benchmarks/RESULTS.md). So the team is only used when
+    nothing else is running at this moment: Linux's count of runnable threads
+    (``/proc/loadavg``, which includes the thread asking) must be 1. Elsewhere, or when
+    it cannot be read, one thread.
     """
+    cores = available_cores()
+    if cores < 2:
+        return 1
+    try:
+        with open(_LOADAVG) as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 1
+    return cores if running <= 1 else 1
+
+
+def _nms_thread_limit(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``function`` with OpenMP limited to :func:`nms_threads` threads."""
 
     @functools.wraps(function)
     def limited(*args: Any, **kwargs: Any) -> Any:
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(1, "openmp"):
+        with threadpool_limits(nms_threads(), "openmp"):
             return function(*args, **kwargs)
 
     return limited
 
 
-@_one_openmp_thread
+@_nms_thread_limit
 def instances_from_maps(
     prob: np.ndarray,
     dist: np.ndarray,

@@ -348,7 +348,7 @@ def segmentation_qc(
         class_names,
         reference_instances,
     )
-    from deepscope.workflow.predict import TUNED_SETTINGS_FILE, predict_raw
+    from deepscope.workflow.predict import predict_raw, update_tuned_settings
     from deepscope.workflow.training import load_images
 
     task = model.task
@@ -444,7 +444,7 @@ def segmentation_qc(
     # Checkpoints are scored with the threshold used above, before the new one is stored.
     summary["checkpoints"] = _score_checkpoints(model, pairs, truths, tiles, progress)
     if binary and s.threshold is None:
-        atomic_write_text(model.folder / TUNED_SETTINGS_FILE, json.dumps(tuned, indent=2))
+        update_tuned_settings(model.folder, tuned)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     _write_csv(out_dir / "metrics.csv", rows)
     _write_report(model, out_dir, summary, rows, kept, curve, used, names)

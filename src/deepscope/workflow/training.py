@@ -39,6 +39,7 @@ from deepscope.workflow.model_folder import save_model_folder
 #: the data (not normalised), e.g. StarDist's threshold tuning.
 AFTER_TRAINING: dict[str, str] = {
     "stardist": "deepscope.workflow.stardist_thresholds:tune_after_training",
+    "semantic": "deepscope.workflow.semantic_thresholds:tune_after_training",
 }
 
 

@@ -330,7 +330,7 @@ async function viewRun(name) {
     results: h("div", { "data-testid": "results" }),
     share: h("div"),
   };
-  const qcSel = { images: null, targets: null }, applySel = { input: null };
+  const qcSel = { images: null, targets: null }, applySel = { input: null, tta: false };
   const qcBtn = h("button", { "data-testid": "run-qc", onclick: async () => {
     el.qcMsg.replaceChildren();
     try { await api("POST", `/api/runs/${name}/qc`, qcSel); poll(); } catch (e) { el.qcMsg.replaceChildren(errorBox(e)); }
@@ -353,6 +353,8 @@ async function viewRun(name) {
     h("div", { class: "card", id: "apply" }, h("h2", {}, "6 Apply"),
       h("p", { class: "muted" }, "Choose a folder of images; the results are written into this run's folder (apply/), each with the input's name, beside a provenance.json saying which model made them."),
       folderPicker("Images to process", null, (p) => { applySel.input = p; }, "pick-apply"),
+      d.tta_ok ? h("label", {}, h("input", { type: "checkbox", "data-testid": "apply-tta", onchange: (e) => { applySel.tta = e.target.checked; } }),
+        " Average over the 8 flips and turns of each image (8 times slower, usually a little cleaner)") : null,
       h("div", { class: "row" }, applyBtn), el.applyProgress, el.applyMsg, el.results),
     h("div", { class: "card", id: "share" }, h("h2", {}, "7 Share"), el.share));
 
