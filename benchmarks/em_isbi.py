@@ -166,6 +166,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "out" / "em_isbi")
     parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=CONFIG["data"]["val_fraction"],
+        help="share of the training slices held out for validation (and for choosing the "
+        "seed threshold)",
+    )
+    parser.add_argument(
         "--reuse-run",
         action="store_true",
         help="score the model already trained in OUT/run again (no training; the training "
@@ -181,7 +188,8 @@ def main() -> None:
         shutil.rmtree(args.out, ignore_errors=True)
         folders = split(args.data, args.out / "data")
         training_config = {**CONFIG["training"], "max_minutes": args.minutes}
-        config = config_from_dict({**CONFIG, "training": training_config})
+        data_config = {**CONFIG["data"], "val_fraction": args.val_fraction}
+        config = config_from_dict({**CONFIG, "data": data_config, "training": training_config})
         t0 = time.monotonic()
         result = train(
             config,
@@ -214,6 +222,7 @@ def main() -> None:
         "split": {
             "train": sorted(p.stem for p in folders["train_images"].glob("*.png")),
             "test": list(TEST_SLICES),
+            "validation_fraction_of_train": model.config.data.val_fraction,
         },
         "machine": {
             "processor": platform.processor() or platform.machine(),

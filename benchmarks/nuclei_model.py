@@ -40,9 +40,10 @@ TARGET = ROOT / "src" / "deepscope" / "pretrained" / "nuclei"
 CONFIG = {
     "task": "stardist",
     "data": {"patch_size": [96, 96], "val_fraction": 0.15, "invert": True},
-    # 16 base channels (0.5 M parameters): the 20-minute nuclei_dsb model with 16 scored
-    # higher than the shipped one with 32 (2 M), at a quarter of the prediction time.
-    "model": {"depth": 3, "base_channels": 16},
+    # 32 base channels (2 M parameters). 16 (0.5 M, 4x faster network) was tried on
+    # 2026-11-29: better overall and on H&E / brightfield, worse on fluorescence (see
+    # benchmarks/RESULTS.md), so the shipped model kept 32.
+    "model": {"depth": 3, "base_channels": 32},
     "stardist": {"n_rays": 32, "grid": [2, 2], "feature_channels": 64},
     "training": {
         "epochs": 1000,

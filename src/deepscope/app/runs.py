@@ -150,9 +150,11 @@ def _tta_ok(task: str | None) -> bool:
     """Whether predictions of this task may be averaged over flips and turns (``--tta``)."""
     from deepscope.tasks import get_task
 
+    if not task:
+        return False
     try:
-        return bool(task) and get_task(task).tta_ok
-    except Exception:  # an unknown task name in a foreign run folder
+        return get_task(task).tta_ok
+    except KeyError:  # an unknown task name in a foreign run folder
         return False
 
 
