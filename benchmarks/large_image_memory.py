@@ -78,15 +78,20 @@ def main() -> None:
     whole = run_predict(args.model, src, OUT / "whole", None)
     a = tifffile.memmap(OUT / "whole" / src.name)
     b = tifffile.memmap(OUT / "blocks" / src.name)
-    diff = 0.0
-    for y in range(0, args.size, 1024):
-        diff = max(diff, float(np.abs(a[y : y + 1024] - b[y : y + 1024]).max()))
     scale = float(np.percentile(a[:1024], 99.5) - np.percentile(a[:1024], 0.5))
+    diff, total, over = 0.0, 0.0, 0
+    for y in range(0, args.size, 1024):
+        d = np.abs(a[y : y + 1024].astype(np.float64) - b[y : y + 1024])
+        diff = max(diff, float(d.max()))
+        total += float(d.sum())
+        over += int(np.count_nonzero(d > 0.01 * scale))
     record = {
         "image": f"{args.size}x{args.size} uint16 ({src.stat().st_size / 2**30:.2f} GiB)",
         "block_by_block": blocks,
         "in_memory": whole,
         "max_abs_difference_relative_to_range": round(diff / scale, 5),
+        "mean_abs_difference_relative_to_range": round(total / a.size / scale, 7),
+        "share_of_pixels_differing_over_1_percent": round(over / a.size, 7),
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
