@@ -422,10 +422,29 @@ def test_stardist_package_gives_the_labels_deepscope_gives(tmp_path: Path) -> No
         import_model(package, tmp_path / "ts", weights_format="torchscript", log=lambda _m: None)
 
 
-def test_3d_stardist_export_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_3d_stardist_package_holds_the_maps_passes_test_model_and_imports(
+    tmp_path: Path,
+) -> None:
+    """3D: the network's maps on the grid (the spec's 3D label step is broken upstream)."""
     model_dir = make_model(
         tmp_path, "stardist", three_d=True, stardist={"n_rays": 16, "grid": [1, 2, 2]}
     )
-    with pytest.raises(DeepscopeError, match="3D StarDist") as info:
-        export_package(model_dir, tmp_path / "sd3.zip")
-    assert "onnx" in str(info.value) and not (tmp_path / "sd3.zip").exists()
+    package = export_package(model_dir, tmp_path / "sd3.zip")
+    rdf = read_rdf(package)
+    out = rdf["outputs"][0]
+    assert [op["id"] for op in out.get("postprocessing", [])] in ([], ["ensure_dtype"])
+    axes = {a.get("id", a["type"]): a for a in out["axes"]}
+    assert [a["type"] for a in out["axes"]] == ["batch", "space", "space", "space", "channel"]
+    assert (axes["z"]["scale"], axes["y"]["scale"], axes["x"]["scale"]) == (1.0, 2.0, 2.0)
+    assert len(axes["channel"]["channel_names"]) == 17
+    readme = tmp_path / "readme.md"
+    with zipfile.ZipFile(package) as z:
+        readme.write_bytes(z.read("README.md"))
+    assert "non_maximum_suppression_3d" in readme.read_text()
+    assert_passes_test_model(package)
+    imported = import_model(package, tmp_path / "imported", log=lambda _m: None)
+    image = np.random.default_rng(2).uniform(100, 2500, (1, 8, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(
+        predict_array(load_model_folder(imported), image),
+        predict_array(load_model_folder(model_dir), image),
+    )

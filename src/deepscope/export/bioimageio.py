@@ -121,13 +121,6 @@ def export_bioimageio(
             model_folder,
             "export with --format onnx or torchscript instead",
         )
-    reason = entry.unsupported(model) if entry.unsupported is not None else None
-    if reason is not None:
-        raise DeepscopeError(
-            reason,
-            model_folder,
-            "export with --format onnx or torchscript, or use the model folder in deepscope",
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".deepscope-export-", dir=out.parent) as tmp:
         work = Path(tmp)
@@ -213,7 +206,8 @@ def build_description(
     raw = raw_output(model, x)
     y = entry.expected_output(model, raw[0])[None]
     np.save(work / "test_input.npy", x.astype(np.float32))
-    np.save(work / "test_output.npy", y.astype(entry.output_dtype))
+    out_dtype = entry.output_dtype(model) if callable(entry.output_dtype) else entry.output_dtype
+    np.save(work / "test_output.npy", y.astype(out_dtype))
     write_cover(model, x[0], y[0], work / "cover.png")
 
     kwargs = {**model.task.model_kwargs(model.in_channels), **entry.network_kwargs}
@@ -277,7 +271,7 @@ def build_description(
             ],
         ],
         test_tensor=spec.FileDescr(source=work / "test_output.npy"),
-        data=spec.IntervalOrRatioDataDescr(type=entry.output_dtype),
+        data=spec.IntervalOrRatioDataDescr(type=out_dtype),
         postprocessing=entry.postprocessing(model),
     )
     pytorch_version = spec.Version(torch.__version__.split("+")[0])
@@ -538,6 +532,14 @@ def write_cover(model: TrainedModel, x_cf: np.ndarray, y_cf: np.ndarray, path: P
             dtype=np.uint8,
         )
         right = palette[classes % len(palette)]
+    elif model.task.qc_kind == "instance" and not np.issubdtype(y_cf.dtype, np.integer):
+        # 3D StarDist maps (z, y, x, 1 + rays) on the grid: the object probability,
+        # each grid point repeated to the pixels it covers
+        prob = 1.0 / (1.0 + np.exp(-_middle(np.moveaxis(y_cf, -1, 0))))
+        for axis, g in enumerate(model.task.grid[-2:]):
+            prob = np.repeat(prob, g, axis=axis)
+        prob = prob[: left.shape[0], : left.shape[1]]
+        right = np.repeat((prob * 255).astype(np.uint8)[..., None], 3, axis=-1)
     elif model.task.qc_kind == "instance":  # labels: one colour per object
         labels = _middle(y_cf)
         colours = np.random.default_rng(0).integers(60, 256, (int(labels.max()) + 1, 3))

@@ -96,8 +96,9 @@ class TaskExport:
     #: ``channel_names``) and the input's space axes — e.g. StarDist's instance labels
     #: (batch, y, x) after ``stardist_postprocessing``. Called as ``output_axes(model)``.
     output_axes: Callable[[TrainedModel], list[Any]] | None = None
-    #: Data type of the exported output (e.g. "uint16" for instance labels).
-    output_dtype: str = "float32"
+    #: Data type of the exported output (e.g. "int32" for instance labels), or a function
+    #: of the model giving it.
+    output_dtype: str | Callable[[TrainedModel], str] = "float32"
     #: Architecture keyword arguments of the exported network on top of the task's
     #: ``model_kwargs`` (StarDist: a channel-last output for the spec's operation). The
     #: weights are the same; deepscope itself builds the network without them.
@@ -106,8 +107,6 @@ class TaskExport:
     #: (C, Y, X) image is brought to it (resize or crop), which the spec cannot express.
     fixed_input_size: Callable[[TrainedModel], tuple[int, ...]] | None = None
     fit_input: Callable[[TrainedModel, np.ndarray], np.ndarray] | None = None
-    #: Why a model of this task cannot be exported (None when it can), e.g. 3D StarDist.
-    unsupported: Callable[[TrainedModel], str | None] | None = None
 
 
 _EXPORTS: dict[str, TaskExport] = {}
@@ -307,6 +306,11 @@ STARDIST_2D = Citation(
     "Schmidt, Weigert, Broaddus & Myers (2018). Cell detection with star-convex polygons. MICCAI.",
     "10.1007/978-3-030-00934-2_30",
 )
+STARDIST_3D = Citation(
+    "Weigert, Schmidt, Haase, Sugawara & Myers (2020). Star-convex polyhedra for 3D object "
+    "detection and segmentation in microscopy. WACV.",
+    "10.1109/WACV45572.2020.9093435",
+)
 #: Border (in grid points) where the NMS ignores candidates; the stardist package's
 #: default, which deepscope's own NMS uses too.
 STARDIST_BORDER = 2
@@ -317,16 +321,16 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-def _stardist_unsupported(model: TrainedModel) -> str | None:
-    # Tried: a 3D package reproduces deepscope's labels, but bioimageio.core's 3D
-    # operation fails on any image without objects (stardist's polyhedron_to_label
-    # returns uint16 there and core asserts int32), so test_model cannot pass.
-    if model.task.dims != 2:
-        return (
-            "3D StarDist models cannot be exported to BioImage.IO yet (2D ones can): "
-            "bioimageio.core's 3D StarDist step fails on images without objects"
-        )
-    return None
+# 3D: the package holds the network's maps, not labels. A 3D package with the spec's
+# ``stardist_postprocessing`` reproduced deepscope's labels, but bioimageio.core's 3D
+# operation fails on any image without objects (stardist's ``polyhedron_to_label``
+# returns uint16 there and core asserts int32), so such a package cannot pass
+# ``test_model``. The maps and the documented post-processing are what the spec allows.
+
+
+def _stardist_maps(model: TrainedModel) -> bool:
+    """Whether the package holds the probability and distance maps (3D) or labels (2D)."""
+    return model.task.dims != 2
 
 
 def _stardist_post(model: TrainedModel) -> list[Any]:
@@ -334,8 +338,11 @@ def _stardist_post(model: TrainedModel) -> list[Any]:
 
     The network's channel 0 is the logit of the object probability; a threshold ``p`` on
     the probability is the threshold ``logit(p)`` on the logit (the NMS only compares and
-    orders the scores), so no activation is needed before the spec's operation.
+    orders the scores), so no activation is needed before the spec's operation. Nothing
+    for 3D (see ``_stardist_maps``).
     """
+    if _stardist_maps(model):
+        return []
     from bioimageio.spec.model.v0_5 import (
         StardistPostprocessingDescr,
         StardistPostprocessingKwargs2D,
@@ -360,6 +367,8 @@ def _stardist_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
     thresholds), without deepscope's final renumbering to 1..n (the spec's operation
     keeps the NMS numbering, which may skip numbers of candidates hidden by others).
     """
+    if _stardist_maps(model):  # the network's maps, channels last like the network's
+        return np.moveaxis(raw, 0, -1).astype(np.float32)
     from stardist.geometry import polygons_to_label
     from stardist.nms import non_maximum_suppression
 
@@ -388,7 +397,22 @@ def _stardist_axes(model: TrainedModel) -> list[Any]:
     """
     from bioimageio.spec.model import v0_5 as spec
 
-    space = ("y", "x") if model.task.dims == 2 else ("z", "y", "x")
+    if _stardist_maps(model):  # on the grid: each axis `grid` times smaller than the input
+        return [
+            spec.BatchAxis(),
+            *[
+                spec.SpaceOutputAxis(
+                    id=spec.AxisId(a),
+                    size=spec.SizeReference(
+                        tensor_id=spec.TensorId("input"), axis_id=spec.AxisId(a)
+                    ),
+                    scale=float(g),
+                )
+                for a, g in zip(("z", "y", "x"), model.task.grid, strict=True)
+            ],
+            spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in _stardist_channels(model)]),
+        ]
+    space = ("y", "x")
     return [
         spec.BatchAxis(),
         *[
@@ -402,10 +426,35 @@ def _stardist_axes(model: TrainedModel) -> list[Any]:
     ]
 
 
+def _stardist_channels(model: TrainedModel) -> list[str]:
+    """Output channel names: labels (2D), or the maps (3D)."""
+    if not _stardist_maps(model):
+        return ["instance_labels"]
+    return ["probability_logit"] + [f"distance_ray{r}" for r in range(model.task.n_rays)]
+
+
 def _stardist_notes(model: TrainedModel) -> str:
     task = model.task
     prob, nms = task.thresholds()
     norm = model.normalizer
+    if _stardist_maps(model):
+        grid = "x".join(str(g) for g in task.grid)
+        return (
+            f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
+            f"{norm.high_pct:g} % to 1, per channel; the spec's `scale_range`).\n\n"
+            f"The output is the network's maps on a grid {grid} (z, y, x) times coarser than "
+            "the image, channels last: the logit of the object probability (channel 0) and "
+            f"the distances to the object's boundary along {task.n_rays} rays (channels 1 to "
+            f"{task.n_rays}, in image pixels; ray directions: `stardist.Rays_GoldenSpiral("
+            f"{task.n_rays}, anisotropy={task.anisotropy})`). Instance labels are made "
+            "from them by the `stardist` package: `non_maximum_suppression_3d` with "
+            f"probability threshold {prob:g} (logit {_logit(prob):.4f}) and overlap {nms:g}, "
+            f"grid {tuple(task.grid)}, then `polyhedron_to_label`. The package does not "
+            "include this step as the spec's `stardist_postprocessing`, because "
+            "bioimageio.core's 3D version of that step fails on images without objects. "
+            "`deepscope import` of this package restores the model with the whole "
+            "post-processing (labels, ROIs, measurements)."
+        )
     return (
         f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
         f"{norm.high_pct:g} % to 1, per channel; the spec's `scale_range`), as StarDist "
@@ -429,15 +478,19 @@ register_export(
     TaskExport(
         postprocessing=_stardist_post,
         expected_output=_stardist_expected,
-        channel_names=lambda model: ["instance_labels"],
-        output_description="instance labels (0 = background, one number per object)",
+        channel_names=_stardist_channels,
+        output_description="instance labels (0 = background, one number per object); 3D: "
+        "the network's probability (logit) and ray-distance maps on the grid",
         notes=_stardist_notes,
-        citations=lambda model: [STARDIST_2D, UNET, ZERO_COST],
+        citations=lambda model: [
+            STARDIST_3D if _stardist_maps(model) else STARDIST_2D,
+            UNET,
+            ZERO_COST,
+        ],
         tags=("segmentation", "instance-segmentation", "stardist", "nuclei"),
         output_axes=_stardist_axes,
-        output_dtype="int32",
+        output_dtype=lambda model: "float32" if _stardist_maps(model) else "int32",
         network_kwargs={"channel_last_output": True},
-        unsupported=_stardist_unsupported,
     ),
 )
 
