@@ -241,7 +241,7 @@ def nms_threads() -> int:
     """OpenMP threads for the NMS: every core when the others are idle right now, else one.
 
     The package's NMS is OpenMP code. On a quiet 2-core machine a second thread saves
-    40-70 ms (1024x1024, 12,600 candidates, with rendering: 0.12 vs 0.19 s), but when the
+    ~40 ms (1024x1024, 12,600 candidates: 0.063 vs 0.104 s for the NMS alone), but when the
     cores are busy (a training beside it) its team waits on them: 0.3-13 s measured
     instead of 0.2 s on one thread (benchmarks/RESULTS.md). So the team is only used when
     nothing else is running at this moment: Linux's count of runnable threads
