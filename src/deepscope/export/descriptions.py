@@ -389,40 +389,28 @@ def _stardist_expected(model: TrainedModel, raw: np.ndarray) -> np.ndarray:
 
 
 def _stardist_axes(model: TrainedModel) -> list[Any]:
-    """Instance labels: batch, space axes of the input's size, one channel.
+    """Batch, space axes, channels last: labels of the input's size (2D), maps on the grid (3D).
 
     Channel last: bioimageio.core reads the network's output with these axes, and its
     ``stardist_postprocessing`` gives labels in this layout; so the exported network
-    puts its channels last (``network_kwargs``).
+    puts its channels last (``network_kwargs``). 3D maps: each space axis is ``grid``
+    times smaller than the input's (the axis ``scale``).
     """
     from bioimageio.spec.model import v0_5 as spec
 
-    if _stardist_maps(model):  # on the grid: each axis `grid` times smaller than the input
-        return [
-            spec.BatchAxis(),
-            *[
-                spec.SpaceOutputAxis(
-                    id=spec.AxisId(a),
-                    size=spec.SizeReference(
-                        tensor_id=spec.TensorId("input"), axis_id=spec.AxisId(a)
-                    ),
-                    scale=float(g),
-                )
-                for a, g in zip(("z", "y", "x"), model.task.grid, strict=True)
-            ],
-            spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in _stardist_channels(model)]),
-        ]
-    space = ("y", "x")
+    maps = _stardist_maps(model)
+    space = ("z", "y", "x") if maps else ("y", "x")
     return [
         spec.BatchAxis(),
         *[
             spec.SpaceOutputAxis(
                 id=spec.AxisId(a),
                 size=spec.SizeReference(tensor_id=spec.TensorId("input"), axis_id=spec.AxisId(a)),
+                **({"scale": float(g)} if maps else {}),
             )
-            for a in space
+            for a, g in zip(space, model.task.grid, strict=True)
         ],
-        spec.ChannelAxis(channel_names=[spec.Identifier("instance_labels")]),
+        spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in _stardist_channels(model)]),
     ]
 
 
@@ -437,11 +425,14 @@ def _stardist_notes(model: TrainedModel) -> str:
     task = model.task
     prob, nms = task.thresholds()
     norm = model.normalizer
+    normalised = (
+        f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
+        f"{norm.high_pct:g} % to 1, per channel; the spec's `scale_range`)"
+    )
     if _stardist_maps(model):
         grid = "x".join(str(g) for g in task.grid)
         return (
-            f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
-            f"{norm.high_pct:g} % to 1, per channel; the spec's `scale_range`).\n\n"
+            f"{normalised}.\n\n"
             f"The output is the network's maps on a grid {grid} (z, y, x) times coarser than "
             "the image, channels last: the logit of the object probability (channel 0) and "
             f"the distances to the object's boundary along {task.n_rays} rays (channels 1 to "
@@ -456,9 +447,8 @@ def _stardist_notes(model: TrainedModel) -> str:
             "post-processing (labels, ROIs, measurements)."
         )
     return (
-        f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
-        f"{norm.high_pct:g} % to 1, per channel; the spec's `scale_range`), as StarDist "
-        "does, so images of any brightness or bit depth can be given.\n\n"
+        f"{normalised}, as StarDist does, so images of any brightness or bit depth can be "
+        "given.\n\n"
         "The network predicts, on a grid "
         f"{'x'.join(str(g) for g in task.grid)} times coarser than the image, the logit of "
         f"the object probability (channel 0) and the distances to the object's boundary "
