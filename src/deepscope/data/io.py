@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 import warnings
 import xml.etree.ElementTree as ElementTree
@@ -554,13 +555,26 @@ def open_image(path: str | os.PathLike, axes: str | None = None) -> Image:
 # --------------------------------------------------------------------------- writing
 
 
+_REMOVE_ATTEMPTS = 10
+
+
 def _partial_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
 
 
 def _remove(path: Path) -> None:
+    """Delete a partial output, file or folder.
+
+    A folder is deleted again until it is gone: when one write of a store fails (e.g.
+    the disk is full), zarr's other writes of the same store may still be finishing in
+    its background thread and recreate files while the folder is being deleted.
+    """
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        for attempt in range(_REMOVE_ATTEMPTS):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.02 * (attempt + 1))
     else:
         path.unlink(missing_ok=True)
 
