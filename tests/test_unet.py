@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deepscope.engine.models import UNet, build_model, get_model_class, register_model
-from deepscope.engine.models.unet import BlurPool
+from deepscope.engine.models.unet import BlurPool, upsample2
 from deepscope.tasks.n2v import N2VConfig, N2VTask
 
 
@@ -67,6 +67,27 @@ def test_blur_pool_halves_and_keeps_constants(dims):
     spike = torch.zeros((1, 3) + (8,) * dims)
     spike[(0, slice(None)) + (4,) * dims] = 1.0
     assert pool(spike).max() > 0.1
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_upsample2_matches_interpolate_in_values_and_gradients(dims):
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    mode = "bilinear" if dims == 2 else "trilinear"
+    torch.manual_seed(0)
+    shape = (2, 3) + (4,) * dims
+    x0 = torch.randn(shape).contiguous(memory_format=layout)
+    skip = torch.randn((2, 2) + (8,) * dims)
+    grads, outs = [], []
+    for fn in (upsample2, lambda t: nn.functional.interpolate(t, scale_factor=2, mode=mode)):
+        x = x0.clone().requires_grad_()
+        y = fn(x)
+        outs.append(y.detach())
+        # the gradient reaches the up-sampling as a channel slice, as in the U-Net
+        (torch.cat([y, skip], 1) * torch.arange(5.0).view(1, 5, *([1] * dims))).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
 
 
 def test_residual_adds_input():

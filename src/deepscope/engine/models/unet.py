@@ -32,6 +32,38 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+class _GradientLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in the layout of the forward tensor.
+
+    The gradient that reaches an up-sampling layer comes out of ``torch.cat``'s backward
+    as a channel slice, which is neither contiguous nor channels-last; PyTorch's CPU
+    kernel for the backward of bilinear/trilinear up-sampling then copies it to the
+    default layout and takes a slow path (measured: 15 % of a 2D N2V training step with
+    channels-last bf16). Giving it the gradient in the forward tensor's layout keeps it
+    on the fast path. The forward pass is unchanged (a view, no copy).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:  # noqa: D102
+        ctx.layout = layout
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return grad.contiguous(memory_format=ctx.layout), None
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear (2D) or trilinear (3D) up-sampling by 2, fast in training on CPUs too."""
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    y = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
+    if torch.is_grad_enabled() and y.requires_grad:
+        layout = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+        if y.is_contiguous(memory_format=layout):
+            y = _GradientLayout.apply(y, layout)
+    return y
+
+
 class BlurPool(nn.Module):
     """Max-blur pooling (Zhang 2019), used by N2V2 against checkerboard artefacts."""
 
@@ -134,9 +166,8 @@ class UNet(nn.Module):
         """Map (N, C_in, *spatial) to (N, C_out, *spatial)."""
         inp = x
         x, skips = self.encode(x)
-        mode = "bilinear" if self.dims == 2 else "trilinear"
         for level, dec in zip(reversed(range(self.depth)), self.decoders, strict=True):
-            x = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
+            x = upsample2(x)
             if not (self.n2v2 and level == 0):
                 x = torch.cat([x, skips[level]], dim=1)
             x = dec(x)
