@@ -34,7 +34,7 @@ from deepscope.tasks.restoration import (
 from deepscope.workflow.model_folder import load_model_folder
 from deepscope.workflow.predict import predict_files
 from deepscope.workflow.qc import run_qc
-from deepscope.workflow.training import train
+from deepscope.workflow.training import _patch_datasets, train
 
 PATCH_3D = [8, 16, 16]  # anisotropic: thin in Z
 
@@ -277,6 +277,28 @@ def test_train_predict_qc(tmp_path: Path, task: str, three_d: bool, sections: di
         assert "calibration.png" in figures
         assert any(name.endswith("_uncertainty.png") for name in figures)
         assert "Uncertainty</h2>" in (tmp_path / "qc_out" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_per_image_normalisation_applies_to_targets_too(tmp_path: Path, per_image: bool) -> None:
+    # Two pairs whose targets differ 10x in brightness (independently stretched images).
+    images, targets = tmp_path / "in", tmp_path / "tg"
+    for i, (name, gain) in enumerate((("a", 1), ("b", 10))):
+        noisy, clean = synthetic_pair((64, 64), seed=i)
+        write_tif(images / f"{name}.tif", noisy)
+        write_tif(targets / f"{name}.tif", (clean.astype(np.float32) * gain).astype(np.float32))
+    config = tiny("care", data={"normalize_per_image": per_image, "val_fraction": 0.3})
+    task = get_task("care")(config)
+    report = task.check_training_data(images, targets)
+    (tmp_path / "run").mkdir()
+    data = _patch_datasets(task, report, tmp_path / "run", False, _quiet)
+    # (the split cuts each image into a training and a validation part)
+    highs = [float(np.percentile(t, 99.8)) for t in data.train.targets + data.val.targets]
+    assert data.target_normalizer.per_image is per_image
+    if per_image:  # each target's own 99.8th percentile maps to 1
+        assert all(0.5 < h < 1.5 for h in highs), highs
+    else:  # one map for all: the bright target stays ~10x the dim one
+        assert max(highs) / min(highs) > 5
 
 
 def test_resume_continues_a_care_training(tmp_path: Path) -> None:

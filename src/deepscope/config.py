@@ -46,7 +46,8 @@ class DataConfig(_Section):
     normalize_per_image: bool | None = Field(
         None,
         description="Map each image by its own percentiles instead of those of the training "
-        "set (for images of varying brightness). Default: the task's choice (StarDist: yes).",
+        "set (for images of varying brightness); for CARE, Noise2Noise and label-free "
+        "prediction the target images too. Default: the task's choice (StarDist: yes).",
     )
     flips: bool = Field(True, description="Augment with random flips.")
     rotations: bool = Field(True, description="Augment with random 90-degree rotations in YX.")

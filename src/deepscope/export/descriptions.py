@@ -181,14 +181,25 @@ def _restoration_names(model: TrainedModel) -> list[str]:
 
 def _restoration_notes(model: TrainedModel) -> str:
     norm = _target_normalizer(model)
-    text = (
-        "The input is normalised with fixed statistics measured on the training images "
-        f"(per channel, the {model.normalizer.low_pct:g} and {model.normalizer.high_pct:g} "
-        "percentiles map to 0 and 1; values in `bioimageio.yaml` as `scale_linear`), and "
-        "the network output is mapped back to intensities with the "
-        + ("target images'" if model.target_normalizer is not None else "same")
-        + f" statistics (low {list(norm.low)}, high {list(norm.high)})."
-    )
+    pct = f"the {model.normalizer.low_pct:g} and {model.normalizer.high_pct:g} percentiles"
+    if model.normalizer.per_image:
+        text = (
+            f"The input is normalised by each image's own percentiles (per channel, {pct} "
+            "map to 0 and 1; `scale_range` in `bioimageio.yaml`); during training the "
+            "target images were normalised the same way, each by its own percentiles. The "
+            "network output is mapped back to intensities with the percentiles of all "
+            "training "
+            + ("targets" if model.target_normalizer is not None else "images")
+            + f" together (low {list(norm.low)}, high {list(norm.high)})."
+        )
+    else:
+        text = (
+            "The input is normalised with fixed statistics measured on the training images "
+            f"(per channel, {pct} map to 0 and 1; values in `bioimageio.yaml` as "
+            "`scale_linear`), and the network output is mapped back to intensities with the "
+            + ("target images'" if model.target_normalizer is not None else "same")
+            + f" statistics (low {list(norm.low)}, high {list(norm.high)})."
+        )
     if model.config.task == "care" and model.config.care.probabilistic:
         n = _n_image_channels(model)
         text += (

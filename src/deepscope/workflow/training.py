@@ -170,8 +170,12 @@ def _patch_datasets(
         normalizer = PercentileNormalizer.fit(
             split0.train_inputs, d.normalize_low, d.normalize_high, per_image
         )
+        # Per-image normalisation applies to image targets too (as CARE's and fnet's
+        # training pipelines do): the pair is then compared in the same relative units.
         tnorm = (
-            PercentileNormalizer.fit(split0.train_targets, d.normalize_low, d.normalize_high)
+            PercentileNormalizer.fit(
+                split0.train_targets, d.normalize_low, d.normalize_high, per_image
+            )
             if split0.train_targets is not None and task_cls.normalize_targets
             else None
         )
