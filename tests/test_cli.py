@@ -354,6 +354,36 @@ def test_predict_into_the_input_folder_is_refused(trained_2d_run, noisy_dir, cap
     assert folder_digest(noisy_dir) == before
 
 
+def test_predict_lists_every_unusable_input_before_predicting_any(
+    tmp_path, trained_2d_run, noisy_dir, capsys
+):
+    batch = tmp_path / "batch"
+    shutil.copytree(noisy_dir, batch)
+    (batch / "0_empty.tif").write_bytes(b"")  # sorted first
+    (batch / "z_damaged.tif").write_bytes(b"II*\x00garbage")  # sorted last
+    write_tif(batch / "stack.tif", np.zeros((5, 64, 64), np.uint16))  # 3D for a 2D model
+    before = folder_digest(batch)
+    out = tmp_path / "results"
+    code, _, err = run_cli(
+        capsys, "predict", trained_2d_run / "model", "--input", batch, "--out", out
+    )
+    assert code == 2 and "Traceback" not in err, err
+    assert "3 of 6 input images cannot be used" in err
+    for name in ("0_empty.tif", "z_damaged.tif", "stack.tif"):
+        assert name in err
+    assert "What to do:" in err
+    assert not out.exists()  # nothing predicted, not even the good images
+    assert folder_digest(batch) == before
+
+    (batch / "0_empty.tif").unlink()
+    (batch / "stack.tif").unlink()
+    code, _, err = run_cli(
+        capsys, "predict", trained_2d_run / "model", "--input", batch, "--out", out
+    )
+    assert code == 2 and "z_damaged.tif" in err and "cannot be used" not in err  # one: its own
+    assert not out.exists()
+
+
 def test_predict_does_not_overwrite_without_permission(tmp_path, trained_2d_run, noisy_dir, capsys):
     model, out = trained_2d_run / "model", tmp_path / "results"
     code, _, err = run_cli(capsys, "predict", model, "--input", noisy_dir, "--out", out)

@@ -24,7 +24,7 @@ from deepscope.data.io import (
     write_image,
 )
 from deepscope.engine import performance
-from deepscope.errors import DeepscopeError, OutputError
+from deepscope.errors import DeepscopeError, ImageReadError, OutputError
 from deepscope.workflow import large_images
 from deepscope.workflow.model_folder import TrainedModel
 from deepscope.workflow.tiling import predict_tiled
@@ -289,6 +289,43 @@ def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
             )
 
 
+def check_inputs(inputs: Sequence[Path], axes: str | None, spatial_dims: int) -> None:
+    """Open every input (its header, not its pixels) and refuse the batch if any is unusable.
+
+    Run before anything is predicted, so that a batch with a bad file fails in seconds,
+    naming every bad file at once, instead of stopping hours later at the first one.
+    Damage inside the pixel data of a file whose header reads is only found when that
+    file is read; the results written until then are kept.
+
+    Raises
+    ------
+    ImageReadError
+        One file: its own message. Several: one line per file, each with what to do.
+    """
+    problems: list[tuple[Path, DeepscopeError]] = []
+    for path in inputs:
+        try:
+            img = open_image(path, axes)
+            # The axis checks need only the shape: a zero-byte stand-in of that shape.
+            shape_only = np.broadcast_to(np.zeros((), np.uint8), tuple(img.data.shape))
+            to_channel_first(shape_only, img.axes, spatial_dims, path=path)
+        except DeepscopeError as err:
+            problems.append((path, err))
+    if len(problems) == 1:
+        raise problems[0][1]
+    if problems:
+        lines = [
+            f"{path.name}: {err.problem}" + (f" → {err.fix}" if err.fix else "")
+            for path, err in problems
+        ]
+        raise ImageReadError(
+            f"{len(problems)} of {len(inputs)} input images cannot be used, so nothing was "
+            "predicted:\n  " + "\n  ".join(" ".join(line.split()) for line in lines),
+            path=problems[0][0].parent,
+            fix="fix or remove these files (see each line), then run the same command again",
+        )
+
+
 def predict_files(
     model: TrainedModel,
     source: Path,
@@ -322,6 +359,7 @@ def predict_files(
     inputs = resolve_inputs(source)
     out_dir = Path(out_dir)
     check_output_folder(out_dir, inputs)
+    check_inputs(inputs, axes or model.config.data.axes, model.config.data.spatial_dims)
     targets = [out_dir / output_name(p) for p in inputs]
     suffixes = side_output_suffixes(model)
     if not overwrite:
