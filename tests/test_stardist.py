@@ -545,3 +545,21 @@ def test_nms_uses_every_core_only_when_nothing_else_runs(tmp_path, monkeypatch):
     loadavg.write_text("0.10 0.20 0.30 1/230 4242\n")
     monkeypatch.setattr(sd, "available_cores", lambda: 1)
     assert sd.nms_threads() == 1
+
+
+def test_fine_tuning_the_shipped_model_takes_its_network_settings():
+    # `deepscope train stardist --from nuclei` with no settings must fit the shipped network.
+    from deepscope.config import config_from_dict, load_config
+    from deepscope.workflow.pretrained import resolve_model
+    from deepscope.workflow.transfer import adopt_start_network, check_start_model
+
+    folder = resolve_model("nuclei")
+    shipped = load_config(folder / "config.yaml")
+    config, adopted = adopt_start_network(config_from_dict({"task": "stardist"}), folder)
+    assert config.model.depth == shipped.model.depth
+    assert config.model.base_channels == shipped.model.base_channels
+    assert config.stardist.n_rays == shipped.stardist.n_rays
+    assert config.stardist.grid == shipped.stardist.grid
+    assert config.stardist.feature_channels == shipped.stardist.feature_channels
+    assert adopted  # the defaults of a new training differ from the shipped network
+    check_start_model(folder, config)

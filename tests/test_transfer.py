@@ -21,7 +21,11 @@ from deepscope.errors import DeepscopeError
 from deepscope.interfaces.cli import main
 from deepscope.workflow.model_folder import load_model_folder
 from deepscope.workflow.training import train
-from deepscope.workflow.transfer import check_start_model, load_start_weights
+from deepscope.workflow.transfer import (
+    adopt_start_network,
+    check_start_model,
+    load_start_weights,
+)
 
 ENCODER = ("encoders.", "bottleneck.")
 
@@ -136,6 +140,45 @@ def test_start_weights_are_copied_exactly(data) -> None:
     for name, tensor in network.state_dict().items():
         assert torch.equal(tensor, source[name]), name
     assert not report.not_loaded and "copied" in report.summary()
+
+
+# ------------------------------------------- network settings from the start model
+
+
+def test_unset_network_settings_are_taken_from_the_start_model(data) -> None:
+    d = copy.deepcopy(TINY_CONFIG)
+    del d["model"]  # the user chose no network: defaults (depth 2, 32 channels) would not fit
+    d["task"] = "care"
+    config, adopted = adopt_start_network(config_from_dict(d), data["n2v"])
+    assert adopted == {"model.depth": 1, "model.base_channels": 4}
+    assert (config.model.depth, config.model.base_channels) == (1, 4)
+    check_start_model(data["n2v"], config)  # fits now
+
+    d["model"] = {"depth": 2}  # what the user set is kept (and then refused, naming both)
+    config, adopted = adopt_start_network(config_from_dict(d), data["n2v"])
+    assert adopted == {"model.base_channels": 4} and config.model.depth == 2
+    with pytest.raises(DeepscopeError, match="depth 1.*depth 2"):
+        check_start_model(data["n2v"], config)
+
+
+def test_cli_from_with_a_partial_config_file_fine_tunes(data, tmp_path, capsys) -> None:
+    d = copy.deepcopy(TINY_CONFIG)
+    del d["model"]
+    d["task"] = "care"
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(d))
+    out = tmp_path / "tuned"
+    rc = _cli_train(
+        {**data, "tiny": partial}, "care", out, "--from", str(data["n2v"]), "--freeze-encoder"
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "network settings taken from the model to start from: model.depth 1" in captured.out
+    saved = load_config(out / "model" / "config.yaml")
+    assert (saved.model.depth, saved.model.base_channels) == (1, 4)
+    assert saved.training.freeze_encoder_epochs == 1
+    report = json.loads((out / "transfer.json").read_text())
+    assert not report["not_loaded"] or "head" in " ".join(report["not_loaded"])
 
 
 # ----------------------------------------------------------------- incompatible

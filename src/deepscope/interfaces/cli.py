@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="MODEL",
         help="start from the weights of an earlier deepscope model folder (e.g. "
-        "runs/n2v1/model) with the same network size, or a shipped model by name "
-        "(stardist: nuclei); works for any task",
+        "runs/n2v1/model) or a shipped model by name (stardist: nuclei); works for any "
+        "task. Network settings you do not give (depth, channels, 2D/3D, StarDist rays "
+        "and grid) are taken from that model",
     )
     g.add_argument(
         "--freeze-encoder",
@@ -594,7 +595,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
     base: dict[str, Any] = {"task": args.task}
     if getattr(args, "config", None):
-        base = load_config(args.config).model_dump(mode="json")
+        # exclude_unset: what the file leaves out stays unset (--from may fill it in)
+        base = load_config(args.config).model_dump(mode="json", exclude_unset=True)
         if base["task"] != args.task:
             raise DeepscopeError(
                 f"the config file is for task '{base['task']}', not '{args.task}'",
@@ -628,7 +630,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "freeze_encoder", None) == -1:  # given without a number
         config = config_from_dict(
             merge_overrides(
-                config.model_dump(mode="json"),
+                # exclude_unset: settings left unset stay unset (--from may fill them in)
+                config.model_dump(mode="json", exclude_unset=True),
                 {"training.freeze_encoder_epochs": max(1, config.training.epochs // 5)},
             )
         )

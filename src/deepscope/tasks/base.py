@@ -93,6 +93,10 @@ class Task(ABC):
     #: 8 flips and 90-degree rotations (``--tta``). Not StarDist: its ray distances
     #: would have to be re-ordered.
     tta_ok: ClassVar[bool] = False
+    #: Settings of the task's own section that shape the network's weights beyond the
+    #: shared ``model`` section; ``--from`` takes those the user left unset from the
+    #: model to start from when it is of the same task.
+    network_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TaskConfigBase):
         self.config = config

@@ -367,6 +367,7 @@ class StarDistTask(Task):
     qc_kind = "instance"
     #: Each image is mapped by its own percentiles (1 %, 99.8 %), as StarDist does.
     normalize_per_image = True
+    network_fields = ("n_rays", "grid", "feature_channels")
     #: Files written beside each label image by ``deepscope predict``.
     extra_file_suffixes = ["rois.zip", "measurements.csv"]
 

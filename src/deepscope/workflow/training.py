@@ -245,6 +245,13 @@ def train(
         When the data check finds problems that block training (nothing is written).
     """
     run_dir = Path(run_dir)
+    if config.training.start_from and not resume:
+        config, adopted = transfer.adopt_start_network(config, config.training.start_from)
+        if adopted:
+            log(
+                "network settings taken from the model to start from: "
+                + ", ".join(f"{k} {v}" for k, v in adopted.items())
+            )
     task_cls = get_task(config.task)
     task = task_cls(config)
     report = task.check_training_data(images, targets)

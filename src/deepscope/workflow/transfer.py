@@ -103,6 +103,60 @@ def describe_network(settings: dict[str, Any]) -> str:
     )
 
 
+def adopt_start_network(
+    config: TaskConfigBase, source: str | Path
+) -> tuple[TaskConfigBase, dict[str, Any]]:
+    """Take the network settings the user did not set from the model to start from.
+
+    ``train stardist --from nuclei`` should fine-tune the shipped model as it is, not
+    fail because the default network of a new training is smaller. Every shape setting
+    left unset (not in the config file, not given as an option) is taken from the start
+    model: ``model.architecture / depth / base_channels / batch_norm``, 2D or 3D with
+    its patch size, and, for a model of the same task, the task's own
+    ``network_fields`` (StarDist: rays, grid, feature channels). Settings the user did
+    set are kept; when they do not fit, :func:`check_start_model` says so.
+
+    Returns
+    -------
+    config, adopted
+        The completed config and the settings taken (dotted key → value); the config
+        is returned unchanged when nothing was taken or the start model is unreadable
+        (:func:`check_start_model` then reports it).
+    """
+    from deepscope.config import config_from_dict
+    from deepscope.tasks import get_task
+
+    if config.task == "classify":  # classifiers choose their backbone themselves
+        return config, {}
+    try:
+        theirs = load_config(Path(source) / "config.yaml")
+    except (ConfigError, OSError):
+        return config, {}
+    adopted: dict[str, Any] = {}
+
+    def take(section: str, name: str) -> None:
+        ours_section, their_section = getattr(config, section), getattr(theirs, section)
+        value = getattr(their_section, name)
+        if name not in ours_section.model_fields_set and getattr(ours_section, name) != value:
+            adopted[f"{section}.{name}"] = value
+
+    for name in ("architecture", "depth", "base_channels", "batch_norm"):
+        take("model", name)
+    take("data", "spatial_dims")
+    if "data.spatial_dims" in adopted:
+        take("data", "patch_size")
+    if theirs.task == config.task:
+        for name in get_task(config.task).network_fields:
+            take(config.task, name)
+    if not adopted:
+        return config, {}
+    data = config.model_dump(mode="json")
+    for key, value in adopted.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    return config_from_dict(data), adopted
+
+
 def check_start_model(source: str | Path, config: TaskConfigBase) -> TaskConfigBase:
     """Check, before any training work, that ``source`` can start a training of ``config``.
 
