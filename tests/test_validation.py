@@ -263,7 +263,9 @@ def test_single_image_for_n2v(tmp_path):
     assert validate_dataset("n2v", _config(), big).findings == []
     small = _folder(tmp_path, ("a.tif",), sub="small", shape=(24, 64))
     report = validate_dataset("n2v", _config(), small)
-    assert report.ok and "only image" in _only(report, "warning", small / "a.tif").problem
+    assert report.ok
+    short = [f for f in report.warnings if f.path == small / "a.tif"]
+    assert len(short) == 1 and "only image" in short[0].problem
 
 
 def test_single_pair_is_a_warning(tmp_path):
@@ -271,6 +273,14 @@ def test_single_pair_is_a_warning(tmp_path):
     targets = _folder(tmp_path, ("a.tif",), sub="targets")
     report = validate_dataset(PairedTask, _config(), images, targets)
     assert report.ok and "only 1 image pair" in _only(report, "warning", images).problem
+    assert "kept aside" in _only(report, "warning", images).problem
+    # too short to keep part of it aside: said as for a single unpaired image
+    small = _folder(tmp_path, ("a.tif",), sub="small", shape=(24, 64))
+    small_t = _folder(tmp_path, ("a.tif",), sub="small_t", shape=(24, 64))
+    report = validate_dataset(PairedTask, _config(), small, small_t)
+    assert report.ok
+    short = [f for f in report.warnings if f.path == small / "a.tif"]
+    assert len(short) == 1 and "only image" in short[0].problem
 
 
 # ---------------------------------------------------------------------------------- 3D

@@ -731,11 +731,12 @@ def _check_amount(
         checker.add(
             "warning",
             images,
-            "only 1 image pair was found; training needs at least 2, because part of the "
-            "data is kept aside to check the training.",
-            "add more image pairs (more pairs also give a better model).",
+            "only 1 image pair was found: the bottom part of it will be kept aside to "
+            "check the training, so the network learns from the rest only.",
+            "add more image pairs if you have them (more pairs give a better model and a "
+            "more trustworthy check).",
         )
-    if paired or len(candidates) != 1:
+    if len(candidates) != 1:
         return
     path = candidates[0][0]
     info = next((i for i in checker.infos if i.path == path and i.role == "image"), None)
