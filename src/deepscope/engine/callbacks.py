@@ -208,6 +208,26 @@ class RecalibrateBatchNorm(L.Callback):
             pl_module.train(was_training)
 
 
+class StopWhenDiverged(L.Callback):
+    """Stop when the validation loss is no longer a number: the training has diverged.
+
+    Every later epoch would be wasted; the best checkpoint (from before) is kept.
+    ``epoch`` is the 1-based epoch whose validation gave NaN or infinity (None if none).
+    """
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check the epoch's validation loss (only while fitting)."""
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        loss = trainer.callback_metrics.get("val_loss")
+        if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss))):
+            self.epoch = trainer.current_epoch + 1
+            trainer.should_stop = True
+
+
 class StopFile(L.Callback):
     """Stop gracefully (keeping the best model) when a file named STOP appears in the run.
 

@@ -23,6 +23,7 @@ from deepscope.engine.callbacks import (
     RecalibrateBatchNorm,
     SessionTimer,
     StopFile,
+    StopWhenDiverged,
 )
 
 BEST = "best.ckpt"
@@ -99,6 +100,7 @@ def build_trainer(
         ProgressReport(cfg.epochs, cfg.max_minutes, listener),
         StopFile(run_dir / "STOP"),
         RecalibrateBatchNorm(),
+        StopWhenDiverged(),
     ]
     if cfg.max_minutes:
         callbacks.append(SessionTimer(duration=timedelta(minutes=cfg.max_minutes)))

@@ -27,6 +27,7 @@ from deepscope.data.normalize import PercentileNormalizer
 from deepscope.data.patches import RandomPatches, split_train_val
 from deepscope.data.validation import ValidationReport
 from deepscope.engine import trainer as engine
+from deepscope.engine.callbacks import StopWhenDiverged
 from deepscope.engine.module import TaskModule
 from deepscope.errors import DeepscopeError, OutputError
 from deepscope.tasks import get_task
@@ -315,12 +316,31 @@ def train(
         module, train_loader, val_loader, run_dir, t, resume_from, listener, show_bar
     )
     minutes = (time.monotonic() - t0) / 60
+    if _diverged_epoch(trainer) == 1:
+        raise DeepscopeError(
+            "the training diverged in its first epoch (the validation loss was not a "
+            "number), so there is no usable model",
+            run_dir,
+            "try a lower learning rate (--learning-rate) or --precision 32, in a new --out",
+        )
     stopped = _why_stopped(trainer, run_dir, t.epochs)
+    if _diverged_epoch(trainer):
+        log(
+            f"The training diverged at epoch {_diverged_epoch(trainer)}: the model kept is "
+            "the best one from before. Next time, try a lower learning rate "
+            "(--learning-rate) or --precision 32."
+        )
     training_info: dict[str, Any] = {
         "images": data.n_images,
         "minutes": round(minutes, 2),
         "stopped_because": stopped,
     }
+    if module.skipped_steps:
+        training_info["skipped_steps"] = module.skipped_steps
+        log(
+            f"{module.skipped_steps} training step(s) were skipped because a gradient was "
+            "not a number."
+        )
     started_from = transfer.read_report(run_dir)
     if started_from is not None:
         training_info["started_from"] = started_from
@@ -341,7 +361,18 @@ def train(
     )
 
 
+def _diverged_epoch(trainer: Any) -> int | None:
+    """The epoch whose validation loss was NaN or infinite (None: the training was sound)."""
+    return next(
+        (c.epoch for c in trainer.callbacks if isinstance(c, StopWhenDiverged) and c.epoch),
+        None,
+    )
+
+
 def _why_stopped(trainer: Any, run_dir: Path, max_epochs: int) -> str:
+    diverged = _diverged_epoch(trainer)
+    if diverged:
+        return f"stopped because it diverged at epoch {diverged} (the validation loss was NaN)"
     if (run_dir / "STOP").exists():
         (run_dir / "STOP").unlink(missing_ok=True)
         return "stopped on request"
