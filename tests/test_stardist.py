@@ -563,3 +563,11 @@ def test_fine_tuning_the_shipped_model_takes_its_network_settings():
     assert config.stardist.feature_channels == shipped.stardist.feature_channels
     assert adopted  # the defaults of a new training differ from the shipped network
     check_start_model(folder, config)
+
+
+def test_a_patch_inside_one_object_gives_targets_without_a_warning(recwarn):
+    inside = np.full((16, 16), 3, np.int32)  # the patch lies wholly inside object 3
+    prob, dist = star_targets(inside, 8, (1, 1))
+    assert prob.shape == (16, 16) and dist.shape == (8, 16, 16)
+    assert prob.max() > 0 and np.all(np.isfinite(dist))
+    assert not [w for w in recwarn if "EDT" in str(w.message)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import warnings
 import zipfile
 from collections.abc import Callable
 from functools import cached_property
@@ -197,12 +198,17 @@ def star_targets(
     if lbl.max() >= 2**16:  # the C code reads uint16 labels
         raise ValueError("more than 65535 objects in one patch")
     sub = tuple(slice(None, None, g) for g in grid)
-    if lbl.ndim == 2:
-        prob = edt_prob(lbl)[sub]
-        dist = star_dist(lbl, n_rays, grid=grid)
-    else:
-        prob = edt_prob(lbl, anisotropy=anisotropy)[sub]
-        dist = star_dist3D(lbl, rays, grid=grid)
+    with warnings.catch_warnings():
+        # A patch inside one object: stardist warns (to the user's terminal, in the
+        # middle of the progress bar) and assumes background around the patch, which is
+        # what the patch-wise targets need; nothing for the user to act on.
+        warnings.filterwarnings("ignore", "EDT of constant label image")
+        if lbl.ndim == 2:
+            prob = edt_prob(lbl)[sub]
+            dist = star_dist(lbl, n_rays, grid=grid)
+        else:
+            prob = edt_prob(lbl, anisotropy=anisotropy)[sub]
+            dist = star_dist3D(lbl, rays, grid=grid)
     return prob.astype(np.float32), np.moveaxis(dist, -1, 0).astype(np.float32)
 
 
