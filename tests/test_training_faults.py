@@ -68,6 +68,25 @@ def _nan_validation_from(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(N2VTask, "training_loss", loss)
 
 
+def test_skipped_steps_are_recorded_in_the_model_folder(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = TaskModule.on_before_optimizer_step
+
+    def nan_first_step(self, optimizer):
+        if self.global_step == 0:  # the very first step gets a NaN gradient
+            next(self.model.parameters()).grad.fill_(float("nan"))
+        original(self, optimizer)
+
+    monkeypatch.setattr(TaskModule, "on_before_optimizer_step", nan_first_step)
+    result = train(config_from_dict(copy.deepcopy(TINY_CONFIG)), images, tmp_path / "run")
+    info = json.loads((result.model_dir / "deepscope_model.json").read_text())
+    assert info["training"]["skipped_steps"] == 1
+    assert "skipped steps: 1" in (result.model_dir / "MODEL_CARD.md").read_text()
+    state = torch.load(result.model_dir / "weights.pt", map_location="cpu")
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 def test_a_diverged_training_stops_and_keeps_the_model_from_before(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -202,6 +202,7 @@ def model_card(config: TaskConfigBase, info: dict[str, Any]) -> str:
         "best_val_loss",
         "minutes",
         "stopped_because",
+        "skipped_steps",  # steps with non-finite gradients (see TaskModule)
     ):
         if key in t:
             lines.append(f"- {key.replace('_', ' ')}: {t[key]}")
