@@ -260,7 +260,8 @@ def test_tiled_prediction_equals_whole_prediction(trained_run):
 
 
 def test_thresholds_are_tuned_written_and_used(trained_run, tmp_path):
-    from deepscope.workflow.stardist_thresholds import optimize_thresholds, write_thresholds
+    from deepscope.workflow.predict import update_tuned_settings
+    from deepscope.workflow.stardist_thresholds import optimize_thresholds
 
     assert "thresholds" in (trained_run / "log.txt").read_text()  # tuning ran after training
     folder = tmp_path / "model"
@@ -270,7 +271,7 @@ def test_thresholds_are_tuned_written_and_used(trained_run, tmp_path):
     images, masks = zip(*[discs_image() for _ in range(2)], strict=True)
     result = optimize_thresholds(model, images, masks)
     assert result["score"] > 0.9 and result["nms_threshold"] in (0.3, 0.4, 0.5)
-    write_thresholds(folder, {**result, "prob_threshold": 0.77})
+    update_tuned_settings(folder, {**result, "prob_threshold": 0.77})
     again = load_model_folder(folder)
     predict_raw(again, images[0], TileSettings(tile=64))
     assert again.task.thresholds() == (0.77, result["nms_threshold"])

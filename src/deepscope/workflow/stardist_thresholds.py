@@ -11,16 +11,14 @@ is written to the model folder's ``thresholds.json`` and used by every later pre
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepscope.data.io import atomic_write_text
 from deepscope.workflow.model_folder import TrainedModel, load_model_folder
-from deepscope.workflow.predict import TUNED_SETTINGS_FILE, TileSettings, predict_raw
+from deepscope.workflow.predict import TileSettings, predict_raw, update_tuned_settings
 
 NMS_THRESHOLDS = (0.3, 0.4, 0.5)
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -115,13 +113,6 @@ def optimize_thresholds(
     }
 
 
-def write_thresholds(model_dir: Path, result: dict[str, Any]) -> Path:
-    """Write the tuned thresholds into the model folder's ``thresholds.json``."""
-    path = Path(model_dir) / TUNED_SETTINGS_FILE
-    atomic_write_text(path, json.dumps(result, indent=2))
-    return path
-
-
 def tune_after_training(
     model_dir: Path,
     images_cf: Sequence[np.ndarray],
@@ -142,10 +133,10 @@ def tune_after_training(
             "not learnt enough yet: train longer); the defaults 0.5 / 0.4 are kept."
         )
         return result
-    write_thresholds(model_dir, result)
+    path = update_tuned_settings(model_dir, result)
     log(
         f"thresholds: probability {result['prob_threshold']:.2f}, NMS "
         f"{result['nms_threshold']:.1f} (mean F1 {result['score']:.3f} over IoU 0.3-0.7 on "
-        f"the validation images), stored in {Path(model_dir) / TUNED_SETTINGS_FILE}."
+        f"the validation images), stored in {path}."
     )
     return result
