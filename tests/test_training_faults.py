@@ -44,6 +44,11 @@ def test_a_step_with_a_nan_gradient_is_skipped_and_counted() -> None:
     assert not torch.equal(before[0], params[0].detach())
 
 
+def _weights_are_finite(model_dir: Path) -> bool:
+    state = torch.load(model_dir / "weights.pt", map_location="cpu")
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     for i, name in enumerate("abc"):
@@ -83,8 +88,7 @@ def test_skipped_steps_are_recorded_in_the_model_folder(
     info = json.loads((result.model_dir / "deepscope_model.json").read_text())
     assert info["training"]["skipped_steps"] == 1
     assert "skipped steps: 1" in (result.model_dir / "MODEL_CARD.md").read_text()
-    state = torch.load(result.model_dir / "weights.pt", map_location="cpu")
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert _weights_are_finite(result.model_dir)
 
 
 def test_a_diverged_training_stops_and_keeps_the_model_from_before(
@@ -98,8 +102,7 @@ def test_a_diverged_training_stops_and_keeps_the_model_from_before(
     assert "diverged at epoch 3" in result.stopped_because
     info = json.loads((result.model_dir / "deepscope_model.json").read_text())
     assert "diverged" in info["training"]["stopped_because"]
-    state = torch.load(result.model_dir / "weights.pt", map_location="cpu")
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert _weights_are_finite(result.model_dir)
 
 
 def test_a_training_that_diverges_at_once_is_refused_clearly(

@@ -316,7 +316,8 @@ def train(
         module, train_loader, val_loader, run_dir, t, resume_from, listener, show_bar
     )
     minutes = (time.monotonic() - t0) / 60
-    if _diverged_epoch(trainer) == 1:
+    diverged = _diverged_epoch(trainer)
+    if diverged == 1:
         raise DeepscopeError(
             "the training diverged in its first epoch (the validation loss was not a "
             "number), so there is no usable model",
@@ -324,9 +325,9 @@ def train(
             "try a lower learning rate (--learning-rate) or --precision 32, in a new --out",
         )
     stopped = _why_stopped(trainer, run_dir, t.epochs)
-    if _diverged_epoch(trainer):
+    if diverged:
         log(
-            f"The training diverged at epoch {_diverged_epoch(trainer)}: the model kept is "
+            f"The training diverged at epoch {diverged}: the model kept is "
             "the best one from before. Next time, try a lower learning rate "
             "(--learning-rate) or --precision 32."
         )

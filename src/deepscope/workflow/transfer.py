@@ -140,9 +140,8 @@ def adopt_start_network(
         if name not in ours_section.model_fields_set and getattr(ours_section, name) != value:
             adopted[f"{section}.{name}"] = value
 
-    for name in ("architecture", "depth", "base_channels", "batch_norm"):
-        take("model", name)
-    take("data", "spatial_dims")
+    for name in SHAPE_FIELDS:
+        take("data" if name == "spatial_dims" else "model", name)
     if "data.spatial_dims" in adopted:
         take("data", "patch_size")
     if theirs.task == config.task:

@@ -57,7 +57,7 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
     """Bilinear (2D) or trilinear (3D) up-sampling by 2, fast in training on CPUs too."""
     mode = "bilinear" if x.ndim == 4 else "trilinear"
     y = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
-    if torch.is_grad_enabled() and y.requires_grad:
+    if y.requires_grad:  # only while training: prediction needs no backward
         layout = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
         if y.is_contiguous(memory_format=layout):
             y = _GradientLayout.apply(y, layout)
