@@ -87,13 +87,21 @@ def grey(image_cf: np.ndarray) -> np.ndarray:
     return np.asarray(image_cf, np.float32).mean(axis=0)
 
 
-def train_model(work: Path, minutes: float, split: dict) -> tuple[Path, dict]:
-    """Train deepscope StarDist on the TRAIN images within ``minutes``."""
+def train_model(
+    work: Path, minutes: float, split: dict, overrides: dict | None = None
+) -> tuple[Path, dict]:
+    """Train deepscope StarDist on the TRAIN images within ``minutes``.
+
+    ``overrides`` maps ``section.key`` to a value replacing the one of ``CONFIG``.
+    """
     from deepscope.config import config_from_dict
     from deepscope.workflow.training import train
 
     images, masks = prepare(work, split)
     cfg = json.loads(json.dumps(CONFIG))
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".")
+        cfg.setdefault(section, {})[key] = value
     cfg["training"]["max_minutes"] = minutes
     run = work / "run"
     if run.exists():
@@ -199,13 +207,39 @@ def main() -> None:
     """Run the benchmark (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget")
-    p.add_argument("--work", type=Path, default=OUT / "work")
+    p.add_argument("--work", type=Path, help="training folder (default: OUT/work)")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--model", type=Path, help="model folder to score (default: the one trained)")
+    p.add_argument("--patch", type=int, help="square training patch size (default: CONFIG's)")
+    p.add_argument("--batch", type=int, help="patches per training step (default: CONFIG's)")
+    p.add_argument("--patches-per-epoch", type=int, help="patches per epoch (default: CONFIG's)")
+    p.add_argument("--base-channels", type=int, help="U-Net base channels (default: CONFIG's)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any other setting of CONFIG, VALUE in JSON (e.g. data.invert=false)",
+    )
+    p.add_argument("--out", type=Path, default=OUT, help="results folder")
     a = p.parse_args()
+    out = a.out
+    work = a.work or out / "work"
+    overrides: dict = {}
+    if a.patch:
+        overrides["data.patch_size"] = [a.patch, a.patch]
+    if a.batch:
+        overrides["training.batch_size"] = a.batch
+    if a.patches_per_epoch:
+        overrides["training.patches_per_epoch"] = a.patches_per_epoch
+    if a.base_channels:
+        overrides["model.base_channels"] = a.base_channels
+    for item in a.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
     split, test = _load()
     kinds = split["kinds"]
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "split": {k: v for k, v in split["counts"].items()},
         "uptime_start": os.getloadavg(),
@@ -222,7 +256,7 @@ def main() -> None:
 
     model_dir = a.model
     if not a.skip_training:
-        model_dir, info = train_model(a.work, a.minutes, split)
+        model_dir, info = train_model(work, a.minutes, split, overrides)
         results["training"] = info
     if model_dir is not None:
         preds, per_image = predict_model(model_dir, test)
@@ -243,7 +277,7 @@ def main() -> None:
         ]
         evaluate_instances(
             cases,
-            OUT / "qc_trained",
+            out / "qc_trained",
             history_csv=model_dir / "history.csv",
             title="nuclei2d test images — deepscope StarDist trained on the train split",
             model_info={"model folder": str(model_dir)},
@@ -268,8 +302,8 @@ def main() -> None:
         }
         print("shipped", json.dumps(results["shipped"]["scores"]["all"]))
     results["uptime_end"] = os.getloadavg()
-    (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"written {OUT / 'results.json'}")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 
 from deepscope.config import DataConfig
 from deepscope.data.normalize import PercentileNormalizer
@@ -308,3 +309,51 @@ def test_elastic_deformation_moves_image_and_mask_together():
         assert agree > 0.9  # same deformation (they differ only on blurred label edges)
         moved += not np.array_equal(t[0], labels[0])  # the only 64x64 position
     assert moved >= 8  # the patches are deformed
+
+
+@pytest.mark.parametrize("spatial", [(200, 200), (24, 100, 100)])
+def test_foreground_fraction_places_patches_on_objects(spatial):
+    labels = np.zeros((1, *spatial), np.float32)
+    labels[(0,) + tuple(slice(n - 5, n) for n in spatial)] = 7  # one small object in a corner
+    image = labels + 0.5
+    patch = (16, 16) if len(spatial) == 2 else (8, 16, 16)
+    cfg = DataConfig(spatial_dims=len(spatial), patch_size=list(patch))
+
+    def on_object(fraction: float) -> int:
+        ds = RandomPatches(
+            [image],
+            [labels],
+            patch,
+            200,
+            cfg,
+            seed=5,
+            scale_targets=False,
+            foreground_fraction=fraction,
+        )
+        hits = 0
+        for i in range(len(ds)):
+            item = ds[i]
+            t = item["target"].numpy()
+            np.testing.assert_array_equal(item["input"].numpy(), t + 0.5)  # still aligned
+            hits += bool((t > 0).any())
+        return hits
+
+    assert on_object(0.0) < 20  # by chance: a few per cent of the positions
+    assert 160 <= on_object(0.9) <= 200  # 90 %, plus the chance ones
+    assert on_object(1.0) == 200
+
+
+def test_foreground_fraction_is_refused_for_image_targets(tmp_path):
+    from deepscope.config import config_from_dict
+    from deepscope.errors import DeepscopeError
+    from deepscope.workflow.training import train
+
+    rng = np.random.default_rng(0)
+    for folder in ("low", "high"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "a.tif", rng.random((64, 64), dtype=np.float32))
+    cfg = config_from_dict(
+        {"task": "care", "data": {"patch_size": [32, 32], "foreground_fraction": 0.5}}
+    )
+    with pytest.raises(DeepscopeError, match="foreground_fraction"):
+        train(cfg, tmp_path / "low", tmp_path / "run", tmp_path / "high", show_bar=False)

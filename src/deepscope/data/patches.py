@@ -90,6 +90,28 @@ def _random_patch_slices(
     return tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
 
 
+def _patch_slices_around(
+    pixel: Sequence[int], shape: Sequence[int], patch: Sequence[int], rng: np.random.Generator
+) -> tuple[slice, ...]:
+    """A random patch inside ``shape`` that holds ``pixel``."""
+    starts = [
+        int(rng.integers(max(0, c - p + 1), min(c, s - p) + 1))
+        for c, s, p in zip(pixel, shape, patch, strict=True)
+    ]
+    return tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
+
+
+_MAX_FOREGROUND_PIXELS = 100_000
+
+
+def _foreground_pixels(target: np.ndarray, seed: int) -> np.ndarray:
+    """Flat indices of (at most 100,000 random) object pixels of a (C, *spatial) mask."""
+    flat = np.flatnonzero(np.asarray(target[0]) > 0)
+    if len(flat) > _MAX_FOREGROUND_PIXELS:
+        flat = np.random.default_rng(seed).choice(flat, _MAX_FOREGROUND_PIXELS, replace=False)
+    return flat
+
+
 def _pad_to(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
     spatial = image.shape[1:]
     pads = [(0, 0)] + [(0, max(0, p - s)) for s, p in zip(spatial, patch, strict=True)]
@@ -118,6 +140,9 @@ class RandomPatches(Dataset):
     scale_targets
         Whether intensity augmentations (jitter, inversion) also apply to the targets:
         yes for images (restoration), no for masks and labels.
+    foreground_fraction
+        Share of the patches placed so that they hold a pixel of an object (target > 0)
+        of their image; the others are placed anywhere. For targets that are masks.
     """
 
     def __init__(
@@ -130,10 +155,17 @@ class RandomPatches(Dataset):
         seed: int = 0,
         augment: bool = True,
         scale_targets: bool = True,
+        foreground_fraction: float = 0.0,
     ):
         self.patch = tuple(patch_size)
         self.inputs = [_pad_to(im, self.patch) for im in inputs]
         self.targets = [_pad_to(t, self.patch) for t in targets] if targets is not None else None
+        self.foreground_fraction = foreground_fraction if self.targets is not None else 0.0
+        self.foreground = (
+            [_foreground_pixels(t, seed) for t in self.targets]
+            if self.targets is not None and self.foreground_fraction > 0
+            else None
+        )
         sizes = np.array([im[0].size for im in self.inputs], dtype=float)
         self.weights = sizes / sizes.sum()
         self.length = length
@@ -149,7 +181,16 @@ class RandomPatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = self.rng if self.augment else np.random.default_rng((self.seed, index))
         i = int(rng.choice(len(self.inputs), p=self.weights))
-        sl = (slice(None),) + _random_patch_slices(self.inputs[i].shape[1:], self.patch, rng)
+        shape = self.inputs[i].shape[1:]
+        if (
+            self.foreground is not None
+            and len(self.foreground[i])
+            and rng.random() < self.foreground_fraction
+        ):
+            pixel = np.unravel_index(int(rng.choice(self.foreground[i])), shape)
+            sl = (slice(None),) + _patch_slices_around(pixel, shape, self.patch, rng)
+        else:
+            sl = (slice(None),) + _random_patch_slices(shape, self.patch, rng)
         arrays = [self.inputs[i][sl]]
         if self.targets is not None:
             arrays.append(self.targets[i][sl])

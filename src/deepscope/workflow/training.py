@@ -196,6 +196,13 @@ def _patch_datasets(
     split = split_train_val(inputs, tgts, d.val_fraction, d.patch_size, config.training.seed)
     log(f"{len(inputs)} image(s); {split.how}.")
     t = config.training
+    foreground = d.foreground_fraction
+    if foreground > 0 and (tgts is None or task_cls.normalize_targets):
+        raise DeepscopeError(
+            f"data.foreground_fraction places patches on the objects of masks, and "
+            f"{config.task} trains without masks",
+            fix="remove data.foreground_fraction from the configuration",
+        )
     train_ds = RandomPatches(
         split.train_inputs,
         split.train_targets,
@@ -205,6 +212,7 @@ def _patch_datasets(
         seed=t.seed,
         augment=True,
         scale_targets=task_cls.normalize_targets,
+        foreground_fraction=foreground,
     )
     val_ds = RandomPatches(
         split.val_inputs,
@@ -214,6 +222,7 @@ def _patch_datasets(
         d,
         seed=t.seed + 1,
         augment=False,
+        foreground_fraction=foreground,
     )
     return TrainingData(
         train=train_ds,
