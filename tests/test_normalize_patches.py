@@ -357,3 +357,22 @@ def test_foreground_fraction_is_refused_for_image_targets(tmp_path):
     )
     with pytest.raises(DeepscopeError, match="foreground_fraction"):
         train(cfg, tmp_path / "low", tmp_path / "run", tmp_path / "high", show_bar=False)
+
+
+def test_training_notes_when_validation_outweighs_training(tmp_path):
+    import copy
+
+    from conftest import TINY_CONFIG, synthetic_pair, write_tif
+    from deepscope.config import config_from_dict
+    from deepscope.workflow.training import train
+
+    for i, name in enumerate("ab"):
+        write_tif(tmp_path / "imgs" / f"{name}.tif", synthetic_pair((64, 64), seed=i)[0])
+    lines: list[str] = []
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["training"].update(epochs=1, val_patches=8)  # 8 of 16: no note
+    train(config_from_dict(cfg), tmp_path / "imgs", tmp_path / "run1", log=lines.append)
+    assert not any("validation patches" in line for line in lines)
+    cfg["training"]["val_patches"] = 32
+    train(config_from_dict(cfg), tmp_path / "imgs", tmp_path / "run2", log=lines.append)
+    assert any("32 validation patches beside 16 training patches" in line for line in lines)

@@ -572,3 +572,47 @@ def test_a_patch_inside_one_object_gives_targets_without_a_warning(recwarn):
     assert prob.shape == (16, 16) and dist.shape == (8, 16, 16)
     assert prob.max() > 0 and np.all(np.isfinite(dist))
     assert not [w for w in recwarn if "EDT" in str(w.message)]
+
+
+def test_stardist_defaults_follow_the_stardist_package():
+    c = config({"task": "stardist"})
+    assert c.data.patch_size == [160, 160] and c.model.depth == 3
+    assert (c.training.batch_size, c.training.learning_rate) == (4, 3e-4)
+    assert c.model_dump(exclude_unset=True) == {"task": "stardist"}  # defaults stay unset
+
+
+def _write_blob_pairs(folder: Path, shapes: list[tuple[int, int]]) -> None:
+    for i, shape in enumerate(shapes):
+        labels = blob_labels(shape, n=6, seed=i)
+        write_tif(folder / "imgs" / f"{i}.tif", ((labels > 0) * 100.0 + 5).astype(np.float32))
+        write_tif(folder / "masks" / f"{i}.tif", labels.astype(np.uint16))
+
+
+def test_default_patch_size_shrinks_to_the_smallest_image(tmp_path):
+    _write_blob_pairs(tmp_path, [(90, 200), (200, 72)])
+    task = get_task("stardist")(config({"task": "stardist"}))
+    report = task.check_training_data(tmp_path / "imgs", tmp_path / "masks")
+    assert report.ok
+    assert task.config.data.patch_size == [80, 64]  # multiples of 16 (depth 3, grid 2)
+    assert any("patches of 80 x 64 pixels are used" in w.problem for w in report.warnings)
+    assert report.summary["warnings"] == len(report.warnings)
+
+
+def test_a_chosen_patch_size_is_kept_and_too_small_images_are_errors(tmp_path):
+    _write_blob_pairs(tmp_path, [(96, 200), (200, 72)])
+    task = get_task("stardist")(config({"task": "stardist", "data": {"patch_size": [96, 96]}}))
+    report = task.check_training_data(tmp_path / "imgs", tmp_path / "masks")
+    assert task.config.data.patch_size == [96, 96]
+    assert [e.path.name for e in report.errors] == ["1.tif"]
+    assert "smaller than the training patch size" in report.errors[0].problem
+
+
+def test_training_with_the_default_patch_size_records_the_fitted_one(tmp_path):
+    from deepscope.workflow.training import train
+
+    _write_blob_pairs(tmp_path, [(64, 64)] * 3)
+    cfg = copy.deepcopy(TINY)
+    del cfg["data"]["patch_size"]
+    run = tmp_path / "run"
+    train(config(cfg), tmp_path / "imgs", run, tmp_path / "masks", show_bar=False)
+    assert load_model_folder(run / "model").config.data.patch_size == [64, 64]
