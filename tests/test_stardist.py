@@ -594,7 +594,7 @@ def test_default_patch_size_shrinks_to_the_smallest_image(tmp_path):
     report = task.check_training_data(tmp_path / "imgs", tmp_path / "masks")
     assert report.ok
     assert task.config.data.patch_size == [80, 64]  # multiples of 16 (depth 3, grid 2)
-    assert any("patches of 80 x 64 pixels are used" in w.problem for w in report.warnings)
+    assert any("patches of 80 × 64 pixels are used" in w.problem for w in report.warnings)
     assert report.summary["warnings"] == len(report.warnings)
 
 

@@ -692,9 +692,9 @@ class StarDistTask(Task):
                 Finding(
                     "warning",
                     Path(images),
-                    f"the default training patch size {' x '.join(map(str, before))} is "
+                    f"the default training patch size {' × '.join(map(str, before))} is "
                     "larger than the smallest image, so patches of "
-                    f"{' x '.join(map(str, fitted))} pixels are used.",
+                    f"{' × '.join(map(str, fitted))} pixels are used.",
                     "nothing to do; to choose yourself, give a patch size (option "
                     "--patch-size, setting data.patch_size).",
                 )
@@ -728,11 +728,24 @@ class StarDistTask(Task):
 def fit_default_patch(config: TaskConfigBase, images: Path, divisibility: int) -> list[int] | None:
     """The default patch size shrunk to fit the smallest image of ``images``, or None.
 
-    None when the user chose the patch size (``data.patch_size`` was given) or the
-    default already fits every image. Only the files' headers are read; files that
-    cannot be opened are left to the data check, which reports them. A side is never
-    made smaller than ``divisibility`` (the data check then reports the image as too
-    small).
+    Only the files' headers are read; files that cannot be opened are left to the data
+    check, which reports them.
+
+    Parameters
+    ----------
+    config
+        The task's config; its ``data`` section gives the patch size, axes and 2D/3D.
+    images
+        The folder of training images.
+    divisibility
+        Patch sides are multiples of this number, and never smaller than it (the data
+        check then reports images smaller than that as too small).
+
+    Returns
+    -------
+    list of int or None
+        The fitted patch size; None when the user chose the patch size
+        (``data.patch_size`` was given) or the default already fits every image.
     """
     from deepscope.data.axes import to_channel_first
     from deepscope.data.io import list_images, open_image
