@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from torch import nn
 from torch.nn import functional as F
 
@@ -113,6 +114,11 @@ class StarDistSettings(_Section):
         return v
 
 
+def _default(section: type[_Section], name: str, **default: Any) -> Any:
+    """The shared setting ``name`` of ``section`` with another default (same checks, text)."""
+    return FieldInfo.merge_field_infos(section.model_fields[name], **default)
+
+
 # StarDist's own defaults where they differ from the shared ones: what the stardist
 # package uses (depth 3, batch 4, learning rate 3e-4, about 100 steps per epoch, a small
 # validation set), with 160-pixel patches (the largest that fits every training image of
@@ -124,14 +130,8 @@ class StarDistDataConfig(DataConfig):
     StarDist's defaults: 160-pixel patches, intensity scaling.
     """
 
-    patch_size: list[int] = Field(
-        default_factory=lambda: [160, 160],
-        description="Size of the training patches (Y, X) or (Z, Y, X), in pixels; large "
-        "enough to hold whole objects with some room around them.",
-    )
-    intensity_jitter: float = Field(
-        0.5, ge=0.0, le=0.5, description="Random intensity scaling of ± this fraction (0 = off)."
-    )
+    patch_size: list[int] = _default(DataConfig, "patch_size", default_factory=lambda: [160, 160])
+    intensity_jitter: float = _default(DataConfig, "intensity_jitter", default=0.5)
 
 
 class StarDistModelConfig(ModelConfig):
@@ -140,7 +140,7 @@ class StarDistModelConfig(ModelConfig):
     StarDist's default: depth 3.
     """
 
-    depth: int = Field(3, ge=1, le=5, description="Number of down-sampling steps.")
+    depth: int = _default(ModelConfig, "depth", default=3)
 
 
 class StarDistTrainingConfig(TrainingConfig):
@@ -149,19 +149,10 @@ class StarDistTrainingConfig(TrainingConfig):
     StarDist's defaults: batch 4, 400 patches per epoch, learning rate 3e-4.
     """
 
-    patches_per_epoch: int = Field(
-        400, ge=8, description="Random patches drawn from the training images each epoch."
-    )
-    batch_size: int = Field(
-        4, ge=1, description="Patches per training step; lower it if memory runs out."
-    )
-    learning_rate: float = Field(
-        3e-4,
-        gt=0.0,
-        lt=1.0,
-        description="Step size of the optimiser (AdamW); halved when the validation loss stalls.",
-    )
-    val_patches: int = Field(32, ge=1, description="Patches used to compute the validation loss.")
+    patches_per_epoch: int = _default(TrainingConfig, "patches_per_epoch", default=400)
+    batch_size: int = _default(TrainingConfig, "batch_size", default=4)
+    learning_rate: float = _default(TrainingConfig, "learning_rate", default=3e-4)
+    val_patches: int = _default(TrainingConfig, "val_patches", default=32)
 
 
 class StarDistConfig(TaskConfigBase):
