@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from deepscope.data.axes import check_axes, guess_axes
+from deepscope.data.axes import check_axes, guess_axes, to_channel_first
 from deepscope.errors import DeepscopeError, ImageReadError, OutputError
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -550,6 +550,23 @@ def open_image(path: str | os.PathLike, axes: str | None = None) -> Image:
             f"{exc.problem} (image shape {tuple(data.shape)})", path=path, fix=exc.fix
         ) from exc
     return Image(data=data, axes=final_axes, path=path, metadata=metadata)
+
+
+def spatial_shape(path: str | os.PathLike, axes: str | None, spatial_ndim: int) -> tuple[int, ...]:
+    """The spatial size (Y, X) or (Z, Y, X) of an image file, from its header.
+
+    The file is opened with :func:`open_image` and its axes checked as
+    :func:`~deepscope.data.axes.to_channel_first` checks them, without reading pixels.
+
+    Raises
+    ------
+    DeepscopeError
+        When the file cannot be opened or its axes do not fit ``spatial_ndim``.
+    """
+    img = open_image(path, axes)
+    # The axis checks need only the shape: a zero-byte stand-in of that shape.
+    shape_only = np.broadcast_to(np.zeros((), np.uint8), tuple(img.data.shape))
+    return to_channel_first(shape_only, img.axes, spatial_ndim, path=Path(path)).shape[1:]
 
 
 # --------------------------------------------------------------------------- writing

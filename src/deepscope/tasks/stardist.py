@@ -738,8 +738,7 @@ def fit_default_patch(config: TaskConfigBase, images: Path, divisibility: int) -
         The fitted patch size; None when the user chose the patch size
         (``data.patch_size`` was given) or the default already fits every image.
     """
-    from deepscope.data.axes import to_channel_first
-    from deepscope.data.io import list_images, open_image
+    from deepscope.data.io import list_images, spatial_shape
 
     data = config.data
     if "patch_size" in data.model_fields_set:
@@ -751,9 +750,7 @@ def fit_default_patch(config: TaskConfigBase, images: Path, divisibility: int) -
     smallest: list[int] | None = None
     for path in paths:
         try:
-            img = open_image(path, data.axes)
-            shape_only = np.broadcast_to(np.zeros((), np.uint8), tuple(img.data.shape))
-            spatial = to_channel_first(shape_only, img.axes, data.spatial_dims).shape[1:]
+            spatial = spatial_shape(path, data.axes, data.spatial_dims)
         except DeepscopeError:
             continue
         smallest = list(spatial) if smallest is None else list(map(min, smallest, spatial))

@@ -21,6 +21,7 @@ from deepscope.data.io import (
     list_images,
     open_image,
     read_image,
+    spatial_shape,
     write_image,
 )
 from deepscope.engine import performance
@@ -305,10 +306,7 @@ def check_inputs(inputs: Sequence[Path], axes: str | None, spatial_dims: int) ->
     problems: list[tuple[Path, DeepscopeError]] = []
     for path in inputs:
         try:
-            img = open_image(path, axes)
-            # The axis checks need only the shape: a zero-byte stand-in of that shape.
-            shape_only = np.broadcast_to(np.zeros((), np.uint8), tuple(img.data.shape))
-            to_channel_first(shape_only, img.axes, spatial_dims, path=path)
+            spatial_shape(path, axes, spatial_dims)
         except DeepscopeError as err:
             problems.append((path, err))
     if len(problems) == 1:
