@@ -153,6 +153,11 @@ def test_unset_network_settings_are_taken_from_the_start_model(data) -> None:
     assert adopted == {"model.depth": 1, "model.base_channels": 4}
     assert (config.model.depth, config.model.base_channels) == (1, 4)
     check_start_model(data["n2v"], config)  # fits now
+    # settings left unset stay unset (e.g. StarDist fits an unset patch size to the data)
+    assert "batch_norm" not in config.model.model_fields_set
+    given = config_from_dict(d)
+    for section in ("data", "training"):
+        assert getattr(config, section).model_fields_set == getattr(given, section).model_fields_set
 
     d["model"] = {"depth": 2}  # what the user set is kept (and then refused, naming both)
     config, adopted = adopt_start_network(config_from_dict(d), data["n2v"])

@@ -149,10 +149,12 @@ def adopt_start_network(
             take(config.task, name)
     if not adopted:
         return config, {}
-    data = config.model_dump(mode="json")
+    # exclude_unset: settings the user left unset stay unset (task defaults that depend
+    # on the data, such as StarDist's patch size, are then still fitted to it)
+    data = config.model_dump(mode="json", exclude_unset=True)
     for key, value in adopted.items():
         section, name = key.split(".")
-        data[section][name] = value
+        data.setdefault(section, {})[name] = value
     return config_from_dict(data), adopted
 
 
