@@ -28,7 +28,8 @@ Run from the project root (one command; ``--minutes`` is the training budget)::
 
 Results: ``benchmarks/out/nuclei_dsb/results.json`` and a deepscope QC report of the
 trained model on the test images, ``benchmarks/out/nuclei_dsb/qc_trained/report.html``.
-``--skip-training --model PATH`` re-scores an existing model folder.
+``--skip-training --model PATH`` re-scores an existing model folder; ``--tta`` also scores
+the models with test-time augmentation (8 flips and turns averaged, ``predict --tta``).
 """
 
 from __future__ import annotations
@@ -203,15 +204,18 @@ def score(truths: dict, preds: dict, kinds: dict) -> dict:
     return out
 
 
-def predict_model(model_dir: Path, names: list[str]) -> tuple[dict, float]:
-    """Labels of every test image with a deepscope model folder; seconds per image."""
+def predict_model(model_dir: Path, names: list[str], tta: bool = False) -> tuple[dict, float]:
+    """Labels of every test image with a deepscope model folder; seconds per image.
+
+    ``tta``: average the network's output over the 8 flips and turns (``--tta``).
+    """
     from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import predict_array
+    from deepscope.workflow.predict import TileSettings, predict_array
 
     model = load_model_folder(model_dir)
     preds, t0 = {}, time.time()
     for name in names:
-        preds[name] = predict_array(model, read_rgb(name))[0]
+        preds[name] = predict_array(model, read_rgb(name), TileSettings(tta=tta))[0]
     return preds, (time.time() - t0) / max(1, len(names))
 
 
@@ -234,6 +238,11 @@ def main() -> None:
         help="any other setting of CONFIG, VALUE in JSON (e.g. data.invert=false)",
     )
     p.add_argument("--out", type=Path, default=OUT, help="results folder")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also score the trained and shipped models with test-time augmentation",
+    )
     a = p.parse_args()
     out = a.out
     work = a.work or out / "work"
@@ -282,6 +291,13 @@ def main() -> None:
             "load": os.getloadavg(),
         }
         print("trained", json.dumps(results["trained"]["scores"]["all"]))
+        if a.tta:
+            tta_preds, per_image = predict_model(model_dir, test, tta=True)
+            results["trained_tta"] = {
+                "scores": score(truths, tta_preds, kinds),
+                "seconds_per_image": round(per_image, 3),
+            }
+            print("trained --tta", json.dumps(results["trained_tta"]["scores"]["all"]))
         from deepscope.workflow.qc_instance import InstanceCase, evaluate_instances
 
         cases = [
@@ -313,6 +329,13 @@ def main() -> None:
             "seconds_per_image": round(per_image, 3),
         }
         print("shipped", json.dumps(results["shipped"]["scores"]["all"]))
+        if a.tta:
+            preds, per_image = predict_model(shipped, test, tta=True)
+            results["shipped_tta"] = {
+                "scores": score(truths, preds, kinds),
+                "seconds_per_image": round(per_image, 3),
+            }
+            print("shipped --tta", json.dumps(results["shipped_tta"]["scores"]["all"]))
     results["uptime_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"written {out / 'results.json'}")

@@ -360,6 +360,9 @@ def test_3d_train_and_predict(tmp_path):
     )
     labels = tifffile.imread(tmp_path / "out" / "s0.tif")
     assert labels.shape == (16, 32, 32)
+    with pytest.raises(DeepscopeError, match="2D StarDist models only"):
+        predict_raw(model, tifffile.imread(tmp_path / "images" / "s0.tif")[None],
+                    TileSettings(tta=True))  # fmt: skip
     assert (tmp_path / "out" / "s0_measurements.csv").read_text().startswith("label,centroid_z")
 
 
@@ -514,19 +517,68 @@ def test_qc_of_the_shipped_model_leaves_its_folder_untouched(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
 
 
-def test_test_time_augmentation_is_refused_for_stardist(tmp_path, capsys):
+@pytest.mark.parametrize("shape", [(64, 80), (63, 71)])
+@pytest.mark.parametrize("grid", [1, 2])
+def test_turned_predictions_are_read_back_at_the_same_pixels_and_rays(shape, grid):
+    """An oracle 'network' computing StarDist's targets from the (turned) label image
+    itself: averaged over the 8 turns, every ray of every grid point must come back."""
+    from stardist import star_dist
+
+    from deepscope.tasks.stardist import ray_order
+    from deepscope.workflow.predict import dihedral_average
+
+    lbl = np.zeros(shape, np.uint16)
+    lbl[ellipse(20, 25, 8, 14, rotation=0.5, shape=shape)] = 1
+    lbl[ellipse(40, 55, 10, 6, rotation=-0.3, shape=shape)] = 2
+
+    def oracle(image, _report):
+        labels = np.rint(image[0]).astype(np.uint16)
+        dist = star_dist(labels, 32, grid=(grid, grid)).transpose(2, 0, 1)
+        return np.concatenate([(labels > 0)[::grid, ::grid][None].astype(np.float32), dist])
+
+    x = lbl[None].astype(np.float32)
+    truth = oracle(x, None)
+    order = lambda k, flip: np.concatenate([[0], 1 + ray_order(32, k, flip)])  # noqa: E731
+    averaged = dihedral_average(oracle, x, stride=(grid, grid), channel_order=order)
+    assert averaged.shape == truth.shape
+    np.testing.assert_allclose(averaged, truth, atol=1e-4)
+    # without re-ordering the rays the turned versions disagree
+    unordered = dihedral_average(oracle, x, stride=(grid, grid))
+    assert np.abs(unordered[1:] - truth[1:]).max() > 5
+
+
+def test_rays_that_do_not_turn_onto_each_other_are_refused():
+    from deepscope.tasks.stardist import ray_order
+
+    # numpy.rot90 turns rows towards columns: the ray pointing right now points up
+    assert list(ray_order(8, 1, False)) == [6, 7, 0, 1, 2, 3, 4, 5]
+    assert list(ray_order(8, 0, True)) == [4, 3, 2, 1, 0, 7, 6, 5]  # mirrored left-right
+    assert sorted(ray_order(30, 2, False)) == list(range(30))  # 180 degrees: any even count
+    with pytest.raises(DeepscopeError, match="multiple of 4"):
+        ray_order(30, 1, False)
+
+
+def test_test_time_augmentation_of_a_stardist_model(trained_run, tmp_path):
     from deepscope.workflow.pretrained import resolve_model
 
-    model = load_model_folder(resolve_model("nuclei"))
-    image, _ = discs_image((64, 64))
-    with pytest.raises(DeepscopeError, match="test-time augmentation is not available"):
-        predict_raw(model, image, TileSettings(tta=True))
-    write_tif(tmp_path / "imgs" / "a.tif", image.astype(np.float32))
-    code = main(["predict", "nuclei", "--input", str(tmp_path / "imgs"), "--out",
-                 str(tmp_path / "out"), "--tta"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and "--tta is not available for stardist" in err and "leave out --tta" in err
-    assert not (tmp_path / "out").exists()
+    model = load_model_folder(trained_run / "run" / "model")
+    model.task.use_tuned_settings({"prob_threshold": 0.5, "nms_threshold": 0.3})
+    net = BlobNet(model.task.n_rays)
+    image, truth = discs_image()
+    plain = predict_raw(model, image, TileSettings(), network=net)
+    turned = predict_raw(model, image, TileSettings(tta=True), network=net)
+    assert turned.shape == plain.shape
+    inner = (slice(None), slice(8, -8), slice(8, -8))  # the reflected border differs
+    np.testing.assert_allclose(turned[inner], plain[inner], atol=1e-4)
+    assert matching(truth, model.task.instances(turned), thresh=0.5).f1 == 1.0
+
+    # from the command line, with the shipped model
+    write_tif(tmp_path / "imgs" / "a.tif", image[0].astype(np.float32))
+    out = tmp_path / "out"
+    assert main(["predict", "nuclei", "--input", str(tmp_path / "imgs"), "--out", str(out),
+                 "--tta"]) == 0  # fmt: skip
+    assert tifffile.imread(out / "a.tif").max() > 0
+    assert load_model_folder(resolve_model("nuclei")).task.tta_ok
 
 
 def test_nms_uses_every_core_only_when_nothing_else_runs(tmp_path, monkeypatch):

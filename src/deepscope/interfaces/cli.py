@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test-time augmentation: predict each image 8 times (flipped and turned by 90 "
         "degrees) and average; 8 times slower, usually a little cleaner (denoising, "
-        "restoration and semantic models)",
+        "restoration, semantic and 2D StarDist models)",
     )
     p.add_argument(
         "--engine",

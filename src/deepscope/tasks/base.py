@@ -88,10 +88,9 @@ class Task(ABC):
     #: True for tasks with one result per image (e.g. a class) instead of an image:
     #: training uses ``make_datasets``, prediction writes a table, QC reads labels.
     image_level: ClassVar[bool] = False
-    #: True for tasks whose network output turns with the image pixel by pixel (a
-    #: flipped image gives the flipped output), so that prediction may average over the
-    #: 8 flips and 90-degree rotations (``--tta``). Not StarDist: its ray distances
-    #: would have to be re-ordered.
+    #: True for tasks whose network output turns with the image (a flipped image gives
+    #: the flipped output, its channels re-ordered by :meth:`dihedral_channels`), so that
+    #: prediction may average over the 8 flips and 90-degree rotations (``--tta``).
     tta_ok: ClassVar[bool] = False
     #: Settings of the task's own section that shape the network's weights beyond the
     #: shared ``model`` section; ``--from`` takes those the user left unset from the
@@ -142,6 +141,15 @@ class Task(ABC):
         None (the default) for networks whose output has the input's size. Prediction
         stitches such outputs at the reduced size and then repeats each value to the
         image's size (see ``workflow.predict.predict_raw``).
+        """
+        return None
+
+    def dihedral_channels(self, k: int, flip: bool) -> np.ndarray | None:
+        """Output channel order of an image turned ``k`` times by 90 degrees, then mirrored.
+
+        For test-time augmentation: entry ``c`` is the channel of the turned image's output
+        that speaks for channel ``c`` of the original's. None (the default): the channels
+        do not depend on the orientation (intensities, class scores).
         """
         return None
 

@@ -199,6 +199,42 @@ def n_rays_of(config: TaskConfigBase) -> int:
 # ---------------------------------------------------------------------------- targets
 
 
+def ray_order(n_rays: int, k: int, flip: bool) -> np.ndarray:
+    """Which ray of a turned image points where each ray of the original points (2D).
+
+    Ray ``r`` of StarDist 2D points at angle ``2 pi r / n_rays``, ``(sin, cos)`` in
+    (row, column). Turning the image ``k`` times by 90 degrees (``numpy.rot90``, which
+    takes a step ``(dy, dx)`` to ``(-dx, dy)``) and then mirroring it left-right
+    (``(dy, dx)`` to ``(dy, -dx)``) turns the rays with it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``order[r]``: the ray of the turned image that is ray ``r`` of the original.
+
+    Raises
+    ------
+    DeepscopeError
+        When the rays do not map onto each other (``n_rays`` not a multiple of 4).
+    """
+    angles = 2 * np.pi * np.arange(n_rays) / n_rays
+    rays = np.stack([np.sin(angles), np.cos(angles)], axis=1)  # (n_rays, 2): dy, dx
+    turned = rays.copy()
+    for _ in range(k % 4):
+        turned = np.stack([-turned[:, 1], turned[:, 0]], axis=1)
+    if flip:
+        turned[:, 1] *= -1
+    distance = np.linalg.norm(turned[:, None, :] - rays[None, :, :], axis=2)
+    order = distance.argmin(axis=1)
+    if not np.allclose(distance[np.arange(n_rays), order], 0, atol=1e-6):
+        raise DeepscopeError(
+            f"the {n_rays} rays of this model do not map onto each other when the image is "
+            "turned by 90 degrees, so test-time augmentation cannot be used",
+            fix="leave out --tta (or train with a number of rays that is a multiple of 4)",
+        )
+    return order
+
+
 def relabel(labels: np.ndarray) -> np.ndarray:
     """Return ``labels`` renumbered 1..n (0 stays background), as int32."""
     values, inverse = np.unique(np.asarray(labels), return_inverse=True)
@@ -421,6 +457,8 @@ class StarDistTask(Task):
     network_fields = ("n_rays", "grid", "feature_channels")
     #: Files written beside each label image by ``deepscope predict``.
     extra_file_suffixes = ["rois.zip", "measurements.csv"]
+    #: 2D only: the rays turn with the image (see :meth:`dihedral_channels`).
+    tta_ok = True
 
     def __init__(self, config: TaskConfigBase):
         super().__init__(config)
@@ -592,6 +630,20 @@ class StarDistTask(Task):
         out[0] = 1.0 / (1.0 + np.exp(-np.clip(output[0], -30, 30)))
         np.maximum(output[1:], 0, out=out[1:])
         return out
+
+    def dihedral_channels(self, k: int, flip: bool) -> np.ndarray:
+        """Output channels of an image turned ``k`` times by 90 degrees, then mirrored.
+
+        The probability stays channel 0; each ray's distance is read from the turned
+        image's ray that points the same way (see :func:`ray_order`). 2D only.
+        """
+        if self.dims != 2:
+            raise DeepscopeError(
+                "test-time augmentation is available for 2D StarDist models only (the "
+                "rays of a 3D model do not map onto each other when the image is turned)",
+                fix="leave out --tta",
+            )
+        return np.concatenate([[0], 1 + ray_order(self.n_rays, k, flip)])
 
     def grid_maps(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability and distances at the network's own grid points, from a full output."""

@@ -122,7 +122,9 @@ def predict_raw(
                 "(their output does not simply turn with the image)",
                 fix="leave out --tta",
             )
-        y = dihedral_average(run, x, progress)
+        y = dihedral_average(
+            run, x, progress, stride=stride, channel_order=model.task.dihedral_channels
+        )
     else:
         y = run(x, progress)
     # De-normalise (elementwise) before upsampling a strided output: 1/stride² the work.
@@ -142,32 +144,94 @@ def dihedral_average(
     run: Callable[[np.ndarray, Callable[[int, int], None] | None], np.ndarray],
     x: np.ndarray,
     progress: Callable[[int, int], None] | None = None,
+    stride: Sequence[int] | None = None,
+    channel_order: Callable[[int, bool], np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """Average ``run`` over the 8 flips and rotations of ``x`` in its last two axes.
 
     Each version of the (C, *spatial) image is predicted by ``run(image, progress)``,
     turned back and added up, so memory grows by one output only. ``progress`` receives
     the tiles done over all 8 passes.
+
+    Parameters
+    ----------
+    run
+        Prediction of one (C, *spatial) image.
+    x
+        The channel-first image.
+    progress
+        Called with (tiles done, tiles in all) over the 8 passes.
+    stride
+        Per-axis factor by which ``run``'s output is coarser than ``x`` (StarDist's grid):
+        value ``i`` speaks for pixel ``i * stride``. The image is then padded at the end
+        of Y and X so that turning it maps those pixels onto the turned image's own
+        ``stride``-th pixels, and each turned output is read back at exactly the
+        original's pixels. Y and X must share one factor (a turn swaps them).
+    channel_order
+        ``channel_order(k, flip)`` gives, for the version turned ``k`` times by 90 degrees
+        and then mirrored left-right if ``flip``, the output channel that speaks for each
+        channel of the original (e.g. StarDist's ray directions turn with the image), or
+        None when the channels do not depend on the orientation.
+
+    Returns
+    -------
+    numpy.ndarray
+        The mean of the 8 turned-back outputs, float32, shaped like ``run(x)``.
     """
+    g = 1
+    if stride is not None:
+        g = int(stride[-1])
+        if int(stride[-2]) != g:
+            raise DeepscopeError(
+                f"test-time augmentation needs the same grid in Y and X (this model's: "
+                f"{tuple(stride)})",
+                fix="leave out --tta",
+            )
+    spatial = x.shape[-2:]
+    if g > 1:
+        # Reversing an axis of size n maps pixel i to n-1-i: a multiple of g for every i
+        # that is one exactly when (n - 1) is; pad the end of the axis to such a size.
+        pad = [(0, 0)] * (x.ndim - 2) + [(0, -(n - 1) % g) for n in spatial]
+        x = np.pad(x, pad, mode="reflect" if min(spatial) > 1 else "edge")
+    # Asked before any work, so that a model that cannot be turned fails at once.
+    orders = [channel_order(k, flip) if channel_order else None for k, flip in DIHEDRAL]
     total: np.ndarray | None = None
     n = len(DIHEDRAL)
     for i, (k, flip) in enumerate(DIHEDRAL):
-        view = np.rot90(x, k, axes=(-2, -1))
-        if flip:
-            view = view[..., ::-1]
         report = None
         if progress is not None:
             report = lambda done, all_, i=i: progress(i * all_ + done, n * all_)  # noqa: E731
-        y = run(np.ascontiguousarray(view), report)
-        if flip:
-            y = y[..., ::-1]
-        y = np.rot90(y, -k, axes=(-2, -1))
+        y = run(np.ascontiguousarray(_turn(x, k, flip)), report)
+        if g == 1:
+            y = _turn_back(y, k, flip)
+        else:
+            # Where each original grid pixel went: turn a map of the turned image's grid
+            # indices back, and read the output there.
+            turned = _turn(x[(0,) * (x.ndim - 2)], k, flip).shape
+            rows, cols = (_turn_back(a // g, k, flip) for a in np.indices(turned))
+            at = (slice(0, spatial[0], g), slice(0, spatial[1], g))
+            y = y[..., rows[at], cols[at]]
+        if orders[i] is not None:
+            y = y[orders[i]]
         if total is None:
             total = y.astype(np.float32, copy=True)
         else:
             total += y
     assert total is not None
     return total / n
+
+
+def _turn(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """``a`` turned ``k`` times by 90 degrees in its last two axes, then mirrored if ``flip``."""
+    view = np.rot90(a, k, axes=(-2, -1))
+    return view[..., ::-1] if flip else view
+
+
+def _turn_back(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Undo :func:`_turn`."""
+    if flip:
+        a = a[..., ::-1]
+    return np.rot90(a, -k, axes=(-2, -1))
 
 
 TUNED_SETTINGS_FILE = "thresholds.json"
