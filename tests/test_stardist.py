@@ -364,6 +364,12 @@ def test_3d_train_and_predict(tmp_path):
         predict_raw(model, tifffile.imread(tmp_path / "images" / "s0.tif")[None],
                     TileSettings(tta=True))  # fmt: skip
     assert (tmp_path / "out" / "s0_measurements.csv").read_text().startswith("label,centroid_z")
+    code = main(["predict", str(result.model_dir), "--input", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "tta"), "--tta"])  # fmt: skip
+    assert code == 2 and not (tmp_path / "tta").exists()
+    from deepscope.app.runs import _tta_ok
+
+    assert not _tta_ok("stardist", model.info) and _tta_ok("stardist", {"spatial_dims": 2})
 
 
 # -------------------------------------------------------------------------- CLI, masks

@@ -140,22 +140,28 @@ def run_detail(run_dir: Path, store: JobStore) -> dict[str, Any]:
             "qc_report": (run_dir / "qc" / "report.html").is_file(),
             "qc_summary": _read_json(model / "qc_summary.json"),
             "applied": applied_folders(run_dir),
-            "tta_ok": _tta_ok(out["task"]),
+            "tta_ok": _tta_ok(out["task"], info),
         }
     )
     return out
 
 
-def _tta_ok(task: str | None) -> bool:
-    """Whether predictions of this task may be averaged over flips and turns (``--tta``)."""
+def _tta_ok(task: str | None, info: dict[str, Any] | None) -> bool:
+    """Whether predictions of this run's model may be averaged over flips and turns.
+
+    ``info`` is the model's ``deepscope_model.json`` (its ``spatial_dims``: 3D StarDist
+    models cannot be turned); without it, the task decides alone.
+    """
     from deepscope.tasks import get_task
 
     if not task:
         return False
     try:
-        return get_task(task).tta_ok
+        cls = get_task(task)
     except KeyError:  # an unknown task name in a foreign run folder
         return False
+    dims = (info or {}).get("spatial_dims")
+    return cls.tta_ok and (dims is None or dims in cls.tta_dims)
 
 
 def applied_folders(run_dir: Path) -> list[dict[str, Any]]:

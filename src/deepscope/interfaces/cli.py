@@ -905,6 +905,12 @@ def _check_tta(model: Any, wanted: bool) -> bool:
             "simply turn with the image)",
             fix="leave out --tta",
         )
+    dims = model.config.data.spatial_dims
+    if wanted and dims not in model.task.tta_dims:
+        raise DeepscopeError(
+            f"--tta is not available for {dims}D {model.config.task} models",
+            fix="leave out --tta",
+        )
     return wanted
 
 

@@ -92,6 +92,8 @@ class Task(ABC):
     #: the flipped output, its channels re-ordered by :meth:`dihedral_channels`), so that
     #: prediction may average over the 8 flips and 90-degree rotations (``--tta``).
     tta_ok: ClassVar[bool] = False
+    #: The image dimensionalities (2 and/or 3) for which ``tta_ok`` holds.
+    tta_dims: ClassVar[tuple[int, ...]] = (2, 3)
     #: Settings of the task's own section that shape the network's weights beyond the
     #: shared ``model`` section; ``--from`` takes those the user left unset from the
     #: model to start from when it is of the same task.

@@ -459,6 +459,7 @@ class StarDistTask(Task):
     extra_file_suffixes = ["rois.zip", "measurements.csv"]
     #: 2D only: the rays turn with the image (see :meth:`dihedral_channels`).
     tta_ok = True
+    tta_dims = (2,)
 
     def __init__(self, config: TaskConfigBase):
         super().__init__(config)
