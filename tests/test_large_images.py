@@ -140,3 +140,26 @@ def test_input_file_is_unchanged(trained_2d_run, tmp_path):
         model, src, tmp_path / "out", tiles=TileSettings(tile=64, memory_limit=TINY_LIMIT, block=40)
     )
     assert Path(src).read_bytes() == before
+
+
+def test_models_that_map_each_image_by_its_own_percentiles_use_the_whole_images(
+    trained_2d_run, tmp_path
+):
+    import dataclasses
+
+    model = load_model_folder(trained_2d_run / "model")
+    model = dataclasses.replace(
+        model, normalizer=dataclasses.replace(model.normalizer, per_image=True)
+    )
+    noisy = synthetic_pair((150, 130), seed=7)[0].astype(np.float32)
+    noisy[:, 80:] *= 0.2  # a dim part: its blocks' own percentiles would brighten it
+    src = tmp_path / "in" / "big.tif"
+    write_tif(src, noisy)
+    whole = predict_files(model, src, tmp_path / "whole", tiles=TileSettings(tile=64))
+    tiles = TileSettings(tile=64, memory_limit=TINY_LIMIT, block=48)
+    blocked = predict_files(model, src, tmp_path / "blocks", tiles=tiles)
+    a, b = read_image(whole[0]).data, read_image(blocked[0]).data
+    scale = float(np.percentile(a, 99) - np.percentile(a, 1))
+    assert np.abs(a - b).max() < 0.03 * scale
+    record = json.loads((tmp_path / "blocks" / "provenance.json").read_text())
+    assert "whole image's percentiles" in record["files"][0]["predicted_in_blocks"]["reason"]

@@ -674,3 +674,125 @@ def test_training_with_the_default_patch_size_records_the_fitted_one(tmp_path):
     run = tmp_path / "run"
     train(config(cfg), tmp_path / "imgs", run, tmp_path / "masks", show_bar=False)
     assert load_model_folder(run / "model").config.data.patch_size == [64, 64]
+
+
+# ------------------------------------------------------------ images larger than memory
+
+
+def many_discs(shape=(200, 232), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Discs of radius 6 every ~20 pixels: many of them across 64-pixel block borders."""
+    rng = np.random.default_rng(seed)
+    lbl = np.zeros(shape, np.uint16)
+    k = 0
+    for cy in range(12, shape[0] - 8, 20):
+        for cx in range(12, shape[1] - 8, 20):
+            k += 1
+            centre = (cy + int(rng.integers(-3, 4)), cx + int(rng.integers(-3, 4)))
+            lbl[disk(centre, 6, shape=shape)] = k
+    return blob_image(lbl, seed)[None], lbl
+
+
+def test_objects_found_block_by_block_are_those_found_in_memory(trained_run, tmp_path):
+    import dataclasses
+
+    from deepscope.data.io import open_image
+    from deepscope.data.normalize import PercentileNormalizer
+    from deepscope.workflow.instances_in_blocks import predict_instances_in_blocks
+
+    model = load_model_folder(trained_run / "run" / "model")
+    model.task.use_tuned_settings({"prob_threshold": 0.5, "nms_threshold": 0.3})
+    # one fixed intensity map for the whole image and its blocks (as predict_files does)
+    fixed = PercentileNormalizer(1.0, 99.8, (100.0,), (900.0,), False)
+    model = dataclasses.replace(model, normalizer=fixed)
+    net = BlobNet(model.task.n_rays)
+    image, truth = many_discs()
+    raw = predict_raw(model, image, TileSettings(), network=net)
+    in_memory, details = model.task.instances_with_details(raw)
+    n = int(in_memory.max())
+    assert matching(truth, in_memory, thresh=0.5).tp == truth.max() == 99
+    src, out = tmp_path / "big.tif", tmp_path / "out"
+    tifffile.imwrite(src, image[0])
+    out.mkdir()
+    done: list[int] = []
+    info = predict_instances_in_blocks(
+        open_image(src),
+        out / "big.tif",
+        model.task,
+        lambda cf: predict_raw(model, cf, TileSettings(), network=net),
+        block=(64, 64),
+        margin=(32, 32),
+        progress=lambda d, t: done.append(d),
+    )
+    blocks = tifffile.imread(out / "big.tif")
+    assert blocks.shape == truth.shape and blocks.dtype == np.uint16
+    assert info["objects"] == blocks.max() == n and info["cut_objects"] == 0
+    # the same objects, pixel for pixel (numbers may differ between equally probable ones)
+    m = matching(in_memory, blocks, thresh=0.999)
+    assert m.tp == n and m.fp == m.fn == 0
+    assert done == list(range(1, 2 * 16 + 1))  # 4 x 4 blocks found, then drawn
+    with open(out / "big_measurements.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["label"]) for r in rows] == list(range(1, n + 1))
+    areas = np.bincount(blocks.ravel())[1:]
+    assert [int(r["area"]) for r in rows] == list(areas)
+    yy, _ = np.indices(blocks.shape)
+    centre_y = np.bincount(blocks.ravel(), weights=yy.ravel())[1:] / areas
+    np.testing.assert_allclose([float(r["centroid_y"]) for r in rows], centre_y, atol=0.01)
+    mean = np.bincount(blocks.ravel(), weights=image[0].ravel())[1:] / areas
+    np.testing.assert_allclose([float(r["mean_intensity"]) for r in rows], mean, rtol=1e-4)
+    assert len(roiread(out / "big_rois.zip")) == n
+    # nothing but the results is left behind (no scratch files)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "big.tif",
+        "big_measurements.csv",
+        "big_rois.zip",
+    ]
+
+
+def test_a_large_image_is_segmented_in_blocks_with_the_whole_images_percentiles(
+    trained_run, tmp_path
+):
+    import json as json_
+
+    from deepscope.data.io import open_image
+    from deepscope.workflow.large_images import whole_image_normalizer
+    from deepscope.workflow.predict import predict_files
+
+    image, _ = many_discs()
+    image[0, :, 116:] = 100 + np.random.default_rng(1).normal(0, 20, (200, 116))  # empty half
+    write_tif(tmp_path / "in" / "big.tif", image[0].astype(np.float32))
+    model = load_model_folder(trained_run / "run" / "model")
+    assert model.normalizer.per_image  # StarDist maps each image by its own percentiles
+    whole = whole_image_normalizer(
+        open_image(tmp_path / "in" / "big.tif"), 2, model.normalizer, (64, 64), samples=4000
+    )
+    lo, hi = np.percentile(image[0], [1, 99.8])
+    assert not whole.per_image and abs(whole.low[0] - lo) < 15 and abs(whole.high[0] - hi) < 60
+
+    model.network = BlobNet(model.task.n_rays)  # a 'network' that finds the discs
+    model.task.use_tuned_settings({"prob_threshold": 0.5, "nms_threshold": 0.3})
+    tiles = TileSettings(tile=64, block=64, memory_limit=1)
+    predict_files(model, tmp_path / "in", tmp_path / "blocks", tiles=tiles)
+    predict_files(model, tmp_path / "in", tmp_path / "memory", tiles=TileSettings(tile=64))
+    record = json_.loads((tmp_path / "blocks" / "provenance.json").read_text())
+    blockwise = record["files"][0]["predicted_in_blocks"]
+    assert "whole image's percentiles" in blockwise["reason"] and blockwise["margin"] == 128
+    a = tifffile.imread(tmp_path / "blocks" / "big.tif")
+    b = tifffile.imread(tmp_path / "memory" / "big.tif")
+    assert a.shape == b.shape and b.max() >= 50 and not b[:, 124:].any()
+    assert matching(b, a, thresh=0.5).f1 > 0.98 and not a[:, 124:].any()
+    for name in ("big_rois.zip", "big_measurements.csv"):
+        assert (tmp_path / "blocks" / name).is_file()
+
+    # why: blocks mapped by their own percentiles turn the empty half's noise into objects
+    from deepscope.workflow.instances_in_blocks import predict_instances_in_blocks
+
+    predict_instances_in_blocks(
+        open_image(tmp_path / "in" / "big.tif"),
+        tmp_path / "own.tif",
+        model.task,
+        lambda cf: predict_raw(model, cf, TileSettings(tile=64)),
+        block=(64, 64),
+        margin=(32, 32),
+    )
+    assert tifffile.imread(tmp_path / "own.tif")[:, 192:].any()

@@ -359,6 +359,82 @@ def _nms_thread_limit(function: Callable[..., Any]) -> Callable[..., Any]:
     return limited
 
 
+def objects_2d(
+    prob: np.ndarray,
+    dist: np.ndarray,
+    grid: tuple[int, ...],
+    prob_threshold: float,
+    nms_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The objects of 2D maps: the package's non-maximum suppression, without rendering.
+
+    Parameters
+    ----------
+    prob, dist
+        Probability (*grid_spatial) and distances (n_rays, *grid_spatial) on the grid.
+    grid
+        The grid factor per axis.
+    prob_threshold, nms_threshold
+        Thresholds of the non-maximum suppression.
+
+    Returns
+    -------
+    points, prob, dist
+        Centres (n, 2) in image pixels, probabilities (n,) and distances (n, n_rays), at
+        least 1e-3 (the renderer needs positive ones), most probable first.
+    """
+    from stardist.nms import non_maximum_suppression
+
+    # The NMS copies only the candidates' distances out of the view (a full contiguous
+    # copy of the maps cost 15-80 ms on 1024x1024).
+    dist_last = np.moveaxis(np.asarray(dist, dtype=np.float32), 0, -1)
+    points, scores, dists = non_maximum_suppression(
+        dist_last,
+        np.ascontiguousarray(prob, dtype=np.float32),
+        grid=grid,
+        prob_thresh=prob_threshold,
+        nms_thresh=nms_threshold,
+    )
+    return np.asarray(points), np.asarray(scores), np.maximum(dists, 1e-3)
+
+
+def draw_polygons(
+    points: np.ndarray,
+    dist: np.ndarray,
+    labels: np.ndarray,
+    shape: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Draw star-convex polygons into a label image of ``shape`` placed at ``origin``.
+
+    The polygons are drawn in the order given, so a later one covers an earlier one
+    where they overlap (give them least probable first, as the package does).
+
+    Parameters
+    ----------
+    points, dist
+        Centres (n, 2) in the coordinates of the whole image, and distances (n, n_rays).
+    labels
+        The number each polygon gets (n,).
+    shape, origin
+        The region drawn: its size, and its first pixel in the whole image.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 label image of ``shape``; 0 where no polygon is.
+    """
+    from stardist.geometry import dist_to_coord
+    from stardist.geometry.geom2d import polygons_to_label_coord
+
+    if not len(points):
+        return np.zeros(shape, np.uint32)
+    local = np.asarray(points, np.float64) - np.asarray(origin, np.float64)
+    coord = dist_to_coord(np.asarray(dist, np.float64), local)
+    drawn = polygons_to_label_coord(coord, shape, labels=np.asarray(labels, np.int64) - 1)
+    return drawn.astype(np.uint32)
+
+
 @_nms_thread_limit
 def instances_from_maps(
     prob: np.ndarray,
@@ -394,21 +470,15 @@ def instances_from_maps(
         (n, n_rays), row ``k - 1`` describing label ``k``.
     """
     from stardist.geometry import polygons_to_label, polyhedron_to_label
-    from stardist.nms import non_maximum_suppression, non_maximum_suppression_3d
+    from stardist.nms import non_maximum_suppression_3d
 
     prob = np.ascontiguousarray(prob, dtype=np.float32)
-    dist_last = np.moveaxis(np.asarray(dist, dtype=np.float32), 0, -1)  # a view
     if len(shape) == 2:
-        # The NMS copies only the candidates' distances out of the view (a full
-        # contiguous copy of the maps cost 15-80 ms on 1024x1024).
-        points, scores, dists = non_maximum_suppression(
-            dist_last, prob, grid=grid, prob_thresh=prob_threshold, nms_thresh=nms_threshold
-        )
-        # Distances must be positive for the renderer (an untrained network predicts 0).
-        dists = np.maximum(dists, 1e-3)
+        points, scores, dists = objects_2d(prob, dist, grid, prob_threshold, nms_threshold)
         labels = polygons_to_label(dists, points, shape=shape, prob=scores)
     else:
         # Polyhedra of zero volume upset the 3D NMS: clip before it.
+        dist_last = np.moveaxis(np.asarray(dist, dtype=np.float32), 0, -1)
         dist_last = np.ascontiguousarray(np.maximum(dist_last, 1e-3))
         points, scores, dists = non_maximum_suppression_3d(
             dist_last, prob, rays, grid=grid, prob_thresh=prob_threshold, nms_thresh=nms_threshold
@@ -684,6 +754,19 @@ class StarDistTask(Task):
             self._last = (output, labels, details)  # postprocess, then the extra files
         return labels, details
 
+    def objects(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The objects of a de-normalised 2D output, found but not drawn (see :func:`objects_2d`).
+
+        Used for images predicted block by block (:mod:`deepscope.workflow.instances_in_blocks`).
+        """
+        prob, dist = self.grid_maps(output)
+        p, n = self.thresholds()
+        return _nms_thread_limit(objects_2d)(prob, dist, self.grid, p, n)
+
+    def objects_in_blocks_ok(self) -> bool:
+        """Whether images too large for memory may be segmented block by block (2D only)."""
+        return self.dims == 2
+
     def instances(self, output: np.ndarray) -> np.ndarray:
         """Instance labels (*spatial) of a de-normalised output."""
         return self.instances_with_details(output)[0]
@@ -911,6 +994,11 @@ def measurements_csv(
         name = "mean_intensity" if n_ch == 1 else f"mean_intensity_ch{c}"
         columns[name] = np.round(props[key], 3)
     columns["probability"] = np.round(details["prob"][props["label"] - 1], 4)
+    return columns_csv(columns)
+
+
+def columns_csv(columns: dict[str, Any]) -> str:
+    """CSV text of equally long columns, one row per entry, the names as header."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)

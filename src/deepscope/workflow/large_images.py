@@ -8,11 +8,13 @@ TIFF, or a chunked OME-Zarr). Memory then depends on the block size, not on the 
 
 Only tasks whose result at a pixel depends on the network output near that pixel
 (restoration, class maps) can be predicted this way; tasks that need the whole image
-at once (e.g. instance segmentation) say so with ``Task.blockwise_ok``.
+at once (e.g. instance segmentation) say so with ``Task.blockwise_ok``. 2D StarDist has
+its own block-by-block path (:mod:`deepscope.workflow.instances_in_blocks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -25,6 +27,7 @@ import numpy as np
 
 from deepscope.data.axes import from_channel_first, output_axes, to_channel_first
 from deepscope.data.io import Image, atomic_target, tiff_memmap
+from deepscope.data.normalize import PercentileNormalizer
 from deepscope.errors import OutputError
 
 _BYTES = 4  # float32 working arrays
@@ -89,6 +92,64 @@ def blocks(
             write.append(slice(c, end))
             crop.append(slice(c - r0, end - r0))
         yield tuple(read), tuple(write), tuple(crop)
+
+
+def whole_image_normalizer(
+    image: Image,
+    dims: int,
+    normalizer: PercentileNormalizer,
+    block: Sequence[int],
+    adapt: Callable[[np.ndarray], np.ndarray] | None = None,
+    samples: int = 4_000_000,
+) -> PercentileNormalizer:
+    """The percentiles of a whole lazily opened image, for a model that maps each image by its own.
+
+    Predicting such an image block by block must map every block by the *image's*
+    percentiles: a block's own would stretch a block of background into objects and give
+    neighbouring blocks different brightness. The image is read block by block and every
+    k-th pixel of each axis kept (about ``samples`` values per channel).
+
+    Parameters
+    ----------
+    image
+        The input, opened with :func:`deepscope.data.io.open_image`.
+    dims
+        2 or 3 spatial dimensions.
+    normalizer
+        The model's normaliser (its percentile levels are used).
+    block
+        Block size per spatial axis for reading.
+    adapt
+        The task's channel adaptation (e.g. colour to grey), applied to each block first.
+    samples
+        About how many pixels are sampled.
+
+    Returns
+    -------
+    PercentileNormalizer
+        Fixed statistics (``per_image`` False) at the model's percentile levels.
+    """
+    letters = spatial_letters(dims)
+    spatial, _ = image_sizes(image, dims)
+    step = max(1, int(math.ceil((math.prod(spatial) / samples) ** (1 / dims))))
+    parts = []
+    for read, _write, _crop in blocks(spatial, block, (0,) * dims):
+        # Start each block's sampling on the whole image's lattice of every step-th pixel.
+        sub = tuple(slice(r.start + (-r.start % step), r.stop, step) for r in read)
+        if any(s.start >= s.stop for s in sub):
+            continue
+        cf = to_channel_first(
+            np.asarray(image.data[_region(image.axes, letters, sub)]),
+            image.axes,
+            dims,
+            path=image.path,
+        )
+        parts.append(adapt(cf) if adapt is not None else cf)
+    flat = [p.reshape(p.shape[0], -1) for p in parts]
+    fitted = PercentileNormalizer.fit(
+        [np.concatenate(flat, axis=1)], normalizer.low_pct, normalizer.high_pct
+    )
+    return dataclasses.replace(fitted, per_image=False)
 
 
 def block_shape(dims: int, block: int, tile_z: int) -> tuple[int, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -531,7 +532,10 @@ def _predict_if_too_large(
     limit = tiles.memory_limit or large_images.default_memory_limit()
     if needed <= limit:
         return None
-    if not model.task.blockwise_ok():
+    reason = f"needs about {needed / 2**30:.1f} GiB, limit {limit / 2**30:.1f} GiB"
+    objects_ok = getattr(model.task, "objects_in_blocks_ok", None)
+    objects = objects_ok is not None and objects_ok()
+    if not objects and not model.task.blockwise_ok():
         warnings.warn(
             f"{src.name}: predicting this image needs about {needed / 2**30:.1f} GiB, more "
             f"than the {limit / 2**30:.1f} GiB limit, but the {model.config.task} task needs "
@@ -539,8 +543,27 @@ def _predict_if_too_large(
             stacklevel=2,
         )
         return None
-    margin = 2 * tiles.overlap
     block = large_images.block_shape(dims, tiles.block, tiles.tile_z)
+    if model.normalizer.per_image:
+        # Every block must be mapped by the whole image's percentiles, not its own.
+        adapt = getattr(model.task, "adapt_channels", None)
+        fixed = large_images.whole_image_normalizer(
+            image,
+            dims,
+            model.normalizer,
+            block,
+            adapt=(lambda cf: adapt(cf, model.in_channels)) if adapt is not None else None,
+        )
+        # Outputs are still mapped back with the stored statistics, as in memory.
+        model = dataclasses.replace(
+            model,
+            normalizer=fixed,
+            target_normalizer=model.target_normalizer or model.normalizer,
+        )
+        reason += "; every block mapped by the whole image's percentiles"
+    if objects:
+        return _objects_in_blocks(model, image, src, dst, tiles, overwrite, progress, reason)
+    margin = 2 * tiles.overlap
     paths = large_images.predict_in_blocks(
         image,
         dst,
@@ -561,16 +584,57 @@ def _predict_if_too_large(
         "output": dst.name,
         "axes": result_axes,
         "date": _now(),
-        "predicted_in_blocks": {
-            "reason": f"needs about {needed / 2**30:.1f} GiB, limit {limit / 2**30:.1f} GiB",
-            "block": list(block),
-            "margin": margin,
-        },
+        "predicted_in_blocks": {"reason": reason, "block": list(block), "margin": margin},
     }
     for suffix, path in paths.items():
         if suffix:
             entry[suffix] = path.name
     return entry
+
+
+def _objects_in_blocks(
+    model: TrainedModel,
+    image: Any,
+    src: Path,
+    dst: Path,
+    tiles: TileSettings,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+    reason: str,
+) -> dict:
+    """Instance labels of a 2D image too large for memory (see :mod:`instances_in_blocks`)."""
+    from deepscope.workflow import instances_in_blocks
+
+    grid = model.task.output_stride() or (1, 1)
+    block = tuple(-(-tiles.block // g) * g for g in grid)
+    margin = instances_in_blocks.context_margin(tiles.overlap, grid)
+    info = instances_in_blocks.predict_instances_in_blocks(
+        image,
+        dst,
+        model.task,
+        lambda cf: predict_raw(model, cf, tiles),
+        block=block,
+        margin=margin,
+        overwrite=overwrite,
+        progress=progress,
+        log=lambda message: warnings.warn(message, stacklevel=2),
+    )
+    return {
+        "input": str(src.resolve()),
+        "input_sha256": _sha256(src),
+        "output": dst.name,
+        "axes": tifffile_axes(dst),
+        "date": _now(),
+        "predicted_in_blocks": {
+            "reason": reason,
+            "block": list(block),
+            "margin": margin[0],
+            "objects": info["objects"],
+            "objects_reaching_the_context_edge": info["cut_objects"],
+        },
+        "rois": info["rois"],
+        "measurements": info["measurements"],
+    }
 
 
 def tifffile_axes(path: Path) -> str:
