@@ -195,6 +195,14 @@ class Task(ABC):
         """
         return False
 
+    def objects_in_blocks_ok(self) -> bool:
+        """Whether instance results may be found block by block, then drawn (StarDist 2D).
+
+        Such a task gives ``objects(output)`` and is predicted by
+        :mod:`deepscope.workflow.instances_in_blocks` when an image is too large for memory.
+        """
+        return False
+
     def side_outputs(self, output: np.ndarray) -> dict[str, np.ndarray]:
         """Extra result images of a de-normalised output, written beside the result.
 

@@ -533,8 +533,7 @@ def _predict_if_too_large(
     if needed <= limit:
         return None
     reason = f"needs about {needed / 2**30:.1f} GiB, limit {limit / 2**30:.1f} GiB"
-    objects_ok = getattr(model.task, "objects_in_blocks_ok", None)
-    objects = objects_ok is not None and objects_ok()
+    objects = model.task.objects_in_blocks_ok()
     if not objects and not model.task.blockwise_ok():
         warnings.warn(
             f"{src.name}: predicting this image needs about {needed / 2**30:.1f} GiB, more "
