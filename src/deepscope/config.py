@@ -134,6 +134,12 @@ class TrainingConfig(_Section):
         lt=1.0,
         description="Step size of the optimiser (AdamW); halved when the validation loss stalls.",
     )
+    lr_patience: int = Field(
+        10,
+        ge=1,
+        description="Epochs without a better validation loss before the learning rate is "
+        "halved (larger: the rate stays high longer on noisy validation losses).",
+    )
     weight_decay: float = Field(
         0.0, ge=0.0, description="Pull of the weights towards zero (0 = off), against over-fitting."
     )
