@@ -71,6 +71,7 @@ CONFIG = {
         "batch_size": 4,
         "val_patches": 20,
         "learning_rate": 3e-4,
+        "lr_patience": 40,
         "checkpoint_every": 20,
         "seed": 3,
     },

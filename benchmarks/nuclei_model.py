@@ -1,16 +1,20 @@
 """Train, score and package the shipped StarDist ``nuclei`` model (issue 4, item 7).
 
 Data: ``../shared/data/nuclei2d`` (DSB 2018 stage-1 test, BBBC038) split by the fixed
-``benchmarks/nuclei_split.json``; the model is trained on the TRAIN images of every kind
-(fluorescence, brightfield, H&E) plus the stardist package's example image
-(``nuclei_extras``), read as grey (the mean of R, G, B: what deepscope feeds a one-channel
-model given a colour picture), with random intensity scaling. It is scored on the TEST
-images of every kind.
+``benchmarks/nuclei_split.json``; the model is trained on the 32 TRAIN images of every
+kind (fluorescence, brightfield, H&E), read as grey (the mean of R, G, B: what deepscope
+feeds a one-channel model given a colour picture), with random intensity scaling, and
+scored on the TEST images of every kind. Recipe and seed are those of
+``benchmarks/nuclei_dsb.py`` (the same data written the same way), so its training run
+and this one give the same model; the model shipped since 2026-11-29 (session 7) is the
+model of a 60-minute ``nuclei_dsb.py`` run, packaged with the last two steps below.
+(Models shipped before then also trained on the example image of the ``stardist``
+package, ``nuclei_extras``.)
 
 Steps (each one command, run from the project root)::
 
     .venv/bin/python benchmarks/nuclei_model.py prepare --work /tmp/nuclei-work
-    .venv/bin/python benchmarks/nuclei_model.py train --work /tmp/nuclei-work --minutes 30
+    .venv/bin/python benchmarks/nuclei_model.py train --work /tmp/nuclei-work --minutes 60
     .venv/bin/python benchmarks/nuclei_model.py score --model /tmp/nuclei-work/run/model
     .venv/bin/python benchmarks/nuclei_model.py package --model /tmp/nuclei-work/run/model
 
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from nuclei_dsb import CONFIG as NUCLEI_DSB_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEEPSCOPE_DATA", ROOT / ".." / "shared" / "data"))
@@ -36,27 +41,8 @@ SPLIT = ROOT / "benchmarks" / "nuclei_split.json"
 SCORES = ROOT / "benchmarks" / "nuclei_model_scores.json"
 TARGET = ROOT / "src" / "deepscope" / "pretrained" / "nuclei"
 
-CONFIG = {
-    "task": "stardist",
-    # The recipe that matched the stardist package's own defaults on nuclei_dsb.py
-    # (2026-11-29, session 6; benchmarks/RESULTS.md): 160-pixel patches, batch 4, 100
-    # steps per epoch and a small validation set (256 validation patches per epoch took
-    # more time than the training), learning rate 3e-4, intensity scaling instead of
-    # inversion, 32 base channels and 128 feature channels. It beat the earlier recipe
-    # (96-pixel patches, inversion, 64 feature channels) on every kind of image.
-    "data": {"patch_size": [160, 160], "val_fraction": 0.15, "intensity_jitter": 0.5},
-    "model": {"depth": 3, "base_channels": 32},
-    "stardist": {"n_rays": 32, "grid": [2, 2], "feature_channels": 128},
-    "training": {
-        "epochs": 1000,
-        "patches_per_epoch": 400,
-        "batch_size": 4,
-        "val_patches": 20,
-        "learning_rate": 3e-4,
-        "checkpoint_every": 20,
-        "seed": 7,
-    },
-}
+# One recipe for the benchmark and the shipped model (nuclei_dsb.py documents it).
+CONFIG = NUCLEI_DSB_CONFIG
 
 
 def grey(path: Path) -> np.ndarray:
@@ -73,16 +59,11 @@ def prepare(work: Path) -> None:
     img_dir, mask_dir = work / "train" / "images", work / "train" / "masks"
     img_dir.mkdir(parents=True, exist_ok=True)
     mask_dir.mkdir(parents=True, exist_ok=True)
-    n = 0
     for name in split["train"]:
         picture = grey(DATA / "nuclei2d" / "images" / f"{name}.png")
         tifffile.imwrite(img_dir / f"{name}.tif", picture)
         shutil.copyfile(DATA / "nuclei2d" / "masks" / f"{name}.tif", mask_dir / f"{name}.tif")
-        n += 1
-    extra = DATA / "nuclei_extras" / "stardist_dsb2018_example"
-    shutil.copyfile(extra / "img2d.tif", img_dir / "stardist_example.tif")
-    shutil.copyfile(extra / "mask2d.tif", mask_dir / "stardist_example.tif")
-    print(f"{n + 1} training images in {img_dir}")
+    print(f"{len(split['train'])} training images in {img_dir}")
 
 
 def train(work: Path, minutes: float) -> None:
@@ -186,7 +167,7 @@ def main() -> None:
     p.add_argument("step", choices=["prepare", "train", "score", "package"])
     p.add_argument("--work", type=Path, default=Path("/tmp/nuclei-work"))
     p.add_argument("--model", type=Path)
-    p.add_argument("--minutes", type=float, default=27.0)
+    p.add_argument("--minutes", type=float, default=60.0)
     a = p.parse_args()
     model = a.model or a.work / "run" / "model"
     {"prepare": lambda: prepare(a.work), "train": lambda: train(a.work, a.minutes)}.get(

@@ -636,6 +636,10 @@ def test_stardist_defaults_follow_the_stardist_package():
     c = config({"task": "stardist"})
     assert c.data.patch_size == [160, 160] and c.model.depth == 3
     assert (c.training.batch_size, c.training.learning_rate) == (4, 3e-4)
+    assert c.training.lr_patience == 40  # the package's ReduceLROnPlateau patience
+    from deepscope.config import config_from_dict
+
+    assert config_from_dict({"task": "n2v"}).training.lr_patience == 10
     assert c.model_dump(exclude_unset=True) == {"task": "stardist"}  # defaults stay unset
 
 

@@ -129,9 +129,7 @@ class TaskModule(L.LightningModule):
         t = self.task.config.training
         params = self.task.parameter_groups(self.model) or self.model.parameters()
         opt = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=t.lr_patience
-        )
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=t.lr_patience)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

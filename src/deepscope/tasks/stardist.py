@@ -146,12 +146,14 @@ class StarDistModelConfig(ModelConfig):
 class StarDistTrainingConfig(TrainingConfig):
     """How long and how the network is trained.
 
-    StarDist's defaults: batch 4, 400 patches per epoch, learning rate 3e-4.
+    StarDist's defaults: batch 4, 400 patches per epoch, learning rate 3e-4, halved after
+    40 epochs without a better validation loss.
     """
 
     patches_per_epoch: int = _default(TrainingConfig, "patches_per_epoch", default=400)
     batch_size: int = _default(TrainingConfig, "batch_size", default=4)
     learning_rate: float = _default(TrainingConfig, "learning_rate", default=3e-4)
+    lr_patience: int = _default(TrainingConfig, "lr_patience", default=40)
     val_patches: int = _default(TrainingConfig, "val_patches", default=32)
 
 
