@@ -220,6 +220,14 @@ def predict_model(model_dir: Path, names: list[str], tta: bool = False) -> tuple
     return preds, (time.time() - t0) / max(1, len(names))
 
 
+def tta_scores(model_dir: Path, names: list[str], truths: dict, kinds: dict, label: str) -> dict:
+    """Scores of a model with test-time augmentation (``--tta``), printed under ``label``."""
+    preds, per_image = predict_model(model_dir, names, tta=True)
+    out = {"scores": score(truths, preds, kinds), "seconds_per_image": round(per_image, 3)}
+    print(f"{label} --tta", json.dumps(out["scores"]["all"]))
+    return out
+
+
 def main() -> None:
     """Run the benchmark (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -293,12 +301,7 @@ def main() -> None:
         }
         print("trained", json.dumps(results["trained"]["scores"]["all"]))
         if a.tta:
-            tta_preds, per_image = predict_model(model_dir, test, tta=True)
-            results["trained_tta"] = {
-                "scores": score(truths, tta_preds, kinds),
-                "seconds_per_image": round(per_image, 3),
-            }
-            print("trained --tta", json.dumps(results["trained_tta"]["scores"]["all"]))
+            results["trained_tta"] = tta_scores(model_dir, test, truths, kinds, "trained")
         from deepscope.workflow.qc_instance import InstanceCase, evaluate_instances
 
         cases = [
@@ -331,12 +334,7 @@ def main() -> None:
         }
         print("shipped", json.dumps(results["shipped"]["scores"]["all"]))
         if a.tta:
-            preds, per_image = predict_model(shipped, test, tta=True)
-            results["shipped_tta"] = {
-                "scores": score(truths, preds, kinds),
-                "seconds_per_image": round(per_image, 3),
-            }
-            print("shipped --tta", json.dumps(results["shipped_tta"]["scores"]["all"]))
+            results["shipped_tta"] = tta_scores(shipped, test, truths, kinds, "shipped")
     results["uptime_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"written {out / 'results.json'}")

@@ -34,13 +34,13 @@ import numpy as np
 
 from deepscope.data.axes import from_channel_first, output_axes, to_channel_first
 from deepscope.data.io import Image, atomic_write_bytes, atomic_write_text
-from deepscope.errors import OutputError
 from deepscope.workflow.large_images import (
     _DiskOutput,
     _output_shape,
     _region,
     blocks,
     image_sizes,
+    write_error,
 )
 
 MIN_CONTEXT = 128
@@ -180,11 +180,7 @@ def predict_instances_in_blocks(
         except BaseException as exc:
             out.abort(exc)
             if isinstance(exc, OSError):
-                raise OutputError(
-                    f"the result could not be written ({exc.strerror or exc})",
-                    target,
-                    "check that the output folder is on a disk with enough free space",
-                ) from exc
+                raise write_error(exc, target) from exc
             raise
         del scratch
 

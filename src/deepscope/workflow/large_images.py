@@ -288,13 +288,18 @@ def predict_in_blocks(
         for out in outputs.values():
             out.abort(exc)
         if isinstance(exc, OSError):
-            raise OutputError(
-                f"the result could not be written ({exc.strerror or exc})",
-                target,
-                "check that the output folder is on a disk with enough free space",
-            ) from exc
+            raise write_error(exc, target) from exc
         raise
     return {key: out.target for key, out in outputs.items()}
+
+
+def write_error(exc: OSError, target: Path) -> OutputError:
+    """What the user is told when a result built on disk could not be written."""
+    return OutputError(
+        f"the result could not be written ({exc.strerror or exc})",
+        target,
+        "check that the output folder is on a disk with enough free space",
+    )
 
 
 def _output_shape(
