@@ -176,6 +176,12 @@ def main() -> None:
         "seed threshold)",
     )
     parser.add_argument(
+        "--lr-patience",
+        type=int,
+        help="epochs without a better validation loss before the learning rate is halved "
+        "(default: the engine's)",
+    )
+    parser.add_argument(
         "--reuse-run",
         action="store_true",
         help="score the model already trained in OUT/run again (no training; the training "
@@ -191,6 +197,8 @@ def main() -> None:
         shutil.rmtree(args.out, ignore_errors=True)
         folders = split(args.data, args.out / "data")
         training_config = {**CONFIG["training"], "max_minutes": args.minutes}
+        if args.lr_patience:
+            training_config["lr_patience"] = args.lr_patience
         data_config = {**CONFIG["data"], "val_fraction": args.val_fraction}
         config = config_from_dict({**CONFIG, "data": data_config, "training": training_config})
         t0 = time.monotonic()
