@@ -262,6 +262,12 @@ class Task(ABC):
         return None
 
 
+def extra_file_name(result_name: str, suffix: str) -> str:
+    """Name of a non-image file written beside a result: ``cell.tif`` → ``cell_<suffix>``."""
+    stem = result_name.removesuffix(".ome.zarr").removesuffix(".tif")
+    return f"{stem}_{suffix}"
+
+
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator registering a task under ``cls.name``."""
     _TASKS[cls.name] = cls

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from deepscope.config import DataConfig, ModelConfig, TaskConfigBase, TrainingConfig, _Section
 from deepscope.engine.performance import available_cores
 from deepscope.errors import DeepscopeError
-from deepscope.tasks.base import Task, register_task
+from deepscope.tasks.base import Task, extra_file_name, register_task
 
 if TYPE_CHECKING:
     from deepscope.data.normalize import PercentileNormalizer
@@ -789,9 +789,8 @@ class StarDistTask(Task):
         from deepscope.data.io import atomic_write_bytes, atomic_write_text
 
         labels, details = self.instances_with_details(raw)
-        stem = result_path.name.removesuffix(".ome.zarr").removesuffix(".tif")
-        rois = result_path.with_name(f"{stem}_rois.zip")
-        table = result_path.with_name(f"{stem}_measurements.csv")
+        rois = result_path.with_name(extra_file_name(result_path.name, "rois.zip"))
+        table = result_path.with_name(extra_file_name(result_path.name, "measurements.csv"))
         atomic_write_bytes(rois, roi_zip_bytes(details, self.rays), overwrite=overwrite)
         atomic_write_text(table, measurements_csv(labels, image_cf, details), overwrite=overwrite)
         return {"rois": rois.name, "measurements": table.name}

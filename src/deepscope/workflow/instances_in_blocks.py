@@ -32,14 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from deepscope.data.axes import from_channel_first, output_axes, to_channel_first
+from deepscope.data.axes import from_channel_first, output_axes
 from deepscope.data.io import Image, atomic_write_bytes, atomic_write_text
+from deepscope.tasks.base import extra_file_name
 from deepscope.workflow.large_images import (
     _DiskOutput,
     _output_shape,
     _region,
     blocks,
     image_sizes,
+    read_region,
     write_error,
 )
 
@@ -105,7 +107,7 @@ def predict_instances_in_blocks(
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     cut = 0
     for i, (read, write, _crop) in enumerate(regions):
-        cf = _read_block(image, read)
+        cf = read_region(image, 2, read)
         points, prob, dist = task.objects(predict(cf))
         origin = np.array([r.start for r in read])
         points = points + origin
@@ -155,7 +157,7 @@ def predict_instances_in_blocks(
             yy, xx = np.indices(shape)
             sums[0] += np.bincount(flat, weights=(yy + lo[0]).ravel(), minlength=n + 1)
             sums[1] += np.bincount(flat, weights=(xx + lo[1]).ravel(), minlength=n + 1)
-            pixels = _read_block(image, write)
+            pixels = read_region(image, 2, write)
             for c in range(channels):
                 sums[2 + c] += np.bincount(flat, weights=pixels[c].ravel(), minlength=n + 1)
             if progress:
@@ -195,9 +197,8 @@ def predict_instances_in_blocks(
         name = "mean_intensity" if channels == 1 else f"mean_intensity_ch{c}"
         columns[name] = np.round(sums[2 + c, present] / a, 3)
     columns["probability"] = np.round(details["prob"], 4)
-    stem = target.name.removesuffix(".ome.zarr").removesuffix(".tif")
-    rois = target.with_name(f"{stem}_rois.zip")
-    table = target.with_name(f"{stem}_measurements.csv")
+    rois = target.with_name(extra_file_name(target.name, "rois.zip"))
+    table = target.with_name(extra_file_name(target.name, "measurements.csv"))
     atomic_write_bytes(rois, roi_zip_bytes(details), overwrite=overwrite)
     atomic_write_text(table, columns_csv(columns), overwrite=overwrite)
     return {
@@ -206,12 +207,6 @@ def predict_instances_in_blocks(
         "rois": rois.name,
         "measurements": table.name,
     }
-
-
-def _read_block(image: Image, region: tuple[slice, ...]) -> np.ndarray:
-    """The pixels of a region of a lazily opened 2D image, channel first (C, Y, X)."""
-    raw = np.asarray(image.data[_region(image.axes, "YX", region)])
-    return to_channel_first(raw, image.axes, 2, path=image.path)
 
 
 def _count_cut(

@@ -94,6 +94,12 @@ def blocks(
         yield tuple(read), tuple(write), tuple(crop)
 
 
+def read_region(image: Image, dims: int, region: Sequence[slice]) -> np.ndarray:
+    """The pixels of a spatial region of a lazily opened image, channel first (C, *spatial)."""
+    raw = np.asarray(image.data[_region(image.axes, spatial_letters(dims), region)])
+    return to_channel_first(raw, image.axes, dims, path=image.path)
+
+
 def whole_image_normalizer(
     image: Image,
     dims: int,
@@ -129,7 +135,6 @@ def whole_image_normalizer(
     PercentileNormalizer
         Fixed statistics (``per_image`` False) at the model's percentile levels.
     """
-    letters = spatial_letters(dims)
     spatial, _ = image_sizes(image, dims)
     step = max(1, int(math.ceil((math.prod(spatial) / samples) ** (1 / dims))))
     parts = []
@@ -138,12 +143,7 @@ def whole_image_normalizer(
         sub = tuple(slice(r.start + (-r.start % step), r.stop, step) for r in read)
         if any(s.start >= s.stop for s in sub):
             continue
-        cf = to_channel_first(
-            np.asarray(image.data[_region(image.axes, letters, sub)]),
-            image.axes,
-            dims,
-            path=image.path,
-        )
+        cf = read_region(image, dims, sub)
         parts.append(adapt(cf) if adapt is not None else cf)
     flat = [p.reshape(p.shape[0], -1) for p in parts]
     fitted = PercentileNormalizer.fit(
@@ -263,8 +263,7 @@ def predict_in_blocks(
     outputs: dict[str, _DiskOutput] = {}
     try:
         for i, (read, write, crop) in enumerate(regions):
-            raw_block = np.asarray(image.data[_region(image.axes, letters, read)])
-            cf = to_channel_first(raw_block, image.axes, dims, path=image.path)
+            cf = read_region(image, dims, read)
             raw = predict(cf)
             results = {"": postprocess(raw), **side_outputs(raw)}
             for key, result in results.items():

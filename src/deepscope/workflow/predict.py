@@ -330,8 +330,10 @@ def extra_file_names(model: TrainedModel, result_name: str) -> list[str]:
     and ``write_extra_files(raw, result, image_cf, result_path, overwrite) -> dict``;
     ``cell.tif`` then gets ``cell_rois.zip`` beside it.
     """
-    stem = result_name.removesuffix(".ome.zarr").removesuffix(".tif")
-    return [f"{stem}_{suffix}" for suffix in getattr(model.task, "extra_file_suffixes", [])]
+    from deepscope.tasks.base import extra_file_name
+
+    suffixes = getattr(model.task, "extra_file_suffixes", [])
+    return [extra_file_name(result_name, suffix) for suffix in suffixes]
 
 
 def resolve_inputs(source: Path) -> list[Path]:
