@@ -984,18 +984,55 @@ def measurements_csv(
         intensity_image=intensity,
         properties=("label", "centroid", "area", "intensity_mean"),
     )
-    axes = ["z", "y", "x"][-dims:]
-    columns: dict[str, Any] = {"label": props["label"]}
-    for i, a in enumerate(axes):
-        columns[f"centroid_{a}"] = np.round(props[f"centroid-{i}"], 2)
-    columns["area" if dims == 2 else "volume"] = props["area"].astype(np.int64)
     n_ch = intensity.shape[-1]
-    for c in range(n_ch):
-        key = f"intensity_mean-{c}" if f"intensity_mean-{c}" in props else "intensity_mean"
-        name = "mean_intensity" if n_ch == 1 else f"mean_intensity_ch{c}"
-        columns[name] = np.round(props[key], 3)
-    columns["probability"] = np.round(details["prob"][props["label"] - 1], 4)
+    means = np.stack(
+        [
+            props[f"intensity_mean-{c}" if f"intensity_mean-{c}" in props else "intensity_mean"]
+            for c in range(n_ch)
+        ],
+        axis=1,
+    )
+    centroids = np.stack([props[f"centroid-{i}"] for i in range(dims)], axis=1)
+    columns = measurement_columns(
+        props["label"], centroids, props["area"], means, details["prob"][props["label"] - 1]
+    )
     return columns_csv(columns)
+
+
+def measurement_columns(
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    sizes: np.ndarray,
+    means: np.ndarray,
+    prob: np.ndarray,
+) -> dict[str, Any]:
+    """The columns of ``NAME_measurements.csv``, one entry per object.
+
+    Parameters
+    ----------
+    labels
+        Object labels (n,).
+    centroids
+        (n, dims) in pixels, Z Y X order.
+    sizes
+        Pixels (2D: ``area``) or voxels (3D: ``volume``) per object (n,).
+    means
+        Mean intensity per object and channel (n, channels).
+    prob
+        Probability per object (n,).
+    """
+    dims = centroids.shape[1]
+    columns: dict[str, Any] = {"label": labels}
+    for i, a in enumerate(["z", "y", "x"][-dims:]):
+        columns[f"centroid_{a}"] = np.round(centroids[:, i], 2)
+    columns["area" if dims == 2 else "volume"] = np.asarray(sizes).astype(np.int64)
+    n_ch = means.shape[1]
+    for c in range(n_ch):
+        columns["mean_intensity" if n_ch == 1 else f"mean_intensity_ch{c}"] = np.round(
+            means[:, c], 3
+        )
+    columns["probability"] = np.round(prob, 4)
+    return columns
 
 
 def columns_csv(columns: dict[str, Any]) -> str:

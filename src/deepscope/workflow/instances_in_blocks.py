@@ -95,7 +95,12 @@ def predict_instances_in_blocks(
         ``objects`` (count), ``cut_objects`` (objects reaching the edge of their block's
         context, possibly cut), and the file names ``rois`` and ``measurements``.
     """
-    from deepscope.tasks.stardist import columns_csv, draw_polygons, roi_zip_bytes
+    from deepscope.tasks.stardist import (
+        columns_csv,
+        draw_polygons,
+        measurement_columns,
+        roi_zip_bytes,
+    )
 
     letters = "YX"
     spatial, _ = image_sizes(image, 2)
@@ -188,15 +193,14 @@ def predict_instances_in_blocks(
 
     keep = present - 1
     details = {"points": points[keep], "prob": prob[keep], "dist": dist[keep]}
-    columns: dict[str, Any] = {"label": np.arange(1, len(present) + 1)}
-    a = area[present]
-    columns["centroid_y"] = np.round(sums[0, present] / a, 2)
-    columns["centroid_x"] = np.round(sums[1, present] / a, 2)
-    columns["area"] = a
-    for c in range(channels):
-        name = "mean_intensity" if channels == 1 else f"mean_intensity_ch{c}"
-        columns[name] = np.round(sums[2 + c, present] / a, 3)
-    columns["probability"] = np.round(details["prob"], 4)
+    per_pixel = sums[:, present] / area[present]  # y, x, intensities: means per object
+    columns = measurement_columns(
+        np.arange(1, len(present) + 1),
+        per_pixel[:2].T,
+        area[present],
+        per_pixel[2:].T,
+        details["prob"],
+    )
     rois = target.with_name(extra_file_name(target.name, "rois.zip"))
     table = target.with_name(extra_file_name(target.name, "measurements.csv"))
     atomic_write_bytes(rois, roi_zip_bytes(details), overwrite=overwrite)
