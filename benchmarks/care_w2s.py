@@ -24,7 +24,8 @@ Usage::
 trains CARE with the Laplace likelihood and adds the calibration of its uncertainty;
 ``--per-image`` normalises CARE's inputs and targets each by their own percentiles
 (``data.normalize_per_image``, as CARE's own data pipeline does); ``--skip-n2v`` trains and
-scores CARE only. Gains are reported matched and raw, with and without ``--tta``. Writes
+scores CARE only; ``--loss l2`` trains CARE with the squared error instead of L1. Gains
+are reported matched and raw, with and without ``--tta``. Writes
 ``benchmarks/out/care_w2s/`` (runs, QC reports) and prints a JSON summary.
 """
 
@@ -67,10 +68,17 @@ def split_by_fov(data: Path, out: Path) -> dict[str, Path]:
 
 
 def config(
-    task: str, minutes: float, patches: int, probabilistic: bool = False, per_image: bool = False
+    task: str,
+    minutes: float,
+    patches: int,
+    probabilistic: bool = False,
+    per_image: bool = False,
+    loss: str = "l1",
 ) -> Any:
     """The same network and training settings for both methods."""
     extra = {"care": {"probabilistic": True}} if probabilistic and task == "care" else {}
+    if task == "care" and loss != "l1":
+        extra = {"care": {"loss": loss}}
     data: dict[str, Any] = {"patch_size": [64, 64]}
     if per_image and task == "care":
         data["normalize_per_image"] = True
@@ -115,6 +123,9 @@ def main() -> None:
         "(data.normalize_per_image, as CARE's own pipeline does); N2V is unchanged",
     )
     p.add_argument("--skip-n2v", action="store_true", help="train and score CARE only")
+    p.add_argument(
+        "--loss", choices=("l1", "l2"), default="l1", help="CARE's loss (care.loss; default l1)"
+    )
     a = p.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
     folders = split_by_fov(a.data, a.out / "data")
@@ -124,7 +135,7 @@ def main() -> None:
         t0 = time.monotonic()
         targets = folders["train_clean"] if task == "care" else None
         result = train(
-            config(task, a.minutes, a.patches_per_epoch, a.probabilistic, a.per_image),
+            config(task, a.minutes, a.patches_per_epoch, a.probabilistic, a.per_image, a.loss),
             folders["train_noisy"],
             a.out / f"{task}_run",
             targets,
@@ -161,6 +172,7 @@ def main() -> None:
         },
         "minutes_per_model": a.minutes,
         "care_per_image_normalization": a.per_image,
+        "care_loss": a.loss,
         "care": {
             **pick(care["model"]),
             **{k: runs["care"][k] for k in ("train_minutes", "epochs")},
