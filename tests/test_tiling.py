@@ -301,3 +301,26 @@ def test_inference_network_folds_batch_norm_and_follows_new_weights():
     assert all(p.dtype == torch.bfloat16 for p in half.parameters())
     net.train()
     assert inference_network(net, torch.channels_last, bf16=True) is net  # training: as is
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_inference_network_fuses_relu_into_convolutions_without_changing_the_result(dims):
+    from deepscope.engine.inference import ConvReLU, fused_conv_relu_works, inference_network
+    from deepscope.engine.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(dims=dims, in_channels=1, out_channels=2, depth=1, base_channels=4).eval()
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn((1, 1) + (8,) * dims).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        reference = net(x)
+    for bf16 in (False, True):
+        fast = inference_network(net, fmt, bf16=bf16)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        fused = sum(isinstance(m, ConvReLU) for m in fast.modules())
+        # every conv -> (batch norm) -> ReLU of the U-Net's blocks, where this build can
+        assert fused == (6 if fused_conv_relu_works(dims, dtype) else 0)
+        assert not any(isinstance(m, ConvReLU) for m in net.modules())  # original untouched
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = fast(x).float()
+        assert torch.allclose(out, reference, atol=0.05 if bf16 else 1e-4)
