@@ -800,19 +800,3 @@ def test_a_large_image_is_segmented_in_blocks_with_the_whole_images_percentiles(
         margin=(32, 32),
     )
     assert tifffile.imread(tmp_path / "own.tif")[:, 192:].any()
-
-
-def test_targets_prepared_ahead_give_the_same_loss():
-    task = StarDistTask(config(TINY))
-    lbl = blob_labels((32, 32), n=4)
-    batch = {
-        "input": torch.from_numpy(blob_image(lbl)[None, None] / 900),
-        "target": torch.from_numpy(lbl[None, None].astype(np.float32)),
-    }
-    prepared = task.prepare_batch(batch)
-    prob, dist = star_targets(lbl, task.n_rays, task.grid)
-    assert np.array_equal(prepared["prob"][0].numpy(), prob)
-    assert np.array_equal(prepared["dist"][0].numpy(), dist)
-    torch.manual_seed(0)
-    net = task.build_model(1)
-    assert torch.equal(task.training_loss(net, batch), task.training_loss(net, prepared))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from deepscope.config import TrainingConfig
 from deepscope.engine import performance
@@ -125,19 +126,15 @@ def build_trainer(
 
 def fit(
     module: L.LightningModule,
-    train_loader: Iterable,
-    val_loader: Iterable,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
     run_dir: Path,
     cfg: TrainingConfig,
     resume_from: Path | None = None,
     listener: Callable[[dict[str, Any]], None] | None = None,
     show_bar: bool = True,
 ) -> L.Trainer:
-    """Train ``module``; resume from ``resume_from`` (a Lightning checkpoint) if given.
-
-    The loaders are any sized iterables of batches (a DataLoader, or a
-    :class:`~deepscope.engine.prefetch.PrefetchLoader` around one).
-    """
+    """Train ``module``; resume from ``resume_from`` (a Lightning checkpoint) if given."""
     performance.tune_allocator()
     performance.setup_threads()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

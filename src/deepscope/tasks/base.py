@@ -159,16 +159,6 @@ class Task(ABC):
         """Return task-specific architecture options (e.g. N2V2)."""
         return {}
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """CPU work on a batch that does not need the network (e.g. computing targets).
-
-        Runs in a background thread one batch ahead of training
-        (:class:`~deepscope.engine.prefetch.PrefetchLoader`), so it overlaps with the
-        network's pass; :meth:`training_loss` must also work on a batch this method did
-        not see. The default changes nothing.
-        """
-        return batch
-
     @abstractmethod
     def training_loss(
         self,

@@ -668,15 +668,6 @@ class StarDistTask(Task):
         prob = torch.from_numpy(np.stack(probs)).to(labels.device)
         return prob, torch.from_numpy(np.stack(dists)).to(labels.device)
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Add the probability and distance targets (``prob``, ``dist``) of the label patches.
-
-        Computing them is ~10-20 % of a training step; here they are computed in the
-        background, one batch ahead (see :meth:`Task.prepare_batch`).
-        """
-        prob, dist = self.batch_targets(batch["target"])
-        return {**batch, "prob": prob, "dist": dist}
-
     def training_loss(
         self,
         model: nn.Module,
@@ -684,10 +675,7 @@ class StarDistTask(Task):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """StarDist's loss (see :func:`stardist_loss`); targets come from the label patch."""
-        if "prob" in batch:
-            prob, dist = batch["prob"], batch["dist"]
-        else:
-            prob, dist = self.batch_targets(batch["target"])
+        prob, dist = self.batch_targets(batch["target"])
         output = model(batch["input"]).float()
         return stardist_loss(output, prob, dist)
 

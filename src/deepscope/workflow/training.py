@@ -29,7 +29,6 @@ from deepscope.data.validation import ValidationReport
 from deepscope.engine import trainer as engine
 from deepscope.engine.callbacks import StopWhenDiverged
 from deepscope.engine.module import TaskModule
-from deepscope.engine.prefetch import PrefetchLoader
 from deepscope.errors import DeepscopeError, OutputError
 from deepscope.tasks import get_task
 from deepscope.tasks.base import Task, TrainingData
@@ -295,23 +294,15 @@ def train(
         if data.split is not None:
             atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=2))
     t = config.training
-    # Patches are cut, augmented and given their targets in a background thread, one
-    # batch ahead of the network (engine.prefetch).
-    train_loader = PrefetchLoader(
-        DataLoader(
-            data.train,
-            batch_size=t.batch_size,
-            shuffle=data.shuffle and data.sampler is None,
-            sampler=data.sampler,
-            num_workers=0,
-            drop_last=len(data.train) >= t.batch_size,
-        ),
-        task.prepare_batch,
+    train_loader = DataLoader(
+        data.train,
+        batch_size=t.batch_size,
+        shuffle=data.shuffle and data.sampler is None,
+        sampler=data.sampler,
+        num_workers=0,
+        drop_last=len(data.train) >= t.batch_size,
     )
-    val_loader = PrefetchLoader(
-        DataLoader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=0),
-        task.prepare_batch,
-    )
+    val_loader = DataLoader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=0)
     in_channels, axes = data.in_channels, data.axes
     normalizer, tnorm = data.normalizer, data.target_normalizer
     L.seed_everything(t.seed, workers=True, verbose=False)  # same initial weights per seed
