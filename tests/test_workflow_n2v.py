@@ -396,3 +396,30 @@ def test_resume_after_time_budget_gets_a_new_budget(tmp_path, noisy_dir, make_co
     second = _train(cfg, noisy_dir, run, resume=True)
     assert second.stopped_because == "time budget reached"
     assert len(_epochs(run)) > n_first, "the resumed session must train more epochs"
+
+
+def test_demo_runs_the_whole_workflow_on_the_shipped_images(tmp_path, capsys):
+    """`deepscope demo` (the README's first command), with a few seconds of training."""
+    from deepscope.demo import demo_data_dir
+
+    shipped = folder_digest(demo_data_dir())
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--max-minutes", "0.05"]) == 0
+    printed = capsys.readouterr().out
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "PSNR (brightness-matched)"):
+        assert step in printed
+    assert str(out / "qc" / "report.html") in printed
+    assert (out / "qc" / "report.html").stat().st_size > 10_000  # with its pictures
+    noisy = sorted(p.name for p in (demo_data_dir() / "noisy").glob("*.tif"))
+    assert sorted(p.name for p in (out / "denoised").glob("*.tif")) == noisy
+    summary = json.loads((out / "qc" / "summary.json").read_text())
+    assert summary["model"]["psnr_matched"] > summary["input"]["psnr_matched"]
+    assert folder_digest(demo_data_dir()) == shipped  # the shipped images are untouched
+
+    # A second demo replaces the first; a folder that is not a demo's is refused.
+    assert main(["demo", "--out", str(out), "--max-minutes", "0.05"]) == 0
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    assert main(["demo", "--out", str(other), "--max-minutes", "0.05"]) != 0
+    assert (other / "keep.txt").read_text() == "precious"
