@@ -32,27 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 W2S = ROOT / ".." / "shared" / "data" / "denoise_w2s" / "noisy" / "101_0.tif"
 
 
-def _random_n2v_folder(out: Path) -> Path:
-    """An N2V model folder with random weights (depth 2, 32 channels: the W2S benchmarks')."""
-    from deepscope.config import config_from_dict
-    from deepscope.data.normalize import PercentileNormalizer
-    from deepscope.tasks import get_task
-    from deepscope.workflow.model_folder import save_model_folder
-
-    config = config_from_dict({"task": "n2v", "model": {"depth": 2, "base_channels": 32}})
-    torch.manual_seed(0)
-    weights = get_task("n2v")(config).build_model(1).state_dict()
-    norm = PercentileNormalizer.fit([np.linspace(0, 255, 100, dtype=np.float32)[None]])
-    folder = out / "random_n2v_model"
-    save_model_folder(
-        folder, config=config, weights=weights, in_channels=1, input_axes="YX", normalizer=norm
-    )
-    return folder
-
-
 def main() -> None:
     """Print seconds per prediction for each model, fused and not."""
-    from stardist_speed import OUT, _random_model_folder
+    from stardist_speed import OUT, _random_model_folder, random_model_folder
 
     import deepscope.engine.inference as inference
     from deepscope.workflow.model_folder import load_model_folder
@@ -69,7 +51,11 @@ def main() -> None:
         "stardist nuclei (shipped), 1024x1024": (resolve_model("nuclei"), mosaic),
         "stardist 16 channels (random), 1024x1024": (_random_model_folder(), mosaic),
         "n2v depth 2, 32 channels (random), W2S 512x512": (
-            _random_n2v_folder(OUT),
+            random_model_folder(
+                {"task": "n2v", "model": {"depth": 2, "base_channels": 32}},
+                OUT / "random_n2v_model",
+                image_max=255.0,
+            ),
             tifffile.imread(W2S).astype(np.float32)[None],
         ),
     }

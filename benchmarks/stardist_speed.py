@@ -123,8 +123,12 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float], object]:
     return statistics.median(times), times, result
 
 
-def _random_model_folder() -> Path:
-    """A deepscope StarDist model folder with random weights (network timing only)."""
+def random_model_folder(config_dict: dict, folder: Path, image_max: float = 1.0) -> Path:
+    """A deepscope model folder with random weights (for timing only), written to ``folder``.
+
+    ``config_dict`` is a deepscope config (task, model, …); the normalisation maps
+    0..``image_max`` to 0..1.
+    """
     import torch
 
     from deepscope.config import config_from_dict
@@ -132,21 +136,26 @@ def _random_model_folder() -> Path:
     from deepscope.tasks import get_task
     from deepscope.workflow.model_folder import save_model_folder
 
-    config = config_from_dict(
-        {
-            "task": "stardist",
-            "model": {"depth": 3, "base_channels": 16},
-            "stardist": {"n_rays": 32, "grid": [2, 2]},
-        }
-    )
+    config = config_from_dict(config_dict)
     torch.manual_seed(0)
-    weights = get_task("stardist")(config).build_model(1).state_dict()
-    norm = PercentileNormalizer.fit([np.linspace(0, 1, 100, dtype=np.float32)[None]])
-    folder = OUT / "random_model"
+    weights = get_task(config.task)(config).build_model(1).state_dict()
+    norm = PercentileNormalizer.fit([np.linspace(0, image_max, 100, dtype=np.float32)[None]])
     save_model_folder(
         folder, config=config, weights=weights, in_channels=1, input_axes="YX", normalizer=norm
     )
     return folder
+
+
+def _random_model_folder() -> Path:
+    """A StarDist model folder with random weights (network timing only)."""
+    return random_model_folder(
+        {
+            "task": "stardist",
+            "model": {"depth": 3, "base_channels": 16},
+            "stardist": {"n_rays": 32, "grid": [2, 2]},
+        },
+        OUT / "random_model",
+    )
 
 
 def run_deepscope(model_name: str, repeats: int, threads: int, end_to_end: bool) -> None:
