@@ -275,6 +275,28 @@ def test_resume_finished_run_with_more_epochs_continues(tmp_path, noisy_dir, mak
     _check_model_folder(run / "model", dims=2, axes="YX", n_epochs=4)
 
 
+def test_resume_keeps_the_runs_own_epochs_unless_given(tmp_path, noisy_dir, make_config, capsys):
+    run = tmp_path / "run"
+    _train(make_config(training__epochs=3), noisy_dir, run)
+    # Resumed without an epoch count (the CLI without --epochs): the run's own 3 stay;
+    # the default (100) used to replace them.
+    data = make_config().model_dump(mode="json", exclude_unset=True)
+    del data["training"]["epochs"]
+    unset = type(make_config()).model_validate(data)
+    assert "epochs" not in unset.training.model_fields_set
+    again = _train(unset, noisy_dir, run, resume=True)
+    assert again.epochs_trained == 3 and _epochs(run) == [0, 1, 2]
+    # The same from the command line, without --config or --epochs.
+    args = ["train", "n2v", "--images", str(noisy_dir), "--out", str(run), "--resume"]
+    assert main(args) == 0
+    assert _epochs(run) == [0, 1, 2]
+    # Fewer epochs than the run has done: a clear message, not Lightning's traceback.
+    with pytest.raises(DeepscopeError, match="already run 3 epochs") as err:
+        _train(make_config(training__epochs=2), noisy_dir, run, resume=True)
+    assert "--epochs larger than 3" in err.value.fix
+    assert _epochs(run) == [0, 1, 2]
+
+
 def test_resume_without_a_run_is_a_clear_error(tmp_path, noisy_dir, make_config):
     run = tmp_path / "nothing-here"
     with pytest.raises(DeepscopeError) as exc:

@@ -90,9 +90,13 @@ def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> Tas
                 "give the run folder of the training to continue, or start without --resume",
             )
         saved = load_config(cfg_path)
-        # Only the length of training may change when resuming.
-        saved.training.epochs = config.training.epochs
-        saved.training.max_minutes = config.training.max_minutes
+        # Only the length of training may change when resuming, and only where it was
+        # given (e.g. --epochs): what was left out keeps the run's own setting, not the
+        # default (a run of 1000 epochs resumed without --epochs must not become 100).
+        given = config.training.model_fields_set
+        for key in ("epochs", "max_minutes"):
+            if key in given:
+                setattr(saved.training, key, getattr(config.training, key))
         for leftover in (run_dir / "checkpoints").glob(".*.partial"):
             leftover.unlink()  # a save interrupted by a crash; the previous file is intact
         return saved
@@ -126,6 +130,18 @@ def _resume_checkpoint(run_dir: Path) -> Path | None:
             except Exception:  # noqa: BLE001  damaged file: try the next one
                 continue
     return None
+
+
+def _check_epochs_left(checkpoint: Path, epochs: int, run_dir: Path) -> None:
+    """Refuse a resume whose epoch limit is below the epochs the run has already done."""
+    done = int(engine.load_checkpoint_state(checkpoint).get("epoch", -1)) + 1
+    if epochs < done:
+        raise DeepscopeError(
+            f"this training has already run {done} epochs, more than the {epochs} asked for",
+            run_dir,
+            f"give --epochs larger than {done} to train more, or leave --epochs out to keep "
+            "the run's own number of epochs",
+        )
 
 
 def _save_normalization(run_dir: Path, data: TrainingData, resume: bool) -> None:
@@ -308,6 +324,8 @@ def train(
     L.seed_everything(t.seed, workers=True, verbose=False)  # same initial weights per seed
     module = TaskModule(task, in_channels)
     resume_from = _resume_checkpoint(run_dir) if resume else None
+    if resume_from is not None:
+        _check_epochs_left(resume_from, t.epochs, run_dir)
     if resume:
         log(
             f"resuming from {resume_from.name}"
