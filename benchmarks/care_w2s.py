@@ -77,8 +77,8 @@ def config(
 ) -> Any:
     """The same network and training settings for both methods."""
     extra = {"care": {"probabilistic": True}} if probabilistic and task == "care" else {}
-    if task == "care" and loss != "l1":
-        extra = {"care": {"loss": loss}}
+    if task == "care" and loss != "l1":  # with --probabilistic, the config check refuses it
+        extra.setdefault("care", {})["loss"] = loss
     data: dict[str, Any] = {"patch_size": [64, 64]}
     if per_image and task == "care":
         data["normalize_per_image"] = True

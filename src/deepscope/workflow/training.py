@@ -118,23 +118,25 @@ def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> Tas
     return config
 
 
-def _resume_checkpoint(run_dir: Path) -> Path | None:
-    """The newest readable checkpoint of the run (last, else the newest periodic one)."""
+def _resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
+    """The newest readable checkpoint of the run (last, else the newest periodic one).
+
+    Returns the checkpoint and the number of epochs the run had finished when it was saved.
+    """
     ckpt_dir = run_dir / "checkpoints"
     candidates = [ckpt_dir / engine.LAST] + sorted(ckpt_dir.glob("epoch_*.ckpt"), reverse=True)
     for c in candidates:
         if c.exists():
             try:
-                engine.load_checkpoint_state(c)
-                return c
+                state = engine.load_checkpoint_state(c)
             except Exception:  # noqa: BLE001  damaged file: try the next one
                 continue
+            return c, int(state.get("epoch", -1)) + 1
     return None
 
 
-def _check_epochs_left(checkpoint: Path, epochs: int, run_dir: Path) -> None:
-    """Refuse a resume whose epoch limit is below the epochs the run has already done."""
-    done = int(engine.load_checkpoint_state(checkpoint).get("epoch", -1)) + 1
+def _check_epochs_left(done: int, epochs: int, run_dir: Path) -> None:
+    """Refuse a resume whose epoch limit is below the ``done`` epochs of the run."""
     if epochs < done:
         raise DeepscopeError(
             f"this training has already run {done} epochs, more than the {epochs} asked for",
@@ -323,9 +325,10 @@ def train(
     normalizer, tnorm = data.normalizer, data.target_normalizer
     L.seed_everything(t.seed, workers=True, verbose=False)  # same initial weights per seed
     module = TaskModule(task, in_channels)
-    resume_from = _resume_checkpoint(run_dir) if resume else None
-    if resume_from is not None:
-        _check_epochs_left(resume_from, t.epochs, run_dir)
+    found = _resume_checkpoint(run_dir) if resume else None
+    resume_from = found[0] if found else None
+    if found:
+        _check_epochs_left(found[1], t.epochs, run_dir)
     if resume:
         log(
             f"resuming from {resume_from.name}"
