@@ -324,3 +324,30 @@ def test_inference_network_fuses_relu_into_convolutions_without_changing_the_res
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = fast(x).float()
         assert torch.allclose(out, reference, atol=0.05 if bf16 else 1e-4)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_stardist_network_prepared_for_prediction_gives_the_same_output(dims):
+    from deepscope.engine.inference import ConvReLU, fused_conv_relu_works, inference_network
+    from deepscope.engine.models.stardist_net import StarDistNet
+
+    torch.manual_seed(0)
+    grid = (2, 2) if dims == 2 else (1, 2, 2)
+    net = StarDistNet(dims=dims, n_rays=8, grid=grid, depth=1, base_channels=4,
+                      feature_channels=6).eval()  # fmt: skip
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn((1, 1) + (8,) * dims).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        reference = net(x)
+    fast = inference_network(net, fmt, bf16=False)
+    # the two heads are one convolution; the features' ReLU is inside the last one
+    assert fast.heads is not None and fast.heads.out_channels == 9
+    assert net.heads is None and net.relu_features  # the trained network is untouched
+    assert set(net.state_dict()) == set(StarDistNet(dims=dims, n_rays=8, grid=grid, depth=1,
+               base_channels=4, feature_channels=6).state_dict())  # fmt: skip
+    assert isinstance(fast.unet.head, ConvReLU) == fused_conv_relu_works(dims, torch.float32)
+    assert fast.relu_features != isinstance(fast.unet.head, ConvReLU)
+    with torch.inference_mode():
+        out = fast(x)
+    assert out.shape == reference.shape
+    assert torch.allclose(out, reference, atol=1e-5)

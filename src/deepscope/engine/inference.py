@@ -170,8 +170,14 @@ def inference_network(
     prepared = prepared.to(memory_format=memory_format)
     if bf16 and params[0].device.type == "cpu":
         prepared = prepared.to(torch.bfloat16)
+    dtype = torch.bfloat16 if bf16 and params[0].device.type == "cpu" else torch.float32
     if params[0].device.type == "cpu":
-        fuse_conv_relu(prepared, torch.bfloat16 if bf16 else torch.float32)
+        fuse_conv_relu(prepared, dtype)
+    prepare = getattr(prepared, "prepare_for_prediction", None)
+    if callable(prepare):  # a network's own merges (e.g. StarDist's heads)
+        dims = params[0].dim() - 2
+        fusable = params[0].device.type == "cpu" and fused_conv_relu_works(dims, dtype)
+        prepare(ConvReLU if fusable else None)
     prepared.requires_grad_(False)
     _CACHE[network] = (key, prepared)
     return prepared

@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tile",
         type=int,
-        default=512,
-        help="large images are processed in tiles of this size (default 512)",
+        help="large images are processed in tiles of this size in Y and X (default 1024 for "
+        "2D images, 512 for 3D)",
     )
     p.add_argument(
         "--memory-limit",
@@ -257,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(not for classify: the classes come from the --images folders, CSV or .npz)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for the report")
-    p.add_argument("--tile", type=int, default=512, help="tile size for large images")
+    p.add_argument(
+        "--tile",
+        type=int,
+        help="tile size in Y and X for large images (default 1024 for 2D, 512 for 3D)",
+    )
     p.add_argument(
         "--tta",
         action="store_true",
@@ -367,8 +371,8 @@ def _add_tracking_commands(sub: Any) -> None:
     p.add_argument(
         "--tile",
         type=int,
-        default=512,
-        help="with --model: tile size for large frames (default 512)",
+        help="with --model: tile size in Y and X for large frames (default 1024 for 2D, "
+        "512 for 3D)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 

@@ -88,7 +88,7 @@ def track(
     division_distance: float | None = None,
     drift_correction: bool = True,
     overwrite: bool = False,
-    tile: int = 512,
+    tile: int | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
 ) -> TrackResult:
@@ -113,7 +113,8 @@ def track(
     overwrite
         Replace earlier results in ``out_dir``.
     tile
-        Tile size for segmenting large frames.
+        Tile size in Y and X for segmenting large frames (None: the default of
+        :class:`~deepscope.workflow.predict.TileSettings`).
     progress
         Called with (stage, done, total).
     log

@@ -94,6 +94,11 @@ def _tiles(
         yield tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True))
 
 
+def _reduced(tile: tuple[slice, ...], stride: Sequence[int]) -> tuple[slice, ...]:
+    """The slices of a tile on the output grid that is ``stride`` times coarser."""
+    return tuple(slice(a.start // g, a.stop // g) for a, g in zip(tile, stride, strict=True))
+
+
 def predict_tiled(
     network: nn.Module,
     image: np.ndarray,
@@ -166,10 +171,17 @@ def predict_tiled(
         min(-(-overlap // g) * g, (t // 2) // g * g) for t, g in zip(tile, stride, strict=True)
     )
     small = lambda shape: tuple(n // g for n, g in zip(shape, stride, strict=True))  # noqa: E731
-    window = blend_window(small(tile), small(overlaps))
-    out = np.zeros((out_channels,) + small(work_shape), dtype=np.float32)
-    weight = np.zeros(small(work_shape), dtype=np.float32)
     slices = list(_tiles(work_shape, tile, overlaps))
+    # One tile covers the image: its output is the result, no blending (saves ~4 passes
+    # over the output, ~8 ms for StarDist on 1024x1024).
+    single = len(slices) == 1
+    window = None if single else blend_window(small(tile), small(overlaps))
+    out = (
+        np.empty((0,), dtype=np.float32)
+        if single
+        else np.zeros((out_channels,) + small(work_shape), dtype=np.float32)
+    )
+    weight = None if single else np.zeros(small(work_shape), dtype=np.float32)
     device = next(iter(network.parameters()), torch.zeros(0)).device  # CPU if none (ONNX)
     fmt = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
     # A prepared copy: batch norm folded, weights channels-last like the input (2.3x
@@ -184,13 +196,17 @@ def predict_tiled(
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16),
         ):
             y = network(x).float().cpu().numpy()
-        for sl, pred in zip(group, y, strict=True):
-            osl = tuple(slice(a.start // g, a.stop // g) for a, g in zip(sl, stride, strict=True))
-            out[(slice(None),) + osl] += pred * window
-            weight[osl] += window
+        if single:
+            out = y[0]
+        else:
+            for sl, pred in zip(group, y, strict=True):
+                osl = _reduced(sl, stride)
+                out[(slice(None),) + osl] += pred * window
+                weight[osl] += window
         if progress:
             progress(min(first + batch_size, len(slices)), len(slices))
-    out /= weight
+    if not single:
+        out /= weight
     sizes = (-(-s // g) for s, g in zip(spatial, stride, strict=True))  # ceil(size / stride)
     crop = (slice(None),) + tuple(slice(0, n) for n in sizes)
     return out[crop]
