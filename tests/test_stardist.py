@@ -197,6 +197,22 @@ def test_thresholds_change_the_result():
     assert labels.max() == 0 and details["dist"].shape == (0, 16)
 
 
+def test_an_object_hidden_by_more_probable_ones_is_dropped_and_labels_stay_1_to_n():
+    # three candidates on a 2x2 grid, no suppression (threshold 1): a small one inside a
+    # more probable large one is painted over and must vanish from the result, and the
+    # labels after it close the gap
+    prob = np.zeros((16, 16), np.float32)
+    dist = np.zeros((8, 16, 16), np.float32)
+    prob[4, 4], dist[:, 4, 4] = 0.9, 6.0  # large, most probable
+    prob[4, 5], dist[:, 4, 5] = 0.6, 1.5  # small, inside the large one
+    prob[12, 12], dist[:, 12, 12] = 0.55, 3.0  # elsewhere, least probable
+    labels, details = instances_from_maps(prob, dist, (32, 32), (2, 2), 0.5, 1.0)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert details["prob"].tolist() == pytest.approx([0.9, 0.55])
+    for k, point in enumerate(details["points"], start=1):
+        assert labels[tuple(point)] == k
+
+
 class BlobNet(nn.Module):
     """A fixed 'network' with a small receptive field: blurred intensity → probability,
     a constant distance of 6 pixels on every ray, on a 2×2 grid."""

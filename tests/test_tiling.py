@@ -351,3 +351,17 @@ def test_stardist_network_prepared_for_prediction_gives_the_same_output(dims):
         out = fast(x)
     assert out.shape == reference.shape
     assert torch.allclose(out, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride"), [((3, 5, 7), (2, 2)), ((2, 3, 4, 5), (1, 2, 2)), ((2, 3, 4, 5), (2, 4, 2))]
+)
+def test_repeat_blocks_equals_numpy_repeat(shape, stride):
+    from deepscope.workflow.predict import repeat_blocks
+
+    y = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = y
+    for axis, g in enumerate(stride, start=1):
+        expected = np.repeat(expected, g, axis=axis)
+    out = repeat_blocks(y, stride)
+    assert out.dtype == np.float32 and np.array_equal(out, expected)

@@ -495,9 +495,12 @@ def instances_from_maps(
     present = present[present > 0]
     keep = present - 1
     dtype = np.uint16 if len(present) < 2**16 else np.uint32
-    lookup = np.zeros(int(labels.max()) + 1, dtype=dtype)
-    lookup[present] = np.arange(1, len(present) + 1)
-    out = lookup[labels]
+    if len(present) == 0 or present[-1] == len(present):  # already 1..n: no lookup needed
+        out = labels.astype(dtype)
+    else:
+        lookup = np.zeros(int(present[-1]) + 1, dtype=dtype)
+        lookup[present] = np.arange(1, len(present) + 1)
+        out = lookup[labels]
     details = {
         "points": np.asarray(points)[keep].reshape(-1, len(shape)),
         "prob": np.asarray(scores, dtype=np.float32)[keep],

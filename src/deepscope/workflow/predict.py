@@ -154,10 +154,24 @@ def predict_raw(
     # De-normalise (elementwise) before upsampling a strided output: 1/stride² the work.
     y = model.task.denormalize_output(y, model.target_normalizer or model.normalizer)
     if stride is not None and any(g > 1 for g in stride):
-        for axis, g in enumerate(stride, start=1):
-            y = np.repeat(y, g, axis=axis) if g > 1 else y
+        y = repeat_blocks(y, stride)
         y = y[(slice(None),) + tuple(slice(0, n) for n in image_cf.shape[1:])]
     return y
+
+
+def repeat_blocks(output: np.ndarray, stride: Sequence[int]) -> np.ndarray:
+    """Repeat each value of (C, *spatial) ``stride`` times along each spatial axis.
+
+    The same as ``np.repeat`` axis by axis, in one multi-threaded pass (PyTorch's
+    nearest-neighbour up-sampling, exact for the integer factors used here): 5.7 instead
+    of 16.6 ms for StarDist's 33 x 512 x 512 output on 2 cores (benchmarks/RESULTS.md).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))[None]
+    scale = tuple(float(g) for g in stride)
+    return F.interpolate(x, scale_factor=scale, mode="nearest")[0].numpy()
 
 
 DIHEDRAL = tuple((k, flip) for k in range(4) for flip in (False, True))
