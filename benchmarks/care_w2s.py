@@ -24,7 +24,8 @@ Usage::
 trains CARE with the Laplace likelihood and adds the calibration of its uncertainty;
 ``--per-image`` normalises CARE's inputs and targets each by their own percentiles
 (``data.normalize_per_image``, as CARE's own data pipeline does); ``--skip-n2v`` trains and
-scores CARE only; ``--loss l2`` trains CARE with the squared error instead of L1. Gains
+scores CARE only; ``--loss l2`` trains CARE with the squared error instead of L1;
+``--depth`` and ``--patch`` set the U-Net depth and training patch size of both. Gains
 are reported matched and raw, with and without ``--tta``. Writes
 ``benchmarks/out/care_w2s/`` (runs, QC reports) and prints a JSON summary.
 """
@@ -74,12 +75,14 @@ def config(
     probabilistic: bool = False,
     per_image: bool = False,
     loss: str = "l1",
+    depth: int = 2,
+    patch: int = 64,
 ) -> Any:
     """The same network and training settings for both methods."""
     extra = {"care": {"probabilistic": True}} if probabilistic and task == "care" else {}
     if task == "care" and loss != "l1":  # with --probabilistic, the config check refuses it
         extra.setdefault("care", {})["loss"] = loss
-    data: dict[str, Any] = {"patch_size": [64, 64]}
+    data: dict[str, Any] = {"patch_size": [patch, patch]}
     if per_image and task == "care":
         data["normalize_per_image"] = True
     return config_from_dict(
@@ -87,7 +90,7 @@ def config(
             "task": task,
             **extra,
             "data": data,
-            "model": {"depth": 2, "base_channels": 32},
+            "model": {"depth": depth, "base_channels": 32},
             "training": {
                 "epochs": 10_000,
                 "max_minutes": minutes,
@@ -126,6 +129,8 @@ def main() -> None:
     p.add_argument(
         "--loss", choices=("l1", "l2"), default="l1", help="CARE's loss (care.loss; default l1)"
     )
+    p.add_argument("--depth", type=int, default=2, help="U-Net depth of both models")
+    p.add_argument("--patch", type=int, default=64, help="training patch size of both models")
     a = p.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
     folders = split_by_fov(a.data, a.out / "data")
@@ -135,7 +140,16 @@ def main() -> None:
         t0 = time.monotonic()
         targets = folders["train_clean"] if task == "care" else None
         result = train(
-            config(task, a.minutes, a.patches_per_epoch, a.probabilistic, a.per_image, a.loss),
+            config(
+                task,
+                a.minutes,
+                a.patches_per_epoch,
+                a.probabilistic,
+                a.per_image,
+                a.loss,
+                a.depth,
+                a.patch,
+            ),
             folders["train_noisy"],
             a.out / f"{task}_run",
             targets,
@@ -173,6 +187,8 @@ def main() -> None:
         "minutes_per_model": a.minutes,
         "care_per_image_normalization": a.per_image,
         "care_loss": a.loss,
+        "depth": a.depth,
+        "patch": a.patch,
         "care": {
             **pick(care["model"]),
             **{k: runs["care"][k] for k in ("train_minutes", "epochs")},
