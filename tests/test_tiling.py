@@ -372,7 +372,8 @@ def test_default_tiles_hold_a_1024_image_in_2d_and_keep_the_pixels_per_pass():
 
     default = TileSettings()
     assert default.tile_shape(2) == (1024, 1024) and default.tiles_per_pass(2) == 1
-    assert default.tile_shape(3) == (32, 512, 512) and default.tiles_per_pass(3) == 4
+    assert default.tile_shape(3) == (32, 512, 512) and default.tiles_per_pass(3) == 1
+    assert TileSettings(tile=128).tiles_per_pass(3) == 16  # 3D: by voxels
     small = TileSettings(tile=256)  # smaller tiles: more per pass, the same pixels
     assert small.tile_shape(2) == (256, 256) and small.tiles_per_pass(2) == 16
     assert TileSettings(tile=2048).tiles_per_pass(2) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ class TileSettings:
     tile: int | None = None
     tile_z: int = 32
     overlap: int = 32
-    #: Tiles per network pass; None: as many as hold about four 512x512 tiles' pixels in
-    #: 2D (so memory does not grow with ``tile``), 4 in 3D.
+    #: Tiles per network pass; None: as many as hold four 512x512 tiles' pixels in 2D,
+    #: or one 32x512x512 tile's voxels in 3D, so memory does not grow with ``tile``.
     batch_size: int | None = None
     #: Bytes one image's prediction may use before it is done block by block from disk
     #: (None: a quarter of this computer's memory). See :mod:`deepscope.workflow.large_images`.
@@ -63,15 +64,18 @@ class TileSettings:
         """Tiles given to the network at once (see ``batch_size``)."""
         if self.batch_size is not None:
             return self.batch_size
-        if dims != 2:
-            return 4
-        return max(1, PIXELS_PER_PASS_2D // self.tile_shape(2)[0] ** 2)
+        budget = PIXELS_PER_PASS_2D if dims == 2 else VOXELS_PER_PASS_3D
+        return max(1, budget // math.prod(self.tile_shape(dims)))
 
 
 DEFAULT_TILE_2D = 1024
 DEFAULT_TILE_3D = 512
 PIXELS_PER_PASS_2D = 4 * 512 * 512
 """Pixels per network pass in 2D when no batch size is given (bounds memory)."""
+VOXELS_PER_PASS_3D = 32 * 512 * 512
+"""Voxels per network pass in 3D when no batch size is given: one default tile. Four
+such tiles per pass (the default until 2026-11-29) took 10.8 GB and 93 s for a
+64x1024x1024 volume with a 3D N2V U-Net, one tile 3.5 GB and 68 s (benchmarks/RESULTS.md)."""
 
 
 def predict_array(
