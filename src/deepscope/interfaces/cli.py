@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GIB",
         help="images whose prediction would need more memory than this (in GiB; default: a "
         "quarter of this computer's memory) are read, predicted and written block by block, "
-        "so images larger than memory work (restoration and class maps)",
+        "so images larger than memory work (restoration, class maps and 2D StarDist)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace results from an earlier run")
     p.add_argument(
