@@ -44,6 +44,18 @@ def test_a_step_with_a_nan_gradient_is_skipped_and_counted() -> None:
     assert not torch.equal(before[0], params[0].detach())
 
 
+def test_gradients_finite_finds_nan_and_infinity_anywhere() -> None:
+    from deepscope.engine.module import gradients_finite
+
+    grads = [torch.ones(3, 4), torch.zeros(5, dtype=torch.bfloat16), torch.full((2, 2), 3e38)]
+    assert gradients_finite(grads)  # however large, finite is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for i in range(len(grads)):
+            broken = [g.clone() for g in grads]
+            broken[i].view(-1)[-1] = bad
+            assert not gradients_finite(broken)
+
+
 def _weights_are_finite(model_dir: Path) -> bool:
     state = torch.load(model_dir / "weights.pt", map_location="cpu")
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
