@@ -15,6 +15,10 @@ without changing what it computes (beyond rounding):
   which removes another pass over every feature map. It is used only after a check that
   it gives the same result as the two steps on this PyTorch build.
 
+A network may also merge its own steps for prediction: if it has a
+``prepare_for_prediction(fused_relu)`` method, the copy's is called last (StarDist joins
+its two output heads into one convolution and fuses the ReLU before them).
+
 :func:`inference_network` returns such a copy and keeps it while the network's weights
 are unchanged (loading other weights into the same module makes a new copy); the
 network itself is never modified.
