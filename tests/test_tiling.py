@@ -343,8 +343,9 @@ def test_stardist_network_prepared_for_prediction_gives_the_same_output(dims):
     # the two heads are one convolution; the features' ReLU is inside the last one
     assert fast.heads is not None and fast.heads.out_channels == 9
     assert net.heads is None and net.relu_features  # the trained network is untouched
-    assert set(net.state_dict()) == set(StarDistNet(dims=dims, n_rays=8, grid=grid, depth=1,
-               base_channels=4, feature_channels=6).state_dict())  # fmt: skip
+    # saved weights keep their keys (older model folders load as before)
+    assert not any(k.startswith("heads") for k in net.state_dict())
+    assert any(k.startswith("heads") for k in fast.state_dict())
     assert isinstance(fast.unet.head, ConvReLU) == fused_conv_relu_works(dims, torch.float32)
     assert fast.relu_features != isinstance(fast.unet.head, ConvReLU)
     with torch.inference_mode():
