@@ -182,6 +182,12 @@ def main() -> None:
         "(default: the engine's)",
     )
     parser.add_argument(
+        "--base-channels",
+        type=int,
+        default=CONFIG["model"]["base_channels"],
+        help="channels of the U-Net's first level (doubled at each level)",
+    )
+    parser.add_argument(
         "--reuse-run",
         action="store_true",
         help="score the model already trained in OUT/run again (no training; the training "
@@ -200,7 +206,10 @@ def main() -> None:
         if args.lr_patience:
             training_config["lr_patience"] = args.lr_patience
         data_config = {**CONFIG["data"], "val_fraction": args.val_fraction}
-        config = config_from_dict({**CONFIG, "data": data_config, "training": training_config})
+        model_config = {**CONFIG["model"], "base_channels": args.base_channels}
+        config = config_from_dict(
+            {**CONFIG, "data": data_config, "model": model_config, "training": training_config}
+        )
         t0 = time.monotonic()
         result = train(
             config,
