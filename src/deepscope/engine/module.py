@@ -36,8 +36,8 @@ def gradients_finite(grads: list[torch.Tensor]) -> bool:
 
     One ``isfinite`` per tensor (~2 ms per step for StarDist's 70 tensors on 2 cores).
     PyTorch's fused multi-tensor check (private API of its gradient scaler) takes 0.1 ms
-    but made StarDist epochs only 0.6 % faster, within the noise, so it is not used
-    (benchmarks/finite_check_ab.py, benchmarks/RESULTS.md).
+    but made no measurable difference to StarDist epochs (-0.6 % and +3.4 % in two A/Bs),
+    so it is not used (benchmarks/finite_check_ab.py, benchmarks/RESULTS.md).
     """
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
