@@ -12,20 +12,14 @@ images as written by ``nuclei_dsb.py``)::
     PYTHONPATH=src .venv/bin/python benchmarks/finite_check_ab.py fused
 """
 
-import csv
-import json
-import shutil
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, "benchmarks")
 import torch
-from nuclei_dsb import CONFIG
+from nuclei_dsb import time_epochs
 
-from deepscope.config import config_from_dict
 from deepscope.engine import module
-from deepscope.workflow.training import train
 
 
 def fused_check(grads: list[torch.Tensor]) -> bool:
@@ -46,17 +40,4 @@ def fused_check(grads: list[torch.Tensor]) -> bool:
 arm = sys.argv[1]
 if arm == "fused":
     module.gradients_finite = fused_check
-cfg = json.loads(json.dumps(CONFIG))
-cfg["training"].update({"epochs": 8, "max_minutes": 60.0, "checkpoint_every": 1000})
-run = Path(f"/tmp/deepscope_finite_check_ab/{arm}")
-shutil.rmtree(run, ignore_errors=True)
-d = Path("benchmarks/out/nuclei_dsb/work/train")
-train(config_from_dict(cfg), d / "images", run, d / "masks", show_bar=False, log=lambda m: None)
-rows = list(csv.DictReader((run / "metrics.csv").open()))
-print(
-    arm,
-    "median s/epoch",
-    round(statistics.median(float(r["seconds"]) for r in rows[1:]), 3),
-    "val losses",
-    [round(float(r["val_loss"]), 4) for r in rows],
-)
+time_epochs(arm, Path(f"/tmp/deepscope_finite_check_ab/{arm}"))

@@ -134,6 +134,34 @@ def train_model(
     return run / "model", info
 
 
+def time_epochs(label: str, run: Path, epochs: int = 8) -> None:
+    """Train ``epochs`` epochs of ``CONFIG`` into ``run`` and print their speed and losses.
+
+    For engine A/Bs: the training images are those this script writes to
+    ``OUT/work/train``; prints ``label``, the median seconds per epoch (the first epoch
+    left out) and every validation loss (which an A/B of equal arithmetic must repeat).
+    """
+    import csv
+    import statistics
+
+    from deepscope.config import config_from_dict
+    from deepscope.workflow.training import train
+
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg["training"].update({"epochs": epochs, "max_minutes": 60.0, "checkpoint_every": 1000})
+    shutil.rmtree(run, ignore_errors=True)
+    d = OUT / "work" / "train"
+    train(config_from_dict(cfg), d / "images", run, d / "masks", show_bar=False, log=lambda m: None)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    print(
+        label,
+        "median s/epoch",
+        round(statistics.median(float(r["seconds"]) for r in rows[1:]), 3),
+        "val losses",
+        [round(float(r["val_loss"]), 4) for r in rows],
+    )
+
+
 def read_rgb(name: str) -> np.ndarray:
     """A test picture as deepscope reads it, channel first (C, Y, X) float32."""
     from deepscope.data.axes import to_channel_first
