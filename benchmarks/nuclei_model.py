@@ -20,6 +20,10 @@ Steps (each one command, run from the project root)::
 
 ``score`` writes ``benchmarks/nuclei_model_scores.json``; ``package`` copies the model
 (without its extra checkpoints) to ``src/deepscope/pretrained/nuclei`` with a model card.
+Training stores the 8-bit calibration of ``predict --int8`` (made on its validation
+images); for a model trained before that (the one shipped now)
+``.venv/bin/python benchmarks/nuclei_model.py calibrate --model FOLDER`` makes it on the
+TRAIN images.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from nuclei_dsb import CONFIG as NUCLEI_DSB_CONFIG
+
+from deepscope.engine.int8 import CALIBRATION_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEEPSCOPE_DATA", ROOT / ".." / "shared" / "data"))
@@ -143,6 +149,8 @@ def package(model_dir: Path) -> None:
         "history.csv",
     ):
         shutil.copyfile(model_dir / name, TARGET / name)
+    if (model_dir / CALIBRATION_FILE).is_file():  # runs trained before 2026-11-30 have none
+        shutil.copyfile(model_dir / CALIBRATION_FILE, TARGET / CALIBRATION_FILE)
     (TARGET / "checkpoints").mkdir()
     (TARGET / "checkpoints" / ".keep").write_text("")
     card = (ROOT / "benchmarks" / "nuclei_model_card.md").read_text()
@@ -161,18 +169,40 @@ def package(model_dir: Path) -> None:
     print(f"packaged into {TARGET} ({size / 1e6:.2f} MB)")
 
 
+def calibrate(model_dir: Path) -> None:
+    """Store the 8-bit calibration (``predict --int8``) of a model made on the TRAIN images.
+
+    For model folders trained before training made one (on its validation images); the
+    TRAIN images are the model's own training data, so no test image is used.
+    """
+    from deepscope.engine.int8 import save_calibration
+    from deepscope.workflow.model_folder import load_model_folder
+    from deepscope.workflow.predict import make_int8_calibration
+
+    split = json.loads(SPLIT.read_text())
+    images = [grey(DATA / "nuclei2d" / "images" / f"{n}.png")[None] for n in split["train"]]
+    calibration = make_int8_calibration(load_model_folder(model_dir), images)
+    calibration["made_from"] = "the 32 TRAIN images of benchmarks/nuclei_split.json"
+    print(f"calibration written to {save_calibration(model_dir, calibration)}")
+
+
 def main() -> None:
     """Command line of this script."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("step", choices=["prepare", "train", "score", "package"])
+    p.add_argument("step", choices=["prepare", "train", "score", "package", "calibrate"])
     p.add_argument("--work", type=Path, default=Path("/tmp/nuclei-work"))
     p.add_argument("--model", type=Path)
     p.add_argument("--minutes", type=float, default=60.0)
     a = p.parse_args()
     model = a.model or a.work / "run" / "model"
-    {"prepare": lambda: prepare(a.work), "train": lambda: train(a.work, a.minutes)}.get(
-        a.step, lambda: score(model) if a.step == "score" else package(model)
-    )()
+    steps = {
+        "prepare": lambda: prepare(a.work),
+        "train": lambda: train(a.work, a.minutes),
+        "score": lambda: score(model),
+        "package": lambda: package(model),
+        "calibrate": lambda: calibrate(model),
+    }
+    steps[a.step]()
 
 
 if __name__ == "__main__":

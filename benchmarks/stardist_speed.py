@@ -158,8 +158,13 @@ def _random_model_folder() -> Path:
     )
 
 
-def run_deepscope(model_name: str, repeats: int, threads: int, end_to_end: bool) -> None:
-    """Time deepscope on the mosaic: network, NMS on the reference maps, end to end."""
+def run_deepscope(
+    model_name: str, repeats: int, threads: int, end_to_end: bool, int8: bool = False
+) -> None:
+    """Time deepscope on the mosaic: network, NMS on the reference maps, end to end.
+
+    ``int8``: the network in 8-bit integers (``deepscope predict --int8``).
+    """
     import tifffile
     import torch
 
@@ -177,7 +182,7 @@ def run_deepscope(model_name: str, repeats: int, threads: int, end_to_end: bool)
     model = load_model_folder(folder)
     task = model.task
     image = tifffile.imread(OUT / "mosaic.tif").astype(np.float32)[None]
-    tiles = TileSettings()  # what `deepscope predict` uses
+    tiles = TileSettings(int8=int8)  # what `deepscope predict [--int8]` uses
     # (b) normalisation + network (+ de-normalisation), default tiling
     t_net, net_times, raw = _median_time(lambda: predict_raw(model, image, tiles), repeats)
     # (c) NMS + label rendering on the reference maps, deepscope's code path
@@ -202,6 +207,7 @@ def run_deepscope(model_name: str, repeats: int, threads: int, end_to_end: bool)
         "model": str(folder),
         "parameters": int(sum(p.numel() for p in model.network.parameters())),
         "threads": threads,
+        "int8": int8,
         "network_seconds_median": round(t_net, 3),
         "network_seconds_all": [round(t, 3) for t in net_times],
         "nms_on_reference_maps_seconds_median": round(t_nms, 3),
@@ -314,6 +320,7 @@ def report() -> None:
     ratio = tf["fair_total_seconds"] / ds["fair_total_seconds"]
     summary = {
         "image": f"{mosaic['shape']} mosaic, {mosaic['true_nuclei']} true nuclei",
+        "deepscope_int8": ds.get("int8", False),
         "deepscope_network_seconds": ds["network_seconds_median"],
         "deepscope_nms_seconds": ds["nms_on_reference_maps_seconds_median"],
         "stardist_tf_network_seconds": tf["network_seconds_median"],
@@ -339,13 +346,16 @@ def main() -> None:
         help="deepscope model folder, shipped name, or 'random' (random weights, timing only)",
     )
     p.add_argument("--no-end-to-end", action="store_true", help="skip the model's own NMS")
+    p.add_argument("--int8", action="store_true", help="deepscope: predict --int8")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     if a.step == "make-image":
         make_image()
     elif a.step == "deepscope":
-        run_deepscope(a.model, a.repeats, a.threads, not a.no_end_to_end and a.model != "random")
+        run_deepscope(
+            a.model, a.repeats, a.threads, not a.no_end_to_end and a.model != "random", a.int8
+        )
     elif a.step == "tf":
         run_tf(a.repeats, a.threads)
     else:

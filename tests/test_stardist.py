@@ -276,10 +276,15 @@ def test_tiled_prediction_equals_whole_prediction(trained_run):
 
 
 def test_thresholds_are_tuned_written_and_used(trained_run, tmp_path):
+    from deepscope.engine import int8
     from deepscope.workflow.predict import update_tuned_settings
     from deepscope.workflow.stardist_thresholds import optimize_thresholds
 
     assert "thresholds" in (trained_run / "log.txt").read_text()  # tuning ran after training
+    if int8.int8_supported():  # and the 8-bit calibration of `predict --int8`, on the same images
+        calibration = int8.load_calibration(trained_run / "run" / "model")
+        assert calibration["made_from"] == "the validation images" and calibration["images"] >= 1
+        assert "8-bit calibration" in (trained_run / "log.txt").read_text()
     folder = tmp_path / "model"
     shutil.copytree(trained_run / "run" / "model", folder)
     model = load_model_folder(folder)

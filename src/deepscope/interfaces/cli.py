@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         "restoration, semantic and 2D StarDist models)",
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="2D StarDist: run the network in 8-bit integers, ~1.6 times faster on CPUs "
+        "with AVX-512 VNNI; every value is rounded to 8 bits, so results can differ "
+        "slightly (check with 'deepscope qc --int8')",
+    )
+    p.add_argument(
         "--engine",
         choices=["pytorch", "onnx"],
         default="pytorch",
@@ -267,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the model's predictions averaged over 8 flips and turns of each image "
         "(as 'predict --tta'; 8 times slower)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="score the model run in 8-bit integers (as 'predict --int8'; 2D StarDist)",
     )
 
     _add_tracking_commands(sub)
@@ -890,6 +902,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             tile=args.tile,
             memory_limit=int(args.memory_limit * 2**30) if args.memory_limit else None,
             tta=_check_tta(model, args.tta),
+            int8=_check_int8(model, args.int8),
         ),
         overwrite=args.overwrite,
         progress=_bar("predicting"),
@@ -918,6 +931,28 @@ def _check_tta(model: Any, wanted: bool) -> bool:
     return wanted
 
 
+def _check_int8(model: Any, wanted: bool) -> bool:
+    """``wanted``, once the model's network is known to run in 8-bit integers here.
+
+    Says where the calibration comes from when the model folder has none.
+    """
+    if not wanted:
+        return False
+    from deepscope.engine import int8
+
+    if getattr(model.network, "is_onnx", False) or not list(model.network.parameters()):
+        raise DeepscopeError("--int8 cannot be combined with --engine onnx", fix="leave out one")
+    problem = int8.network_problem(model.network)
+    if problem:
+        raise DeepscopeError(f"--int8: {problem}", fix="leave out --int8")
+    if int8.load_calibration(model.folder) is None:
+        print(
+            "note: this model folder has no 8-bit calibration (models trained before "
+            "2026-11-30); it is made from the first image predicted."
+        )
+    return True
+
+
 def cmd_qc(args: argparse.Namespace) -> int:
     """Quality control with an HTML report."""
     from deepscope.workflow.model_folder import load_model_folder
@@ -931,7 +966,9 @@ def cmd_qc(args: argparse.Namespace) -> int:
         args.images,
         args.targets,
         args.out,
-        tiles=TileSettings(tile=args.tile, tta=_check_tta(model, args.tta)),
+        tiles=TileSettings(
+            tile=args.tile, tta=_check_tta(model, args.tta), int8=_check_int8(model, args.int8)
+        ),
         progress=_progress_stages(),
     )
     if "macro_f1" in summary:

@@ -119,8 +119,13 @@ def tune_after_training(
     masks: Sequence[np.ndarray],
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Training's last step for StarDist: tune the thresholds on the validation images."""
+    """Training's last step for StarDist: tune the thresholds on the validation images.
+
+    The same images also calibrate 8-bit prediction (``predict --int8``), where the
+    network allows it (see :func:`store_int8_calibration`).
+    """
     model = load_model_folder(model_dir)
+    store_int8_calibration(model, images_cf, log)
     n = sum(len(np.unique(m)) - 1 for m in masks)
     if n == 0:
         log("thresholds: the validation masks hold no object; the defaults 0.5 / 0.4 are kept.")
@@ -140,3 +145,23 @@ def tune_after_training(
         f"the validation images), stored in {path}."
     )
     return result
+
+
+def store_int8_calibration(
+    model: TrainedModel, images_cf: Sequence[np.ndarray], log: Callable[[str], None] = print
+) -> Path | None:
+    """Calibrate 8-bit prediction on these images and store it in the model folder.
+
+    Nothing is stored (and nothing said) for networks that cannot run in 8-bit integers
+    or when there is no image; see :mod:`deepscope.engine.int8`.
+    """
+    from deepscope.engine import int8
+    from deepscope.workflow.predict import make_int8_calibration
+
+    if not images_cf or int8.network_problem(model.network):
+        return None
+    calibration = make_int8_calibration(model, images_cf)
+    calibration["made_from"] = "the validation images"
+    path = int8.save_calibration(model.folder, calibration)
+    log(f"8-bit calibration for 'predict --int8' stored in {path}.")
+    return path

@@ -1,0 +1,148 @@
+"""8-bit integer prediction of StarDist networks (``predict --int8``): tiny networks only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from stardist.matching import matching
+
+from conftest import write_tif
+from deepscope.engine import int8
+from deepscope.engine.models.stardist_net import StarDistNet
+from deepscope.engine.models.unet import UNet
+from deepscope.errors import DeepscopeError
+from deepscope.interfaces.cli import main
+from deepscope.workflow.model_folder import load_model_folder
+from deepscope.workflow.predict import TileSettings, int8_network, predict_raw
+from deepscope.workflow.pretrained import resolve_model
+
+pytestmark = pytest.mark.skipif(
+    not int8.int8_supported(), reason="no oneDNN 8-bit convolution in this PyTorch build"
+)
+
+
+def _net(grid=(2, 2), seed=0) -> StarDistNet:
+    torch.manual_seed(seed)
+    net = StarDistNet(dims=2, n_rays=8, grid=grid, depth=2, base_channels=8, feature_channels=16)
+    # Give batch norm statistics that are not the identity, so folding them matters.
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _images(n=3, size=64, seed=1) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 1, size, size, generator=gen) * 1.5 - 0.2 for _ in range(n)]
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (1, 2), (4, 4)])
+def test_int8_network_gives_the_float_networks_output_to_8_bit_precision(grid):
+    net = _net(grid)
+    images = _images()
+    calibration = int8.calibrate(net, images)
+    assert calibration["images"] == 3 and "heads" in calibration["maxima"]
+    fast = int8.Int8StarDist(net, calibration)
+    assert not list(fast.parameters())  # nothing to train, nothing the tiler would convert
+    with torch.inference_mode():
+        for x in images:
+            expected = net(x)
+            got = fast(x.contiguous(memory_format=torch.channels_last))
+            assert got.shape == expected.shape and got.dtype == torch.float32
+            span = float(expected.abs().max())
+            # 8-bit rounding of ~10 layers: a few per cent of the output's range at most;
+            # a wrong scale, zero point or layer order gives errors of the order of 100 %.
+            assert float((got - expected).abs().max()) < 0.08 * span
+            assert float((got - expected).abs().mean()) < 0.01 * span
+    # the trained network itself is untouched
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_only_2d_stardist_networks_are_translated_and_calibrations_are_checked(tmp_path):
+    assert "StarDist" in int8.network_problem(UNet(dims=2))
+    net3d = StarDistNet(dims=3, n_rays=8, grid=(1, 2, 2), depth=1, base_channels=4)
+    assert "2D" in int8.network_problem(net3d)
+    with pytest.raises(ValueError, match="StarDist"):
+        int8.calibrate(UNet(dims=2), _images(1))
+    net = _net()
+    with pytest.raises(ValueError, match="at least one image"):
+        int8.calibrate(net, [])
+    calibration = int8.calibrate(net, _images(1))
+    del calibration["maxima"]["dec0.1"]
+    with pytest.raises(ValueError, match="dec0.1"):
+        int8.Int8StarDist(net, calibration)
+    # saved and read back; another format version is ignored
+    calibration = int8.calibrate(net, _images(1))
+    path = int8.save_calibration(tmp_path, calibration)
+    assert path.name == int8.CALIBRATION_FILE
+    assert int8.load_calibration(tmp_path) == json.loads(json.dumps(calibration))
+    path.write_text(json.dumps({**calibration, "version": 99}))
+    assert int8.load_calibration(tmp_path) is None
+    path.write_text("{not json")
+    assert int8.load_calibration(tmp_path) is None
+
+
+def test_the_shipped_model_finds_the_same_objects_in_8_bit(tmp_path):
+    from test_stardist import discs_image
+
+    folder = resolve_model("nuclei")
+    assert int8.load_calibration(folder) is not None  # shipped with its calibration
+    model = load_model_folder(folder)
+    image, truth = discs_image((96, 96))
+    plain = model.task.instances(predict_raw(model, image * 3))
+    fast_raw = predict_raw(model, image * 3, TileSettings(int8=True))
+    fast = model.task.instances(fast_raw)
+    assert int8_network(model).calibration["made_from"].startswith("the 32 TRAIN")
+    assert matching(plain, fast, thresh=0.5).f1 == 1.0
+    assert matching(truth, fast, thresh=0.5).f1 >= 0.9
+
+
+def test_predict_and_qc_int8_from_the_command_line(tmp_path, capsys):
+    from test_stardist import discs_image
+
+    image, truth = discs_image((96, 96))
+    write_tif(tmp_path / "imgs" / "a.tif", (image[0] * 3).astype(np.float32))
+    write_tif(tmp_path / "masks" / "a.tif", truth)
+    # a copy of the shipped model without its calibration: made from the first image
+    folder = tmp_path / "nuclei_copy"
+    shutil.copytree(resolve_model("nuclei"), folder)
+    (folder / int8.CALIBRATION_FILE).unlink()
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--input", str(tmp_path / "imgs"), "--out", str(out),
+                 "--int8"])  # fmt: skip
+    assert code == 0 and "no 8-bit calibration" in capsys.readouterr().out
+    assert matching(truth, load_tif(out / "a.tif"), thresh=0.5).f1 >= 0.9
+    assert not (folder / int8.CALIBRATION_FILE).exists()  # a model folder is never written to
+    qc = tmp_path / "qc"
+    assert main(["qc", "nuclei", "--images", str(tmp_path / "imgs"), "--masks",
+                 str(tmp_path / "masks"), "--out", str(qc), "--int8"]) == 0  # fmt: skip
+    summary = json.loads((qc / "summary.json").read_text())
+    assert summary["by_threshold"]["0.5"]["f1"] >= 0.9
+
+
+def test_int8_is_refused_with_a_fix_where_it_cannot_run(
+    tmp_path, trained_2d_run, noisy_dir, capsys
+):
+    code = main(["predict", str(trained_2d_run / "model"), "--input", str(noisy_dir), "--out",
+                 str(tmp_path / "o"), "--int8"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "StarDist networks only" in err and "leave out --int8" in err
+    assert not (tmp_path / "o").exists()
+    code = main(["predict", "nuclei", "--input", str(noisy_dir), "--out", str(tmp_path / "p"),
+                 "--int8", "--engine", "onnx"])  # fmt: skip
+    assert code != 0 and "--engine onnx" in capsys.readouterr().err
+    # the Python API says the same
+    model = load_model_folder(trained_2d_run / "model")
+    with pytest.raises(DeepscopeError, match="StarDist"):
+        predict_raw(model, np.zeros((1, 32, 32), np.float32), TileSettings(int8=True))
+
+
+def load_tif(path):
+    import tifffile
+
+    return tifffile.imread(path)
