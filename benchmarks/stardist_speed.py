@@ -19,10 +19,12 @@ weights (they cannot be downloaded here), the NMS of both is timed on the same
 
 ``deepscope`` (project venv)
     (b) normalisation + network + de-normalisation (``predict_raw``, with the default
-    tiling of ``deepscope predict``) of a deepscope StarDist model folder: ``--model
-    nuclei`` (the shipped model, default), a folder, or ``random`` (random weights with
-    the ``nuclei_dsb.py`` architecture: U-Net depth 3, 16 base channels, 128 feature
-    channels, 32 rays, grid 2 — network time does not depend on the weights); (c)
+    tiling of ``deepscope predict`` and, like it, the maps kept at the network's grid;
+    with ``--int8`` the network in 8-bit integers, as ``deepscope predict --int8``) of a
+    deepscope StarDist model folder: ``--model nuclei`` (the shipped model, default), a
+    folder, or ``random`` (random weights with the ``nuclei_dsb.py`` architecture: U-Net
+    depth 3, 16 base channels, 128 feature channels, 32 rays, grid 2 — network time does
+    not depend on the weights); (c)
     ``instances_from_maps`` (NMS + label rendering) on the reference maps; with a
     trained model also end to end on its own maps.
 ``stardist-tf`` (the separate TF venv, never the project's)
@@ -183,8 +185,11 @@ def run_deepscope(
     task = model.task
     image = tifffile.imread(OUT / "mosaic.tif").astype(np.float32)[None]
     tiles = TileSettings(int8=int8)  # what `deepscope predict [--int8]` uses
+    grid = model.task.reads_grid_output  # as `deepscope predict`: maps kept at the grid
     # (b) normalisation + network (+ de-normalisation), default tiling
-    t_net, net_times, raw = _median_time(lambda: predict_raw(model, image, tiles), repeats)
+    t_net, net_times, raw = _median_time(
+        lambda: predict_raw(model, image, tiles, grid=grid), repeats
+    )
     # (c) NMS + label rendering on the reference maps, deepscope's code path
     # Read once: an NpzFile reads (and copies) an array from disk at every ref["..."],
     # which cost ~40 ms per call inside the timed function until 2026-11-29.
@@ -221,7 +226,7 @@ def run_deepscope(
     }
     if end_to_end:  # the model's own maps and thresholds (meaningful for a trained model)
         t_e2e, e2e_times, e2e_labels = _median_time(
-            lambda: task.instances(predict_raw(model, image, tiles)), repeats
+            lambda: task.instances(predict_raw(model, image, tiles, grid=grid)), repeats
         )
         truth = tifffile.imread(OUT / "mosaic_labels.tif")
         from stardist.matching import matching

@@ -83,8 +83,9 @@ OPTIONS = {
         "--prob-threshold",
         "--nms-threshold",
         "--tta",
+        "--int8",
     ],
-    "qc": ["--images", "--targets", "--masks", "--out", "--tile", "--tta"],
+    "qc": ["--images", "--targets", "--masks", "--out", "--tile", "--tta", "--int8"],
     "demo": ["--out", "--max-minutes"],
     "track": [
         "--input",

@@ -275,6 +275,43 @@ def test_tiled_prediction_equals_whole_prediction(trained_run):
     assert matching(truth, tiled, thresh=0.5).f1 == 1.0  # nothing cut or doubled at seams
 
 
+@pytest.mark.parametrize("shape", [(100, 100), (97, 101)])
+def test_maps_kept_at_the_grid_give_the_same_objects(trained_run, shape):
+    from deepscope.tasks.base import GridOutput, image_shape_of
+
+    model = load_model_folder(trained_run / "run" / "model")
+    model.task.use_tuned_settings({"prob_threshold": 0.5, "nms_threshold": 0.3})
+    net = BlobNet(model.task.n_rays)
+    image = discs_image((104, 104))[0][:, : shape[0], : shape[1]]
+    full = predict_raw(model, image, TileSettings(tile=64, overlap=16), network=net)
+    small = predict_raw(model, image, TileSettings(tile=64, overlap=16), network=net, grid=True)
+    assert isinstance(small, GridOutput) and not isinstance(full, GridOutput)
+    assert full.shape[1:] == image_shape_of(full) == image_shape_of(small) == shape
+    assert small.shape[1:] == tuple(-(-n // 2) for n in shape)  # one value per 2x2 block
+    np.testing.assert_array_equal(np.asarray(small), full[:, ::2, ::2])
+    labels, details = model.task.instances_with_details(small)
+    expected, expected_details = model.task.instances_with_details(full)
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(details["points"], expected_details["points"])
+    assert labels.shape == shape and labels.max() >= 6
+    # a view of it still knows the image (numpy keeps the attribute on views)
+    assert image_shape_of(small[:, :10]) == shape
+
+
+def test_stardist_maps_are_denormalised_in_place_only_when_writable():
+    task = get_task("stardist")(config(TINY))
+    raw = np.array([[[0.0, 2.0]], [[-1.0, 3.0]]], np.float32)
+    frozen = raw.copy()
+    frozen.flags.writeable = False
+    out = task.denormalize_output(frozen, None)
+    assert out is not frozen and frozen[1, 0, 0] == -1.0  # untouched
+    np.testing.assert_allclose(out[0, 0], [0.5, 1 / (1 + np.exp(-2.0))], rtol=1e-6)
+    np.testing.assert_array_equal(out[1, 0], [0.0, 3.0])
+    same = task.denormalize_output(raw, None)
+    assert same is raw  # prediction's own array is reused
+    np.testing.assert_array_equal(same, out)
+
+
 def test_thresholds_are_tuned_written_and_used(trained_run, tmp_path):
     from deepscope.engine import int8
     from deepscope.workflow.predict import update_tuned_settings

@@ -8,7 +8,7 @@ plumbing, model folders) is shared.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -68,6 +68,33 @@ class TrainingData:
     raw_validation: tuple[list, list] | None = None
 
 
+class GridOutput(np.ndarray):
+    """A strided network's output (C, *grid_spatial) at its own grid, with the image's shape.
+
+    What :func:`predict_raw` gives with ``grid=True``; ``image_shape`` is the spatial shape
+    of the image it was predicted from (``[..., i]`` covers pixels ``i * stride`` to
+    ``(i + 1) * stride - 1``, the last block cut at the image's edge).
+    """
+
+    image_shape: tuple[int, ...] | None
+
+    def __new__(cls, array: np.ndarray, image_shape: Sequence[int]) -> GridOutput:
+        """Wrap ``array`` (no copy) with the image's spatial shape."""
+        obj = np.asarray(array).view(cls)
+        obj.image_shape = tuple(int(n) for n in image_shape)
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        """Views and copies keep the image shape (numpy calls this for each)."""
+        self.image_shape = getattr(obj, "image_shape", None)
+
+
+def image_shape_of(output: np.ndarray) -> tuple[int, ...]:
+    """The image's spatial shape of a :func:`predict_raw` output (C, *spatial), grid or not."""
+    shape = getattr(output, "image_shape", None)
+    return tuple(shape) if shape is not None else tuple(output.shape[1:])
+
+
 class Task(ABC):
     """Base class of task plugins.
 
@@ -92,6 +119,11 @@ class Task(ABC):
     #: the flipped output, its channels re-ordered by :meth:`dihedral_channels`), so that
     #: prediction may average over the 8 flips and 90-degree rotations (``--tta``).
     tta_ok: ClassVar[bool] = False
+    #: True for tasks with a strided network (``output_stride``) whose ``postprocess``,
+    #: ``instances``, ``side_outputs`` and extra files read only the network's own grid:
+    #: prediction then hands them a ``GridOutput`` instead of repeating every value to
+    #: the image's size (see ``workflow.predict.predict_raw``).
+    reads_grid_output: ClassVar[bool] = False
     #: The image dimensionalities (2 and/or 3) for which ``tta_ok`` holds.
     tta_dims: ClassVar[tuple[int, ...]] = (2, 3)
     #: Settings of the task's own section that shape the network's weights beyond the
@@ -182,7 +214,8 @@ class Task(ABC):
 
         ``normalizer`` is the target normaliser (the input's for tasks without targets).
         Tasks whose extra output channels are not intensities (e.g. an uncertainty)
-        override this.
+        override this. ``output`` is prediction's own array, used for nothing else:
+        an override may write its result into it and return it (StarDist does).
         """
         return normalizer.denormalize(output)
 

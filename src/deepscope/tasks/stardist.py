@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from deepscope.config import DataConfig, ModelConfig, TaskConfigBase, TrainingConfig, _Section
 from deepscope.engine.performance import available_cores
 from deepscope.errors import DeepscopeError
-from deepscope.tasks.base import Task, extra_file_name, register_task
+from deepscope.tasks.base import Task, extra_file_name, image_shape_of, register_task
 
 if TYPE_CHECKING:
     from deepscope.data.normalize import PercentileNormalizer
@@ -535,6 +535,8 @@ class StarDistTask(Task):
     #: 2D only: the rays turn with the image (see :meth:`dihedral_channels`).
     tta_ok = True
     tta_dims = (2,)
+    #: Objects, ROIs and measurements read the maps at the grid only.
+    reads_grid_output = True
 
     def __init__(self, config: TaskConfigBase):
         super().__init__(config)
@@ -701,10 +703,20 @@ class StarDistTask(Task):
     def denormalize_output(
         self, output: np.ndarray, normalizer: PercentileNormalizer
     ) -> np.ndarray:
-        """Probability (sigmoid of channel 0) and distances (at least 0, in pixels)."""
-        out = np.empty_like(output, dtype=np.float32)
-        out[0] = 1.0 / (1.0 + np.exp(-np.clip(output[0], -30, 30)))
-        np.maximum(output[1:], 0, out=out[1:])
+        """Probability (sigmoid of channel 0) and distances (at least 0, in pixels).
+
+        Written into ``output`` when it is a writable float32 array (prediction's own),
+        in PyTorch (multi-threaded): a new 33 x 512 x 512 array for a 1024x1024 image
+        cost ~9 ms, mostly the first touch of its memory (benchmarks/RESULTS.md).
+        """
+        import torch
+
+        out = output
+        if not (output.dtype == np.float32 and output.flags.writeable):
+            out = np.array(output, dtype=np.float32)
+        x = torch.from_numpy(out)
+        torch.sigmoid(x[0], out=x[0])
+        torch.clamp_min(x[1:], 0, out=x[1:])
         return out
 
     def dihedral_channels(self, k: int, flip: bool) -> np.ndarray:
@@ -722,7 +734,14 @@ class StarDistTask(Task):
         return np.concatenate([[0], 1 + ray_order(self.n_rays, k, flip)])
 
     def grid_maps(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probability and distances at the network's own grid points, from a full output."""
+        """Probability and distances at the network's own grid points.
+
+        ``output`` is image-sized, or already at the grid (a ``GridOutput``, see
+        ``workflow.predict.predict_raw(grid=True)``).
+        """
+        if getattr(output, "image_shape", None) is not None:
+            maps = np.asarray(output)
+            return maps[0], maps[1:]
         sub = tuple(slice(None, None, g) for g in self.grid)
         return output[0][sub], output[1:][(slice(None),) + sub]
 
@@ -734,7 +753,8 @@ class StarDistTask(Task):
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Labels and per-object details of a de-normalised output (1 + n_rays, *spatial).
 
-        ``output`` is what ``workflow.predict.predict_raw`` returns (image-sized). The
+        ``output`` is what ``workflow.predict.predict_raw`` returns (image-sized, or at the
+        grid with ``grid=True``). The
         thresholds default to :meth:`thresholds`. See :func:`instances_from_maps`.
         """
         if (
@@ -749,7 +769,7 @@ class StarDistTask(Task):
         labels, details = instances_from_maps(
             prob,
             dist,
-            tuple(output.shape[1:]),
+            image_shape_of(output),
             self.grid,
             p_default if prob_threshold is None else prob_threshold,
             n_default if nms_threshold is None else nms_threshold,

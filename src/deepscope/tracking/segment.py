@@ -60,8 +60,9 @@ def segment_movie(
 
     check_instance_model(model, movie)
     out = np.zeros((movie.n_frames, *movie.data.shape[-movie.spatial_dims :]), dtype=np.int32)
+    grid = model.task.reads_grid_output
     for t in range(movie.n_frames):
-        raw = predict_raw(model, movie.frame_channel_first(t), tiles)
+        raw = predict_raw(model, movie.frame_channel_first(t), tiles, grid=grid)
         out[t] = model.task.instances(raw)
         if progress:
             progress(t + 1, movie.n_frames)

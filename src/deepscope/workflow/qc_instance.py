@@ -656,7 +656,11 @@ def score_checkpoints(
     advance = _stage(progress, "checkpoints", len(names))
     for name in names:
         net = model.network_from_checkpoint(name)
-        preds = [model.task.instances(predict_raw(model, im, tiles, network=net)) for im in images]
+        grid = model.task.reads_grid_output
+        preds = [
+            model.task.instances(predict_raw(model, im, tiles, network=net, grid=grid))
+            for im in images
+        ]
         out.append(row(name, match_dataset(truths, preds, [REFERENCE_THRESHOLD])[key], False))
         advance()
     return out
@@ -709,7 +713,7 @@ def instance_qc(
     for image_path, mask_path in pairs:
         (image,), _ = load_images([image_path], d.axes, d.spatial_dims)
         truth = _read_mask(mask_path, image, d.spatial_dims, n_rays)
-        pred = task.instances(predict_raw(model, image, tiles))
+        pred = task.instances(predict_raw(model, image, tiles, grid=task.reads_grid_output))
         cases.append(InstanceCase(image_path.name, image, truth, pred))
         images.append(image)
         advance()

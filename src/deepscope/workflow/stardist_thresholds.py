@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from deepscope.tasks.base import image_shape_of
 from deepscope.workflow.model_folder import TrainedModel, load_model_folder
 from deepscope.workflow.predict import TileSettings, predict_raw, update_tuned_settings
 
@@ -84,9 +85,9 @@ def optimize_thresholds(
     truth = [np.asarray(m[0] if m.ndim == dims + 1 else m).astype(np.int64) for m in masks]
     maps = []
     for image in images_cf:
-        raw = predict_raw(model, image, tiles)
+        raw = predict_raw(model, image, tiles, grid=True)
         p, d = task.grid_maps(raw)
-        maps.append((p, d, tuple(raw.shape[1:])))
+        maps.append((p, d, image_shape_of(raw)))
     best: tuple[float, float, float] = (-1.0, 0.5, 0.4)
     by_nms: dict[str, dict[str, float]] = {}
     for nms in nms_thresholds:
