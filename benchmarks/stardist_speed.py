@@ -194,13 +194,20 @@ def run_deepscope(
     # Read once: an NpzFile reads (and copies) an array from disk at every ref["..."],
     # which cost ~40 ms per call inside the timed function until 2026-11-29.
     ref = dict(np.load(OUT / "reference_maps.npz"))
+    # Laid out as deepscope's prediction hands them to the NMS for an image in one tile:
+    # one (Y, X, 1 + rays) array (the network's channels-last output), probability and
+    # distances as views of it (checked by the assertion). The TF side gets its
+    # channels-last copy the same way, made before its timing.
+    maps = np.ascontiguousarray(np.concatenate([ref["prob"][None], ref["dist"]]).transpose(1, 2, 0))
+    prob_view, dist_view = maps[..., 0], np.moveaxis(maps[..., 1:], -1, 0)
+    assert raw.strides[0] == raw.itemsize, "the network's maps are no longer channels-last"
     chosen: list[int] = []  # OpenMP threads the NMS decides on (see nms_threads)
 
     def nms():
         chosen.append(nms_threads())
         return instances_from_maps(
-            ref["prob"],
-            ref["dist"],
+            prob_view,
+            dist_view,
             image.shape[1:],
             (2, 2),
             float(ref["prob_thresh"]),

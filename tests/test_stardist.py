@@ -664,6 +664,22 @@ def test_nms_uses_every_core_only_when_nothing_else_runs(tmp_path, monkeypatch):
     assert sd.nms_threads() == 1
 
 
+def test_the_nms_thread_limit_reaches_the_stardist_packages_own_openmp(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from deepscope.tasks import stardist as sd
+
+    def openmp_threads() -> dict[str, int]:
+        return {
+            i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"
+        }
+
+    monkeypatch.setattr(sd, "nms_threads", lambda: 1)
+    inside = sd._nms_thread_limit(openmp_threads)()
+    assert any("stardist" in path for path in inside)  # its runtime is among those limited
+    assert set(inside.values()) == {1}
+
+
 def test_fine_tuning_the_shipped_model_takes_its_network_settings():
     # `deepscope train stardist --from nuclei` with no settings must fit the shipped network.
     from deepscope.config import config_from_dict, load_config
