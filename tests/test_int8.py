@@ -146,3 +146,26 @@ def load_tif(path):
     import tifffile
 
     return tifffile.imread(path)
+
+
+def test_a_calibration_applies_only_to_the_weights_it_was_made_with(tmp_path):
+    from deepscope.workflow.predict import int8_calibration_of
+
+    folder = tmp_path / "nuclei_copy"
+    shutil.copytree(resolve_model("nuclei"), folder)
+    model = load_model_folder(folder)
+    assert int8_calibration_of(model)["weights_sha256"]
+    image = np.random.default_rng(0).random((1, 64, 64)).astype(np.float32)
+    first = int8_network(model, image)
+    assert int8_network(model, image) is first  # made once per model
+    with torch.no_grad():  # weights changed in place: a new 8-bit copy
+        next(model.network.parameters()).mul_(1.0)
+    assert int8_network(model, image) is not first
+    # another checkpoint made the model's weights: the stored calibration no longer applies
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    key = next(iter(state))
+    state[key] = state[key] * 1.01
+    torch.save(state, folder / "weights.pt")
+    changed = load_model_folder(folder)
+    assert int8_calibration_of(changed) is None
+    assert int8_network(changed, image).calibration["made_from"] == "the first image predicted"

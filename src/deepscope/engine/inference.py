@@ -146,7 +146,7 @@ def fuse_conv_relu(network: nn.Module, dtype: torch.dtype) -> int:
     return fused
 
 
-def _weights_version(network: nn.Module) -> tuple:
+def weights_version(network: nn.Module) -> tuple:
     """Changes whenever a parameter or buffer of ``network`` is replaced or written in place."""
     return tuple((id(t), t._version) for t in (*network.parameters(), *network.buffers()))
 
@@ -165,7 +165,7 @@ def inference_network(
     if network.training or isinstance(network, torch.jit.ScriptModule):
         # TorchScript (e.g. an imported package) cannot be copied and rebuilt like this.
         return network.to(memory_format=memory_format)
-    key = (memory_format, bf16, _weights_version(network))
+    key = (memory_format, bf16, weights_version(network))
     cached = _CACHE.get(network)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -77,6 +77,8 @@ def network_problem(network: nn.Module) -> str | None:
         return "8-bit prediction is available for StarDist networks only"
     if network.dims != 2:
         return "8-bit prediction is available for 2D StarDist models only"
+    if any(p.device.type != "cpu" for p in network.parameters()):
+        return "8-bit prediction runs on the CPU only (this network is on a GPU)"
     if not all(isinstance(p, nn.MaxPool2d) for p in network.unet.pools):
         return "this network's pooling cannot run in 8-bit integers"
     if not int8_supported():

@@ -945,10 +945,13 @@ def _check_int8(model: Any, wanted: bool) -> bool:
     problem = int8.network_problem(model.network)
     if problem:
         raise DeepscopeError(f"--int8: {problem}", fix="leave out --int8")
-    if int8.load_calibration(model.folder) is None:
+    from deepscope.workflow.predict import int8_calibration_of
+
+    if int8_calibration_of(model) is None:
         print(
-            "note: this model folder has no 8-bit calibration (models trained before "
-            "2026-11-30); it is made from the first image predicted."
+            "note: this model folder has no 8-bit calibration for its weights (trained "
+            "before 2026-11-30, or another checkpoint chosen since); it is made from the "
+            "first image predicted."
         )
     return True
 

@@ -187,18 +187,21 @@ def int8_network(model: TrainedModel, image: np.ndarray | None = None):
     """The model's network in 8-bit integers (:mod:`deepscope.engine.int8`), made once per model.
 
     Its calibration is the model folder's (written after training); a folder without one
-    (trained before 2026-11-30) is calibrated on ``image`` (normalised, channel first),
-    the first image predicted. Raises DeepscopeError when the network cannot run so.
+    for its current weights (trained before 2026-11-30, or another checkpoint chosen
+    since) is calibrated on ``image`` (normalised, channel first), the first image
+    predicted. Raises DeepscopeError when the network cannot run so.
     """
     from deepscope.engine import int8
+    from deepscope.engine.inference import weights_version
 
+    version = weights_version(model.network)
     cached = _INT8.get(model.network)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == version:  # same weights as when it was made
+        return cached[1]
     problem = int8.network_problem(model.network)
     if problem:
         raise DeepscopeError(problem, fix="leave out --int8")
-    calibration = int8.load_calibration(model.folder)
+    calibration = int8_calibration_of(model)
     if calibration is None:
         if image is None:
             raise DeepscopeError(
@@ -210,8 +213,24 @@ def int8_network(model: TrainedModel, image: np.ndarray | None = None):
         calibration["made_from"] = "the first image predicted"
     net = int8.Int8StarDist(model.network, calibration)
     net.calibration = calibration
-    _INT8[model.network] = net
+    _INT8[model.network] = (version, net)
     return net
+
+
+def int8_calibration_of(model: TrainedModel) -> dict[str, Any] | None:
+    """The model folder's 8-bit calibration, if there is one made for its current weights.
+
+    A calibration records the digest of the ``weights.pt`` it was made with; after another
+    checkpoint was made the model's weights it no longer applies (None).
+    """
+    from deepscope.engine import int8
+
+    calibration = int8.load_calibration(model.folder)
+    weights = model.folder / "weights.pt"
+    if calibration is None or not weights.is_file():
+        return calibration
+    digest = calibration.get("weights_sha256")
+    return calibration if digest in (None, _sha256(weights)) else None
 
 
 def make_int8_calibration(model: TrainedModel, images_cf: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -231,7 +250,11 @@ def make_int8_calibration(model: TrainedModel, images_cf: Sequence[np.ndarray]) 
     for image in images_cf:
         image = adapt(image, model.in_channels) if adapt is not None else image
         crops.append(calibration_crop(model.normalizer.normalize(image), model))
-    return int8.calibrate(model.network, crops)
+    calibration = int8.calibrate(model.network, crops)
+    weights = model.folder / "weights.pt"
+    if weights.is_file():  # the weights it is valid for (see int8_calibration_of)
+        calibration["weights_sha256"] = _sha256(weights)
+    return calibration
 
 
 def calibration_crop(image: np.ndarray, model: TrainedModel, size: int = 1024):
