@@ -302,6 +302,9 @@ def test_trained_run_shows_history_preview_qc_and_results(trained):
     assert [Path(f["output"]).name for f in applied["files"]] == ["p.tif", "q.tif"]
     assert Path(applied["path"]).parent == runs.resolve() / "r1" / "apply"
     assert d["tta_ok"]  # n2v predictions may be averaged over flips and turns, as asked
+    assert not d["int8_ok"]  # 8-bit prediction is for 2D StarDist models
+    r = client.post("/api/runs/r1/apply", json={"input": str(data / "qc_noisy"), "int8": True})
+    assert_words(r, 400, "8-bit", "StarDist")
     provenance = json.loads((Path(applied["path"]) / "provenance.json").read_text())
     assert provenance["test_time_augmentation"] is True
     png = client.get("/api/runs/r1/files/preview.png")

@@ -118,6 +118,7 @@ def test_predict_and_qc_int8_from_the_command_line(tmp_path, capsys):
     assert code == 0 and "no 8-bit calibration" in capsys.readouterr().out
     assert matching(truth, load_tif(out / "a.tif"), thresh=0.5).f1 >= 0.9
     assert not (folder / int8.CALIBRATION_FILE).exists()  # a model folder is never written to
+    assert json.loads((out / "provenance.json").read_text())["int8"] is True
     qc = tmp_path / "qc"
     assert main(["qc", "nuclei", "--images", str(tmp_path / "imgs"), "--masks",
                  str(tmp_path / "masks"), "--out", str(qc), "--int8"]) == 0  # fmt: skip

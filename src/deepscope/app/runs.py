@@ -141,6 +141,7 @@ def run_detail(run_dir: Path, store: JobStore) -> dict[str, Any]:
             "qc_summary": _read_json(model / "qc_summary.json"),
             "applied": applied_folders(run_dir),
             "tta_ok": _tta_ok(out["task"], info),
+            "int8_ok": int8_ok(out["task"], info),
         }
     )
     return out
@@ -162,6 +163,20 @@ def _tta_ok(task: str | None, info: dict[str, Any] | None) -> bool:
         return False
     dims = (info or {}).get("spatial_dims")
     return cls.tta_ok and (dims is None or dims in cls.tta_dims)
+
+
+def int8_ok(task: str | None, info: dict[str, Any] | None) -> bool:
+    """Whether this run's model may predict in 8-bit integers (2D StarDist, on this CPU)."""
+    from deepscope.engine.int8 import int8_supported
+
+    dims = (info or {}).get("spatial_dims")
+    return task == "stardist" and dims == 2 and int8_supported()
+
+
+def model_int8_ok(model_dir: Path) -> bool:
+    """:func:`int8_ok` for a model folder (its ``deepscope_model.json``)."""
+    info = _read_json(model_dir / "deepscope_model.json") or {}
+    return int8_ok(info.get("task"), info)
 
 
 def applied_folders(run_dir: Path) -> list[dict[str, Any]]:

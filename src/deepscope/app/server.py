@@ -83,6 +83,7 @@ class ApplyRequest(BaseModel):
     input: str
     axes: str | None = None
     tta: bool = False
+    int8: bool = False
 
 
 class CheckpointRequest(BaseModel):
@@ -400,6 +401,11 @@ def create_app(
         run_dir = roots.run_dir(name)
         model = _model_dir(run_dir)
         _not_busy(store, name, run_dir)
+        if body.int8 and not runs.model_int8_ok(model):
+            raise DeepscopeError(
+                "8-bit prediction is available for 2D StarDist models on this computer's CPU only",
+                fix="untick the 8-bit option",
+            )
         source = roots.confine(body.input)
         base = run_dir / "apply"
         stem = source.name.split(".")[0] or "images"
@@ -413,6 +419,7 @@ def create_app(
             "out": str(out),
             "axes": body.axes,
             "tta": body.tta,
+            "int8": body.int8,
         }
         return {"run": name, "job": _launch(app, "predict", name, spec), "out": str(out)}
 

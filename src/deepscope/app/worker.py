@@ -237,7 +237,7 @@ def run_predict(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
         Path(spec["input"]),
         Path(spec["out"]),
         axes=spec.get("axes"),
-        tiles=TileSettings(tta=bool(spec.get("tta"))),
+        tiles=TileSettings(tta=bool(spec.get("tta")), int8=bool(spec.get("int8"))),
         progress=progress,
     )
     report({"stage": "finished", "done": len(written), "total": len(written)}, force=True)

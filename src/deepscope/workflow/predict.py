@@ -608,6 +608,7 @@ def predict_files(
         "task": model.config.task,
         "config_digest": model.config.digest(),
         "test_time_augmentation": bool(tiles is not None and tiles.tta),
+        "int8": bool(tiles is not None and tiles.int8),
         "started": _now(),
         "files": [],
     }

@@ -330,7 +330,7 @@ async function viewRun(name) {
     results: h("div", { "data-testid": "results" }),
     share: h("div"),
   };
-  const qcSel = { images: null, targets: null }, applySel = { input: null, tta: false };
+  const qcSel = { images: null, targets: null }, applySel = { input: null, tta: false, int8: false };
   const qcBtn = h("button", { "data-testid": "run-qc", onclick: async () => {
     el.qcMsg.replaceChildren();
     try { await api("POST", `/api/runs/${name}/qc`, qcSel); poll(); } catch (e) { el.qcMsg.replaceChildren(errorBox(e)); }
@@ -355,6 +355,8 @@ async function viewRun(name) {
       folderPicker("Images to process", null, (p) => { applySel.input = p; }, "pick-apply"),
       d.tta_ok ? h("label", {}, h("input", { type: "checkbox", "data-testid": "apply-tta", onchange: (e) => { applySel.tta = e.target.checked; } }),
         " Average over the 8 flips and turns of each image (8 times slower, usually a little cleaner)") : null,
+      d.int8_ok ? h("label", {}, h("input", { type: "checkbox", "data-testid": "apply-int8", onchange: (e) => { applySel.int8 = e.target.checked; } }),
+        " Faster: 8-bit arithmetic (the network about 1.6 times faster; results can differ slightly, so compare with quality control first)") : null,
       h("div", { class: "row" }, applyBtn), el.applyProgress, el.applyMsg, el.results),
     h("div", { class: "card", id: "share" }, h("h2", {}, "7 Share"), el.share));
 
