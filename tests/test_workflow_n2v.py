@@ -446,3 +446,19 @@ def test_demo_runs_the_whole_workflow_on_the_shipped_images(tmp_path, capsys):
     (other / "keep.txt").write_text("precious")
     assert main(["demo", "--out", str(other), "--max-minutes", "0.05"]) != 0
     assert (other / "keep.txt").read_text() == "precious"
+
+
+def test_the_live_progress_bar_is_only_drawn_on_a_terminal(tmp_path, make_config, monkeypatch):
+    import sys
+
+    from deepscope.engine.trainer import build_trainer
+
+    cfg = make_config().training
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    trainer, _ = build_trainer(tmp_path / "a", cfg)
+    assert trainer.progress_bar_callback is None  # a log file gets the per-epoch lines only
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    trainer, _ = build_trainer(tmp_path / "b", cfg)
+    assert trainer.progress_bar_callback is not None
+    trainer, _ = build_trainer(tmp_path / "c", cfg, show_bar=False)
+    assert trainer.progress_bar_callback is None

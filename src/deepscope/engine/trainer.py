@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -71,7 +72,12 @@ def build_trainer(
     listener: Callable[[dict[str, Any]], None] | None = None,
     show_bar: bool = True,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Create the trainer with deepscope's callbacks; return it and the best-model callback."""
+    """Create the trainer with deepscope's callbacks; return it and the best-model callback.
+
+    Lightning's live progress bar is shown only when ``show_bar`` and the output is a
+    terminal: in a log file (a cluster job, ``> log.txt``) it would leave one stale frame,
+    and the one line per epoch with its ETA (``ProgressReport``) says all of it there.
+    """
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -115,7 +121,7 @@ def build_trainer(
         callbacks=callbacks,
         logger=False,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=show_bar,
+        enable_progress_bar=show_bar and sys.stdout.isatty(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
