@@ -41,13 +41,27 @@ def _images(n=3, size=64, seed=1) -> list[torch.Tensor]:
     return [torch.rand(1, 1, size, size, generator=gen) * 1.5 - 0.2 for _ in range(n)]
 
 
-@pytest.mark.parametrize("grid", [(2, 2), (1, 2), (4, 4)])
-def test_int8_network_gives_the_float_networks_output_to_8_bit_precision(grid):
-    net = _net(grid)
+def _unet(residual: bool = False) -> UNet:
+    torch.manual_seed(0)
+    channels = 1 if residual else 3
+    net = UNet(dims=2, in_channels=1, out_channels=channels, depth=2, base_channels=8,
+               residual=residual)  # fmt: skip
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["grid 2x2", "grid 1x2", "grid 4x4", "unet", "unet residual"])
+def test_int8_network_gives_the_float_networks_output_to_8_bit_precision(kind):
+    grids = {"grid 2x2": (2, 2), "grid 1x2": (1, 2), "grid 4x4": (4, 4)}
+    net = _net(grids[kind]) if kind in grids else _unet(residual="residual" in kind)
     images = _images()
     calibration = int8.calibrate(net, images)
-    assert calibration["images"] == 3 and "heads" in calibration["maxima"]
-    fast = int8.Int8StarDist(net, calibration)
+    last = "heads" if kind in grids else "head"  # the layer giving float32
+    assert calibration["images"] == 3 and last in calibration["maxima"]
+    fast = int8.Int8Network(net, calibration)
     assert not list(fast.parameters())  # nothing to train, nothing the tiler would convert
     with torch.inference_mode():
         for x in images:
@@ -63,19 +77,23 @@ def test_int8_network_gives_the_float_networks_output_to_8_bit_precision(grid):
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
 
-def test_only_2d_stardist_networks_are_translated_and_calibrations_are_checked(tmp_path):
-    assert "StarDist" in int8.network_problem(UNet(dims=2))
+def test_only_2d_networks_with_max_pooling_are_translated_and_calibrations_are_checked(
+    tmp_path,
+):
+    assert int8.network_problem(UNet(dims=2)) is None
+    assert "N2V2" in int8.network_problem(UNet(dims=2, n2v2=True))
+    assert "U-Net" in int8.network_problem(torch.nn.Conv2d(1, 1, 3))
     net3d = StarDistNet(dims=3, n_rays=8, grid=(1, 2, 2), depth=1, base_channels=4)
     assert "2D" in int8.network_problem(net3d)
-    with pytest.raises(ValueError, match="StarDist"):
-        int8.calibrate(UNet(dims=2), _images(1))
+    with pytest.raises(ValueError, match="2D"):
+        int8.calibrate(UNet(dims=3), _images(1))
     net = _net()
     with pytest.raises(ValueError, match="at least one image"):
         int8.calibrate(net, [])
     calibration = int8.calibrate(net, _images(1))
     del calibration["maxima"]["dec0.1"]
     with pytest.raises(ValueError, match="dec0.1"):
-        int8.Int8StarDist(net, calibration)
+        int8.Int8Network(net, calibration)
     # saved and read back; another format version is ignored
     calibration = int8.calibrate(net, _images(1))
     path = int8.save_calibration(tmp_path, calibration)
@@ -132,14 +150,14 @@ def test_int8_is_refused_with_a_fix_where_it_cannot_run(
     code = main(["predict", str(trained_2d_run / "model"), "--input", str(noisy_dir), "--out",
                  str(tmp_path / "o"), "--int8"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code != 0 and "StarDist networks only" in err and "leave out --int8" in err
+    assert code != 0 and "not for n2v models" in err and "leave out --int8" in err
     assert not (tmp_path / "o").exists()
     code = main(["predict", "nuclei", "--input", str(noisy_dir), "--out", str(tmp_path / "p"),
                  "--int8", "--engine", "onnx"])  # fmt: skip
     assert code != 0 and "--engine onnx" in capsys.readouterr().err
     # the Python API says the same
     model = load_model_folder(trained_2d_run / "model")
-    with pytest.raises(DeepscopeError, match="StarDist"):
+    with pytest.raises(DeepscopeError, match="not for n2v"):
         predict_raw(model, np.zeros((1, 32, 32), np.float32), TileSettings(int8=True))
 
 

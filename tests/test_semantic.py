@@ -269,6 +269,17 @@ def test_binary_2d_train_predict_instances_qc_cli(tmp_path: Path, capsys) -> Non
     # the stored threshold is what predict used
     t = tuned["foreground_threshold"]
     assert np.array_equal(classes, (probs[1] > t).astype(np.uint8))
+    # 8-bit prediction: calibrated after training on the validation images, nearly the same
+    from deepscope.engine import int8
+
+    if int8.int8_supported():
+        assert int8.load_calibration(model)["made_from"] == "the validation images"
+        fast = tmp_path / "pred8"
+        assert main(["predict", str(model), "--input", str(images), "--out", str(fast),
+                     "--int8", "--probabilities"]) == 0  # fmt: skip
+        probs8 = tifffile.imread(fast / "a_probabilities.tif")
+        assert np.abs(probs8 - probs).max() < 0.1
+        assert (tifffile.imread(fast / "a.tif") == classes).mean() > 0.97
 
 
 def test_three_class_3d(tmp_path: Path) -> None:

@@ -431,8 +431,9 @@ def test_3d_train_and_predict(tmp_path):
     from deepscope.app.runs import int8_ok
     from deepscope.engine.int8 import int8_supported
 
-    assert not int8_ok("stardist", model.info) and not int8_ok("semantic", {"spatial_dims": 2})
+    assert not int8_ok("stardist", model.info) and not int8_ok("n2v", {"spatial_dims": 2})
     assert int8_ok("stardist", {"spatial_dims": 2}) == int8_supported()
+    assert int8_ok("semantic", {"spatial_dims": 2}) == int8_supported()
 
 
 # -------------------------------------------------------------------------- CLI, masks

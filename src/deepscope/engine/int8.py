@@ -1,4 +1,4 @@
-"""8-bit integer prediction of 2D StarDist networks on CPUs (``deepscope predict --int8``).
+"""8-bit integer prediction of 2D StarDist networks and U-Nets on CPUs (``predict --int8``).
 
 The convolutions of a trained network can run on 8-bit integers instead of bf16: weights
 rounded to 255 levels per output channel, activations (all after a ReLU, so never
@@ -15,9 +15,11 @@ Training stores one, made on the validation images, in the model folder
 (:data:`CALIBRATION_FILE`); for older models prediction makes one from the first image
 it predicts. Values above the calibrated largest are clipped to it.
 
-Only what StarDist's network uses is translated (convolutions with ReLU, 2x2 max
-pooling, bilinear up-sampling, concatenation); :func:`int8_network` says why when a
-network cannot be.
+Only what these networks use is translated (convolutions with ReLU, max pooling,
+bilinear up-sampling, concatenation; not N2V2's blur pooling); :func:`network_problem`
+says why when a network cannot be. Which tasks may use it is the task's choice
+(``Task.int8_ok``: segmentation, where 8-bit features suffice to tell classes and
+objects apart; restoration's intensities are left to bf16).
 """
 
 from __future__ import annotations
@@ -72,22 +74,24 @@ def int8_supported() -> bool:
 def network_problem(network: nn.Module) -> str | None:
     """Why ``network`` cannot run in 8-bit integers here, or None if it can."""
     from deepscope.engine.models.stardist_net import StarDistNet
+    from deepscope.engine.models.unet import UNet
 
-    if not isinstance(network, StarDistNet):
-        return "8-bit prediction is available for StarDist networks only"
+    if not isinstance(network, StarDistNet | UNet):
+        return "8-bit prediction is available for StarDist and U-Net networks only"
     if network.dims != 2:
-        return "8-bit prediction is available for 2D StarDist models only"
+        return "8-bit prediction is available for 2D models only"
     if any(p.device.type != "cpu" for p in network.parameters()):
         return "8-bit prediction runs on the CPU only (this network is on a GPU)"
-    if not all(isinstance(p, nn.MaxPool2d) for p in network.unet.pools):
-        return "this network's pooling cannot run in 8-bit integers"
+    unet = network.unet if isinstance(network, StarDistNet) else network
+    if unet.n2v2 or not all(isinstance(p, nn.MaxPool2d) for p in unet.pools):
+        return "this network's pooling (N2V2) cannot run in 8-bit integers"
     if not int8_supported():
         return "this PyTorch build or CPU has no 8-bit convolution (oneDNN)"
     return None
 
 
 class _Runner:
-    """Walks a (batch-norm-folded, float32) StarDist network layer by layer.
+    """Walks a (batch-norm-folded, float32) StarDist network or U-Net layer by layer.
 
     In calibration mode it computes in float32 and records each layer's largest output;
     in integer mode it computes with 8-bit activations. The same walk serves both, so the
@@ -102,11 +106,15 @@ class _Runner:
         self.input_range = [0.0, 1.0]
         self.scales: dict[str, float] | None = None  # set for integer mode
         self.packed: dict[str, tuple] = {}
-        heads = nn.Conv2d(net.prob_head.in_channels, 1 + net.n_rays, 1)
-        with torch.no_grad():
-            heads.weight.copy_(torch.cat([net.prob_head.weight, net.dist_head.weight]))
-            heads.bias.copy_(torch.cat([net.prob_head.bias, net.dist_head.bias]))
-        self.heads = heads
+        self.stardist = hasattr(net, "stem")
+        self.unet = net.unet if self.stardist else net
+        self.last = "heads" if self.stardist else "head"  # the layer giving float32
+        if self.stardist:  # its two 1x1 heads as one convolution
+            heads = nn.Conv2d(net.prob_head.in_channels, 1 + net.n_rays, 1)
+            with torch.no_grad():
+                heads.weight.copy_(torch.cat([net.prob_head.weight, net.dist_head.weight]))
+                heads.bias.copy_(torch.cat([net.prob_head.bias, net.dist_head.bias]))
+            self.heads = heads
 
     # -------------------------------------------------------------------- layers
     def conv(self, site: str, conv: nn.Conv2d, x: torch.Tensor, src: str, relu: bool = True):
@@ -127,7 +135,7 @@ class _Runner:
             bias = None if conv.bias is None else conv.bias.detach().float()
             self.packed[site] = (packed, w_scale, zeros, bias, args)
         packed, w_scale, zeros, bias, args = self.packed[site]
-        last = site == "heads"
+        last = site == self.last
         return torch.ops.onednn.qconv_pointwise(
             x, x_scale, x_zero, packed, w_scale, zeros, bias, *args,
             1.0 if last else self.scales[site], 0, torch.float32 if last else None,
@@ -176,10 +184,10 @@ class _Runner:
 
     # ------------------------------------------------------------------- network
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """StarDistNet.forward, layer by layer (see the class documentation)."""
+        """The network's forward pass, layer by layer (see the class documentation)."""
         from deepscope.engine.models.unet import ConvBlock
 
-        net, src = self.net, "input"
+        net, src, given = self.net, "input", x
         if self.scales is None:
             x = x.float()
             self.input_range[0] = min(self.input_range[0], float(x.amin()))
@@ -188,12 +196,12 @@ class _Runner:
             scale, zero = self._input_quant("input")
             q = torch.round(x.float() / scale).add_(zero).clamp_(0, 255)
             x = q.to(torch.uint8).contiguous(memory_format=_CL)
-        for i, layer in enumerate(net.stem):
+        for i, layer in enumerate(net.stem if self.stardist else []):
             if isinstance(layer, ConvBlock):
                 x, src = self.block(f"stem{i}", layer, x, src)
             else:
                 x = self.pool(x, layer.kernel_size)
-        unet, skips = net.unet, []
+        unet, skips = self.unet, []
         for level, encoder in enumerate(unet.encoders):
             x, src = self.block(f"enc{level}", encoder, x, src)
             skips.append(x)
@@ -204,12 +212,15 @@ class _Runner:
         ):
             x = torch.cat([self.up(x), skips[level]], dim=1)
             x, src = self.block(f"dec{i}", decoder, x, src)
+        if not self.stardist:
+            out = self.conv("head", unet.head, x, src, relu=False)
+            return out + given.float() if unet.residual else out
         x = self.conv("head", unet.head, x, src, relu=net.relu_features)
         return self.conv("heads", self.heads, x, "head", relu=False)
 
     def concat_groups(self) -> list[tuple[str, str]]:
         """Pairs of layers concatenated in the decoder: they must share one scale."""
-        depth = self.net.unet.depth
+        depth = self.unet.depth
         return [
             ("bottleneck.1" if i == 0 else f"dec{i - 1}.1", f"enc{level}.1")
             for i, level in enumerate(reversed(range(depth)))
@@ -219,7 +230,7 @@ class _Runner:
 def calibrate(network: nn.Module, images: Iterable[torch.Tensor]) -> dict[str, Any]:
     """The activation ranges of ``network`` on normalised images (N, C, Y, X).
 
-    What :class:`Int8StarDist` needs to choose each layer's 8-bit scale.
+    What :class:`Int8Network` needs to choose each layer's 8-bit scale.
 
     Each image's size must suit the network (multiples of its ``divisibility()``).
     Returns a JSON-serialisable dict (what :func:`save_calibration` writes).
@@ -266,12 +277,13 @@ def load_calibration(folder: Path) -> dict[str, Any] | None:
     return data
 
 
-class Int8StarDist(nn.Module):
-    """A 2D StarDist network computing in 8-bit integers, from a trained one and its calibration.
+class Int8Network(nn.Module):
+    """A 2D StarDist network or U-Net computing in 8-bit integers, from a trained one.
 
     Takes what the network takes (normalised images, N x C x Y x X, float) and gives
-    what it gives (float32 probability logits and distances on the grid). It holds no
-    trainable parameters; the trained network is not modified.
+    what it gives in float32 (StarDist: probability logits and distances on the grid;
+    U-Net: its output channels, e.g. class scores). It holds no trainable parameters;
+    the trained network is not modified. ``calibration`` is what :func:`calibrate` gives.
     """
 
     def __init__(self, network: nn.Module, calibration: dict[str, Any]):
@@ -291,12 +303,9 @@ class Int8StarDist(nn.Module):
         runner.input_range = [float(v) for v in calibration["input_range"]]
         runner.scales = {k: max(v, 1e-6) / 255 for k, v in maxima.items()}
         self._runner = runner
-        # What inference_network and the tiler read from a network.
-        self.grid = runner.net.grid
-        self.n_rays = runner.net.n_rays
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Probability logits and distances (N, 1 + n_rays, Y / grid, X / grid), float32."""
+        """The network's output in float32 (see the class documentation)."""
         with torch.inference_mode():
             return self._runner.forward(x)
 
@@ -306,7 +315,7 @@ def _layer_names(runner: _Runner) -> list[str]:
     probe = _Runner.__new__(_Runner)
     probe.__dict__.update(runner.__dict__)
     probe.maxima, probe.scales, probe.input_range = {}, None, [0.0, 1.0]
-    size = 2**runner.net.depth * max(runner.net.grid)
+    size = runner.net.divisibility()
     with torch.inference_mode():
         channels = next(m for m in runner.net.modules() if isinstance(m, nn.Conv2d)).in_channels
         probe.forward(torch.zeros(1, channels, size, size))

@@ -220,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="2D StarDist: run the network in 8-bit integers, ~1.6 times faster on CPUs "
-        "with AVX-512 VNNI; every value is rounded to 8 bits, so results can differ "
-        "slightly (check with 'deepscope qc --int8')",
+        help="2D StarDist and semantic models: run the network in 8-bit integers, ~1.6 "
+        "times faster on CPUs with AVX-512 VNNI; every value is rounded to 8 bits, so "
+        "results can differ slightly (check with 'deepscope qc --int8')",
     )
     p.add_argument(
         "--engine",
@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="score the model run in 8-bit integers (as 'predict --int8'; 2D StarDist)",
+        help="score the model run in 8-bit integers (as 'predict --int8'; 2D StarDist and "
+        "semantic models)",
     )
 
     _add_tracking_commands(sub)
@@ -938,15 +939,13 @@ def _check_int8(model: Any, wanted: bool) -> bool:
     """
     if not wanted:
         return False
-    from deepscope.engine import int8
+    from deepscope.workflow.predict import int8_calibration_of, int8_problem
 
-    if getattr(model.network, "is_onnx", False) or not list(model.network.parameters()):
+    if model.task.int8_ok and not list(model.network.parameters()):
         raise DeepscopeError("--int8 cannot be combined with --engine onnx", fix="leave out one")
-    problem = int8.network_problem(model.network)
+    problem = int8_problem(model)
     if problem:
         raise DeepscopeError(f"--int8: {problem}", fix="leave out --int8")
-    from deepscope.workflow.predict import int8_calibration_of
-
     if int8_calibration_of(model) is None:
         print(
             "note: this model folder has no 8-bit calibration for its weights (trained "

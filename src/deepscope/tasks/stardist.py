@@ -549,6 +549,7 @@ class StarDistTask(Task):
     tta_dims = (2,)
     #: Objects, ROIs and measurements read the maps at the grid only.
     reads_grid_output = True
+    int8_ok = True
 
     def __init__(self, config: TaskConfigBase):
         super().__init__(config)

@@ -198,7 +198,7 @@ def int8_network(model: TrainedModel, image: np.ndarray | None = None):
     cached = _INT8.get(model.network)
     if cached is not None and cached[0] == version:  # same weights as when it was made
         return cached[1]
-    problem = int8.network_problem(model.network)
+    problem = int8_problem(model)
     if problem:
         raise DeepscopeError(problem, fix="leave out --int8")
     calibration = int8_calibration_of(model)
@@ -211,10 +211,26 @@ def int8_network(model: TrainedModel, image: np.ndarray | None = None):
             )
         calibration = int8.calibrate(model.network, [calibration_crop(image, model)])
         calibration["made_from"] = "the first image predicted"
-    net = int8.Int8StarDist(model.network, calibration)
+    net = int8.Int8Network(model.network, calibration)
     net.calibration = calibration
     _INT8[model.network] = (version, net)
     return net
+
+
+def int8_problem(model: TrainedModel) -> str | None:
+    """Why this model cannot predict in 8-bit integers here, or None if it can.
+
+    Segmentation only (``Task.int8_ok``: StarDist, semantic): 8-bit features are enough to
+    tell classes and objects apart, not for restoration's intensities.
+    """
+    from deepscope.engine import int8
+
+    if not model.task.int8_ok:
+        return (
+            "8-bit prediction is available for StarDist and semantic segmentation models, "
+            f"not for {model.config.task} models"
+        )
+    return int8.network_problem(model.network)
 
 
 def int8_calibration_of(model: TrainedModel) -> dict[str, Any] | None:
@@ -242,7 +258,7 @@ def make_int8_calibration(model: TrainedModel, images_cf: Sequence[np.ndarray]) 
     """
     from deepscope.engine import int8
 
-    problem = int8.network_problem(model.network)
+    problem = int8_problem(model)
     if problem:
         raise DeepscopeError(problem, fix="leave out --int8")
     adapt = getattr(model.task, "adapt_channels", None)
@@ -255,6 +271,25 @@ def make_int8_calibration(model: TrainedModel, images_cf: Sequence[np.ndarray]) 
     if weights.is_file():  # the weights it is valid for (see int8_calibration_of)
         calibration["weights_sha256"] = _sha256(weights)
     return calibration
+
+
+def store_int8_calibration(
+    model: TrainedModel, images_cf: Sequence[np.ndarray], log: Callable[[str], None] = print
+) -> Path | None:
+    """Calibrate 8-bit prediction on these images and store it in the model folder.
+
+    Nothing is stored (and nothing said) for networks that cannot run in 8-bit integers
+    or when there is no image; see :mod:`deepscope.engine.int8`.
+    """
+    from deepscope.engine import int8
+
+    if not images_cf or int8_problem(model):
+        return None
+    calibration = make_int8_calibration(model, images_cf)
+    calibration["made_from"] = "the validation images"
+    path = int8.save_calibration(model.folder, calibration)
+    log(f"8-bit calibration for 'predict --int8' stored in {path}.")
+    return path
 
 
 def calibration_crop(image: np.ndarray, model: TrainedModel, size: int = 1024):

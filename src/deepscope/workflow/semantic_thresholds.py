@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from deepscope.workflow.model_folder import TrainedModel, load_model_folder
-from deepscope.workflow.predict import TileSettings, predict_raw, update_tuned_settings
+from deepscope.workflow.predict import (
+    TileSettings,
+    predict_raw,
+    store_int8_calibration,
+    update_tuned_settings,
+)
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -87,12 +92,14 @@ def tune_after_training(
     class_maps: Sequence[np.ndarray],
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Training's last step for semantic models with ``instances: outlines``.
+    """Training's last step for semantic models.
 
-    Chooses the seed threshold on the validation images and stores it (nothing is done
-    for other instance methods or when the config fixes the threshold).
+    Calibrates 8-bit prediction (``predict --int8``) on the validation images, for 2D
+    models. With ``instances: outlines``, chooses the seed threshold on them and stores
+    it (nothing is done for other instance methods or when the config fixes it).
     """
     model = load_model_folder(model_dir)
+    store_int8_calibration(model, images_cf, log)
     s = model.task.settings
     if s.instances != "outlines" or s.seed_threshold is not None:
         return {}

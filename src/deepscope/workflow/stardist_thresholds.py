@@ -19,7 +19,12 @@ import numpy as np
 
 from deepscope.tasks.base import image_shape_of
 from deepscope.workflow.model_folder import TrainedModel, load_model_folder
-from deepscope.workflow.predict import TileSettings, predict_raw, update_tuned_settings
+from deepscope.workflow.predict import (
+    TileSettings,
+    predict_raw,
+    store_int8_calibration,
+    update_tuned_settings,
+)
 
 NMS_THRESHOLDS = (0.3, 0.4, 0.5)
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -146,23 +151,3 @@ def tune_after_training(
         f"the validation images), stored in {path}."
     )
     return result
-
-
-def store_int8_calibration(
-    model: TrainedModel, images_cf: Sequence[np.ndarray], log: Callable[[str], None] = print
-) -> Path | None:
-    """Calibrate 8-bit prediction on these images and store it in the model folder.
-
-    Nothing is stored (and nothing said) for networks that cannot run in 8-bit integers
-    or when there is no image; see :mod:`deepscope.engine.int8`.
-    """
-    from deepscope.engine import int8
-    from deepscope.workflow.predict import make_int8_calibration
-
-    if not images_cf or int8.network_problem(model.network):
-        return None
-    calibration = make_int8_calibration(model, images_cf)
-    calibration["made_from"] = "the validation images"
-    path = int8.save_calibration(model.folder, calibration)
-    log(f"8-bit calibration for 'predict --int8' stored in {path}.")
-    return path
