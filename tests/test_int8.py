@@ -27,37 +27,52 @@ pytestmark = pytest.mark.skipif(
 
 def _net(grid=(2, 2), seed=0) -> StarDistNet:
     torch.manual_seed(seed)
-    net = StarDistNet(dims=2, n_rays=8, grid=grid, depth=2, base_channels=8, feature_channels=16)
+    net = StarDistNet(dims=len(grid), n_rays=8, grid=grid, depth=2, base_channels=8,
+                      feature_channels=16)  # fmt: skip
     # Give batch norm statistics that are not the identity, so folding them matters.
     for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     return net.eval()
 
 
-def _images(n=3, size=64, seed=1) -> list[torch.Tensor]:
+def _images(n=3, size=64, seed=1, dims=2) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, 1, size, size, generator=gen) * 1.5 - 0.2 for _ in range(n)]
+    shape = (size,) * 2 if dims == 2 else (16, 32, 32)
+    return [torch.rand(1, 1, *shape, generator=gen) * 1.5 - 0.2 for _ in range(n)]
 
 
-def _unet(residual: bool = False) -> UNet:
+def _unet(residual: bool = False, dims: int = 2) -> UNet:
     torch.manual_seed(0)
     channels = 1 if residual else 3
-    net = UNet(dims=2, in_channels=1, out_channels=channels, depth=2, base_channels=8,
+    net = UNet(dims=dims, in_channels=1, out_channels=channels, depth=2, base_channels=8,
                residual=residual)  # fmt: skip
     for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     return net.eval()
 
 
-@pytest.mark.parametrize("kind", ["grid 2x2", "grid 1x2", "grid 4x4", "unet", "unet residual"])
+KINDS = ["grid 2x2", "grid 1x2", "grid 4x4", "grid 1x2x2 (3D)", "unet", "unet residual",
+         "unet 3D"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_int8_network_gives_the_float_networks_output_to_8_bit_precision(kind):
-    grids = {"grid 2x2": (2, 2), "grid 1x2": (1, 2), "grid 4x4": (4, 4)}
-    net = _net(grids[kind]) if kind in grids else _unet(residual="residual" in kind)
-    images = _images()
+    grids = {
+        "grid 2x2": (2, 2),
+        "grid 1x2": (1, 2),
+        "grid 4x4": (4, 4),
+        "grid 1x2x2 (3D)": (1, 2, 2),
+    }
+    dims = 3 if "3D" in kind else 2
+    if kind in grids:
+        net = _net(grids[kind])
+    else:
+        net = _unet(residual="residual" in kind, dims=dims)
+    images = _images(dims=dims)
     calibration = int8.calibrate(net, images)
     last = "heads" if kind in grids else "head"  # the layer giving float32
     assert calibration["images"] == 3 and last in calibration["maxima"]
@@ -66,7 +81,8 @@ def test_int8_network_gives_the_float_networks_output_to_8_bit_precision(kind):
     with torch.inference_mode():
         for x in images:
             expected = net(x)
-            got = fast(x.contiguous(memory_format=torch.channels_last))
+            layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+            got = fast(x.contiguous(memory_format=layout))
             assert got.shape == expected.shape and got.dtype == torch.float32
             span = float(expected.abs().max())
             # 8-bit rounding of ~10 layers: a few per cent of the output's range at most;
@@ -83,10 +99,9 @@ def test_only_2d_networks_with_max_pooling_are_translated_and_calibrations_are_c
     assert int8.network_problem(UNet(dims=2)) is None
     assert "N2V2" in int8.network_problem(UNet(dims=2, n2v2=True))
     assert "U-Net" in int8.network_problem(torch.nn.Conv2d(1, 1, 3))
-    net3d = StarDistNet(dims=3, n_rays=8, grid=(1, 2, 2), depth=1, base_channels=4)
-    assert "2D" in int8.network_problem(net3d)
-    with pytest.raises(ValueError, match="2D"):
-        int8.calibrate(UNet(dims=3), _images(1))
+    assert int8.network_problem(StarDistNet(dims=3, n_rays=8, grid=(1, 2, 2), depth=1)) is None
+    with pytest.raises(ValueError, match="N2V2"):
+        int8.calibrate(UNet(dims=2, n2v2=True), _images(1))
     net = _net()
     with pytest.raises(ValueError, match="at least one image"):
         int8.calibrate(net, [])

@@ -431,9 +431,18 @@ def test_3d_train_and_predict(tmp_path):
     from deepscope.app.runs import int8_ok
     from deepscope.engine.int8 import int8_supported
 
-    assert not int8_ok("stardist", model.info) and not int8_ok("n2v", {"spatial_dims": 2})
-    assert int8_ok("stardist", {"spatial_dims": 2}) == int8_supported()
+    assert not int8_ok("n2v", {"spatial_dims": 2}) and not int8_ok("nonsense", None)
+    assert int8_ok("stardist", model.info) == int8_supported()  # 3D too
     assert int8_ok("semantic", {"spatial_dims": 2}) == int8_supported()
+    if int8_supported():  # the 3D network in 8-bit integers: the same maps within rounding
+        volume = tifffile.imread(tmp_path / "images" / "s0.tif")[None].astype(np.float32)
+        plain = predict_raw(model, volume, grid=True)
+        fast = predict_raw(model, volume, TileSettings(int8=True), grid=True)
+        assert fast.shape == plain.shape
+        assert np.abs(fast[0] - plain[0]).max() < 0.05  # probabilities
+        code = main(["predict", str(result.model_dir), "--input", str(tmp_path / "images"),
+                     "--out", str(tmp_path / "int8"), "--int8"])  # fmt: skip
+        assert code == 0 and tifffile.imread(tmp_path / "int8" / "s0.tif").shape == (16, 32, 32)
 
 
 # -------------------------------------------------------------------------- CLI, masks

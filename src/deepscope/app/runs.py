@@ -166,7 +166,7 @@ def _tta_ok(task: str | None, info: dict[str, Any] | None) -> bool:
 
 
 def int8_ok(task: str | None, info: dict[str, Any] | None) -> bool:
-    """Whether this run's model may predict in 8-bit integers (2D segmentation, this CPU)."""
+    """Whether this run's model may predict in 8-bit integers (segmentation, this CPU)."""
     from deepscope.engine.int8 import int8_supported
     from deepscope.tasks import get_task
 
@@ -174,7 +174,7 @@ def int8_ok(task: str | None, info: dict[str, Any] | None) -> bool:
         allowed = bool(task) and get_task(task).int8_ok
     except KeyError:  # an unknown task name in a foreign run folder
         return False
-    return allowed and (info or {}).get("spatial_dims") == 2 and int8_supported()
+    return allowed and int8_supported()
 
 
 def model_int8_ok(model_dir: Path) -> bool:

@@ -403,7 +403,7 @@ def create_app(
         _not_busy(store, name, run_dir)
         if body.int8 and not runs.model_int8_ok(model):
             raise DeepscopeError(
-                "8-bit prediction is available for 2D StarDist and semantic segmentation "
+                "8-bit prediction is available for StarDist and semantic segmentation "
                 "models on this computer's CPU only",
                 fix="untick the 8-bit option",
             )

@@ -1,4 +1,4 @@
-"""8-bit integer prediction of 2D StarDist networks and U-Nets on CPUs (``predict --int8``).
+"""8-bit integer prediction of StarDist networks and U-Nets (2D, 3D) on CPUs (``--int8``).
 
 The convolutions of a trained network can run on 8-bit integers instead of bf16: weights
 rounded to 255 levels per output channel, activations (all after a ReLU, so never
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +43,7 @@ CALIBRATION_FILE = "int8_calibration.json"
 CALIBRATION_VERSION = 1
 
 _CL = torch.channels_last
+_LAYOUT = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 @functools.cache
@@ -78,12 +80,10 @@ def network_problem(network: nn.Module) -> str | None:
 
     if not isinstance(network, StarDistNet | UNet):
         return "8-bit prediction is available for StarDist and U-Net networks only"
-    if network.dims != 2:
-        return "8-bit prediction is available for 2D models only"
     if any(p.device.type != "cpu" for p in network.parameters()):
         return "8-bit prediction runs on the CPU only (this network is on a GPU)"
     unet = network.unet if isinstance(network, StarDistNet) else network
-    if unet.n2v2 or not all(isinstance(p, nn.MaxPool2d) for p in unet.pools):
+    if unet.n2v2 or not all(isinstance(p, nn.MaxPool2d | nn.MaxPool3d) for p in unet.pools):
         return "this network's pooling (N2V2) cannot run in 8-bit integers"
     if not int8_supported():
         return "this PyTorch build or CPU has no 8-bit convolution (oneDNN)"
@@ -107,18 +107,24 @@ class _Runner:
         self.scales: dict[str, float] | None = None  # set for integer mode
         self.packed: dict[str, tuple] = {}
         self.stardist = hasattr(net, "stem")
+        self.dims = net.dims
         self.unet = net.unet if self.stardist else net
         self.last = "heads" if self.stardist else "head"  # the layer giving float32
         if self.stardist:  # its two 1x1 heads as one convolution
-            heads = nn.Conv2d(net.prob_head.in_channels, 1 + net.n_rays, 1)
+            conv = nn.Conv2d if self.dims == 2 else nn.Conv3d
+            heads = conv(net.prob_head.in_channels, 1 + net.n_rays, 1)
             with torch.no_grad():
                 heads.weight.copy_(torch.cat([net.prob_head.weight, net.dist_head.weight]))
                 heads.bias.copy_(torch.cat([net.prob_head.bias, net.dist_head.bias]))
             self.heads = heads
 
     # -------------------------------------------------------------------- layers
-    def conv(self, site: str, conv: nn.Conv2d, x: torch.Tensor, src: str, relu: bool = True):
-        """One convolution (+ ReLU); ``src`` names the layer whose output ``x`` is."""
+    def conv(self, site: str, conv: nn.Module, x: torch.Tensor, src: str, relu: bool = True):
+        """One convolution (+ ReLU); ``src`` names the layer whose output ``x`` is.
+
+        An 8-bit output with zero point 0 cannot hold negative values, so its rounding
+        *is* the ReLU; the ReLU is asked of oneDNN only in 2D (its 3D kernels take none).
+        """
         if self.scales is None:
             y = conv(x)
             y = torch.relu(y) if relu else y
@@ -127,8 +133,9 @@ class _Runner:
         x_scale, x_zero = self._input_quant(src)
         if site not in self.packed:
             w = conv.weight.detach().float()
-            w_scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
-            w_int = torch.round(w / w_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+            w_scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / 127).clamp_min(1e-12)
+            per_channel = w_scale.view(-1, *[1] * (w.dim() - 1))
+            w_int = torch.round(w / per_channel).clamp(-127, 127).to(torch.int8)
             args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
             packed = torch.ops.onednn.qconv_prepack(w_int, w_scale, x_scale, x_zero, *args, None)
             zeros = torch.zeros(len(w_scale), dtype=torch.long)
@@ -136,10 +143,12 @@ class _Runner:
             self.packed[site] = (packed, w_scale, zeros, bias, args)
         packed, w_scale, zeros, bias, args = self.packed[site]
         last = site == self.last
+        if last and relu:
+            raise ValueError("a float32 output with a ReLU is not translated")
         return torch.ops.onednn.qconv_pointwise(
             x, x_scale, x_zero, packed, w_scale, zeros, bias, *args,
             1.0 if last else self.scales[site], 0, torch.float32 if last else None,
-            "relu" if relu else "none", [], "",
+            "relu" if relu and self.dims == 2 else "none", [], "",
         )  # fmt: skip
 
     def _input_quant(self, src: str) -> tuple[float, int]:
@@ -152,7 +161,7 @@ class _Runner:
 
     def block(self, name: str, block: nn.Module, x: torch.Tensor, src: str):
         """A U-Net block: its two convolutions, each with its ReLU."""
-        convs = [m for m in block if isinstance(m, nn.Conv2d)]
+        convs = [m for m in block if isinstance(m, nn.Conv2d | nn.Conv3d)]
         x = self.conv(f"{name}.0", convs[0], x, src)
         return self.conv(f"{name}.1", convs[1], x, f"{name}.0"), f"{name}.1"
 
@@ -161,25 +170,25 @@ class _Runner:
 
         PyTorch's max pooling has no uint8 kernel for this layout.
         """
-        ky, kx = (size, size) if isinstance(size, int) else size
+        sizes = (size,) * self.dims if isinstance(size, int) else tuple(size)
         if self.scales is None:
-            return F.max_pool2d(x, (ky, kx))
-        out = x[..., ::ky, ::kx]
-        for dy in range(ky):
-            for dx in range(kx):
-                if dy or dx:
-                    out = torch.maximum(out, x[..., dy::ky, dx::kx])
-        return out.contiguous(memory_format=_CL)
+            return (F.max_pool2d if self.dims == 2 else F.max_pool3d)(x, sizes)
+        out = None
+        for offsets in itertools.product(*(range(k) for k in sizes)):
+            view = x[(..., *(slice(o, None, k) for o, k in zip(offsets, sizes, strict=True)))]
+            out = view if out is None else torch.maximum(out, view)
+        return out.contiguous(memory_format=_LAYOUT[self.dims])
 
     def up(self, x: torch.Tensor) -> torch.Tensor:
-        """Bilinear up-sampling by 2 (8-bit tensors: computed in float32, rounded back).
+        """Bi/trilinear up-sampling by 2 (8-bit tensors: in float32, rounded back).
 
         PyTorch's bilinear kernel for uint8 is 3-4x slower than float32 plus the
         conversions (53 vs 14 ms per 1024x1024 StarDist pass).
         """
+        mode = "bilinear" if self.dims == 2 else "trilinear"
         if self.scales is None:
-            return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        y = F.interpolate(x.float(), scale_factor=2, mode="bilinear", align_corners=False)
+            return F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
+        y = F.interpolate(x.float(), scale_factor=2, mode=mode, align_corners=False)
         return y.add_(0.5).to(torch.uint8)
 
     # ------------------------------------------------------------------- network
@@ -195,7 +204,7 @@ class _Runner:
         else:
             scale, zero = self._input_quant("input")
             q = torch.round(x.float() / scale).add_(zero).clamp_(0, 255)
-            x = q.to(torch.uint8).contiguous(memory_format=_CL)
+            x = q.to(torch.uint8).contiguous(memory_format=_LAYOUT[self.dims])
         for i, layer in enumerate(net.stem if self.stardist else []):
             if isinstance(layer, ConvBlock):
                 x, src = self.block(f"stem{i}", layer, x, src)
@@ -278,7 +287,7 @@ def load_calibration(folder: Path) -> dict[str, Any] | None:
 
 
 class Int8Network(nn.Module):
-    """A 2D StarDist network or U-Net computing in 8-bit integers, from a trained one.
+    """A StarDist network or U-Net (2D or 3D) computing in 8-bit integers, from a trained one.
 
     Takes what the network takes (normalised images, N x C x Y x X, float) and gives
     what it gives in float32 (StarDist: probability logits and distances on the grid;
@@ -317,6 +326,6 @@ def _layer_names(runner: _Runner) -> list[str]:
     probe.maxima, probe.scales, probe.input_range = {}, None, [0.0, 1.0]
     size = runner.net.divisibility()
     with torch.inference_mode():
-        channels = next(m for m in runner.net.modules() if isinstance(m, nn.Conv2d)).in_channels
-        probe.forward(torch.zeros(1, channels, size, size))
+        first = next(m for m in runner.net.modules() if isinstance(m, nn.Conv2d | nn.Conv3d))
+        probe.forward(torch.zeros(1, first.in_channels, *(size,) * runner.dims))
     return list(probe.maxima)

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="2D StarDist and semantic models: run the network in 8-bit integers, ~1.6 "
+        help="StarDist and semantic models: run the network in 8-bit integers, 1.4-2 "
         "times faster on CPUs with AVX-512 VNNI; every value is rounded to 8 bits, so "
         "results can differ slightly (check with 'deepscope qc --int8')",
     )
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="score the model run in 8-bit integers (as 'predict --int8'; 2D StarDist and "
+        help="score the model run in 8-bit integers (as 'predict --int8'; StarDist and "
         "semantic models)",
     )
 

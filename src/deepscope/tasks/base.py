@@ -124,7 +124,7 @@ class Task(ABC):
     #: prediction then hands them a ``GridOutput`` instead of repeating every value to
     #: the image's size (see ``workflow.predict.predict_raw``).
     reads_grid_output: ClassVar[bool] = False
-    #: True for tasks whose 2D networks may predict in 8-bit integers (``predict --int8``,
+    #: True for tasks whose networks may predict in 8-bit integers (``predict --int8``,
     #: see ``deepscope.engine.int8``): segmentation, where 8-bit features suffice.
     int8_ok: ClassVar[bool] = False
     #: The image dimensionalities (2 and/or 3) for which ``tta_ok`` holds.

@@ -571,7 +571,7 @@ class SemanticTask(Task):
     )
     config_class = SemanticConfig
     tta_ok = True
-    #: 2D models may predict in 8-bit integers (``predict --int8``).
+    #: Its models may predict in 8-bit integers (``predict --int8``).
     int8_ok = True
     needs_targets = True
     normalize_targets = False

@@ -56,8 +56,9 @@ class TileSettings:
     #: softmax, for class maps) over the 8 flips and 90-degree rotations of the image in
     #: YX (8 times the work; smoother, often better results). Only for tasks with ``tta_ok``.
     tta: bool = False
-    #: Run the network in 8-bit integers (2D StarDist models on CPUs; ~1.6x faster
-    #: network, output rounded to 8 bits; see :mod:`deepscope.engine.int8`).
+    #: Run the network in 8-bit integers (StarDist and semantic models on CPUs; the
+    #: 2D StarDist network ~1.6x faster, output rounded to 8 bits; see
+    #: :mod:`deepscope.engine.int8`).
     int8: bool = False
 
     def tile_shape(self, dims: int) -> tuple[int, ...]:
@@ -292,18 +293,25 @@ def store_int8_calibration(
     return path
 
 
-def calibration_crop(image: np.ndarray, model: TrainedModel, size: int = 1024):
-    """A normalised channel-first image as a (1, C, Y, X) tensor the network accepts.
+CALIBRATION_CROP = {2: (1024, 1024), 3: (32, 256, 256)}
+"""Largest part of an image (per spatial axis) run in float32 to calibrate ``--int8``;
+in 3D smaller, as a whole volume would need many GB of float32 features."""
 
-    At most ``size`` pixels per axis around the centre, cut to multiples of the network's
-    divisibility (at least one such block: smaller images are padded by reflection).
+
+def calibration_crop(image: np.ndarray, model: TrainedModel, size: Sequence[int] | None = None):
+    """A normalised channel-first image as a (1, C, *spatial) tensor the network accepts.
+
+    At most ``size`` (default :data:`CALIBRATION_CROP`) pixels per axis around the
+    centre, cut to multiples of the network's divisibility (at least one such block:
+    smaller images are padded by reflection).
     """
     import torch
 
     div = int(model.info["divisibility"])
+    size = size or CALIBRATION_CROP[image.ndim - 1]
     crop = []
-    for n in image.shape[1:]:
-        keep = max(div, min(size, n) // div * div)
+    for n, most in zip(image.shape[1:], size, strict=True):
+        keep = max(div, min(most, n) // div * div)
         start = max(0, (n - keep) // 2)
         crop.append(slice(start, start + keep))
     part = image[(slice(None), *crop)]

@@ -356,7 +356,7 @@ async function viewRun(name) {
       d.tta_ok ? h("label", {}, h("input", { type: "checkbox", "data-testid": "apply-tta", onchange: (e) => { applySel.tta = e.target.checked; } }),
         " Average over the 8 flips and turns of each image (8 times slower, usually a little cleaner)") : null,
       d.int8_ok ? h("label", {}, h("input", { type: "checkbox", "data-testid": "apply-int8", onchange: (e) => { applySel.int8 = e.target.checked; } }),
-        " Faster: 8-bit arithmetic (the network about 1.6 times faster; results can differ slightly, so compare with quality control first)") : null,
+        " Faster: 8-bit arithmetic (the network 1.4 to 2 times faster; results can differ slightly, so compare with quality control first)") : null,
       h("div", { class: "row" }, applyBtn), el.applyProgress, el.applyMsg, el.results),
     h("div", { class: "card", id: "share" }, h("h2", {}, "7 Share"), el.share));
 
