@@ -99,6 +99,7 @@ OPTIONS = {
         "--no-divisions",
         "--no-drift-correction",
         "--tile",
+        "--int8",
         "--overwrite",
     ],
     "qc-track": ["--gt", "--seg-gt", "--out"],

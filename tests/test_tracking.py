@@ -353,6 +353,12 @@ def test_track_with_a_segmentation_model(tmp_path: Path) -> None:
     record = json.loads((out / "settings.json").read_text())
     assert record["model"] == str(run.model_dir.resolve()) and record["frames"] == T
     assert tifffile.imread(out / "ctc" / "mask007.tif").shape == truth.shape[1:]
+    # segmented in 8-bit integers: the same model, as 'predict --int8'
+    fast = tmp_path / "tracks8"
+    args = ["track", "--input", str(tmp_path / "movie.tif"), "--model", str(run.model_dir)]
+    assert main([*args, "--out", str(fast), "--int8"]) == 0
+    masks = [tifffile.imread(d / "ctc" / "mask007.tif") > 0 for d in (out, fast)]
+    assert (masks[0] == masks[1]).mean() > 0.97
 
 
 def test_a_model_without_instances_is_refused() -> None:

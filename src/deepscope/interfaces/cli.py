@@ -387,6 +387,12 @@ def _add_tracking_commands(sub: Any) -> None:
         help="with --model: tile size in Y and X for large frames (default 1024 for 2D, "
         "512 for 3D)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --model: segment in 8-bit integers (as 'predict --int8'; faster, results "
+        "can differ slightly)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
 
     p = sub.add_parser(
@@ -444,6 +450,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         drift_correction=not args.no_drift_correction,
         overwrite=args.overwrite,
         tile=args.tile,
+        int8=args.int8,
         progress=progress,
     )
     print(

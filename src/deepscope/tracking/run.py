@@ -89,6 +89,7 @@ def track(
     drift_correction: bool = True,
     overwrite: bool = False,
     tile: int | None = None,
+    int8: bool = False,
     progress: Progress | None = None,
     log: Callable[[str], None] = print,
 ) -> TrackResult:
@@ -115,6 +116,8 @@ def track(
     tile
         Tile size in Y and X for segmenting large frames (None: the default of
         :class:`~deepscope.workflow.predict.TileSettings`).
+    int8
+        Segment with the model's network in 8-bit integers (``predict --int8``).
     progress
         Called with (stage, done, total).
     log
@@ -146,15 +149,18 @@ def track(
     if model is not None:
         from deepscope.tracking.segment import segment_movie
         from deepscope.workflow.model_folder import load_model_folder
-        from deepscope.workflow.predict import TileSettings
+        from deepscope.workflow.predict import TileSettings, int8_problem
 
         trained = load_model_folder(model)
+        problem = int8_problem(trained) if int8 else None
+        if problem:
+            raise DeepscopeError(f"--int8: {problem}", fix="leave out --int8")
         log(f"segmenting {raw.n_frames} frames with the {trained.config.task} model {model}")
         seg = segment_movie(
             trained,
             raw,
             (lambda d, n: progress("segmenting", d, n)) if progress else None,
-            TileSettings(tile=tile),
+            TileSettings(tile=tile, int8=int8),
         )
         lab = Movie(seg, raw.axes.replace("C", ""), raw.source, raw.frame_names, raw.metadata)
     else:
