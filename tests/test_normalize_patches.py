@@ -376,3 +376,41 @@ def test_training_notes_when_validation_outweighs_training(tmp_path):
     cfg["training"]["val_patches"] = 32
     train(config_from_dict(cfg), tmp_path / "imgs", tmp_path / "run2", log=lines.append)
     assert any("32 validation patches beside 16 training patches" in line for line in lines)
+
+
+def test_zoom_shows_objects_larger_and_smaller_and_keeps_labels_whole():
+    from deepscope.config import DataConfig
+    from deepscope.data.patches import RandomPatches
+
+    labels = np.zeros((1, 128, 128), np.float32)
+    for k, (y, x) in enumerate([(20, 20), (20, 90), (90, 40), (95, 100)], start=1):
+        yy, xx = np.ogrid[:128, :128]
+        labels[0][(yy - y) ** 2 + (xx - x) ** 2 <= 10**2] = k
+    image = (labels > 0).astype(np.float32) + 0.1
+    cfg = DataConfig(patch_size=[32, 32], zoom=1.0, flips=False, rotations=False)
+    patches = RandomPatches([image], [labels], (32, 32), 300, cfg, scale_targets=False)
+    areas, most_labels = [], 0
+    for i in range(300):
+        item = patches[i]
+        assert item["input"].shape == item["target"].shape == (1, 32, 32)
+        target = item["target"].numpy()
+        assert set(np.unique(target)) <= {0, 1, 2, 3, 4}  # labels stay whole numbers
+        inside = item["input"].numpy() > 0.6  # the image follows its labels
+        assert (inside == (target > 0)).mean() > 0.9
+        for k in np.unique(target)[1:]:
+            areas.append((target == k).sum())
+        most_labels = max(most_labels, len(np.unique(target)) - 1)
+    # a disc of radius 10 (~314 pixels) is seen magnified (factor up to 2)...
+    assert max(areas) > 500
+    # ...and shrunk: two discs 50 pixels apart edge to edge never fit in 32 pixels unshrunk
+    assert most_labels >= 2
+    # no zoom: the same patch size, the original scale
+    plain = RandomPatches([image], [labels], (32, 32), 5, DataConfig(patch_size=[32, 32]))
+    assert plain[0]["input"].shape == (1, 32, 32)
+
+
+def test_zoom_is_refused_for_noise2void():
+    from deepscope.tasks import get_task
+
+    with pytest.raises(ValueError, match="Noise2Void"):
+        get_task("n2v").config_class.model_validate({"data": {"zoom": 0.3}})

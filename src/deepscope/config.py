@@ -62,6 +62,17 @@ class DataConfig(_Section):
         "typical displacement in pixels of a 3x3 grid of control points (the U-Net "
         "paper used 10 on EM; 0 = off).",
     )
+    zoom: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Augment with a random zoom in Y and X by a factor between 1/(1 + zoom) "
+        "and 1 + zoom (drawn evenly on a log scale; 0 = off), so the model also sees objects "
+        "larger and smaller than in the training images: for segmentation when new images "
+        "may come from another magnification. Images are interpolated linearly, masks and "
+        "labels at the nearest pixel. Not for Noise2Void (interpolation correlates the noise "
+        "it learns from).",
+    )
     foreground_fraction: float = Field(
         0.0,
         ge=0.0,

@@ -132,7 +132,7 @@ class RandomPatches(Dataset):
     length
         Patches per epoch.
     data_config
-        Augmentation settings (flips, rotations, intensity jitter).
+        Augmentation settings (flips, rotations, zoom, elastic, intensity jitter, inversion).
     seed
         Seed of the sampler; a fixed seed with ``augment=False`` gives a fixed set.
     augment
@@ -182,18 +182,29 @@ class RandomPatches(Dataset):
         rng = self.rng if self.augment else np.random.default_rng((self.seed, index))
         i = int(rng.choice(len(self.inputs), p=self.weights))
         shape = self.inputs[i].shape[1:]
+        # With zoom, cut a region 1 / factor the patch's size in Y and X, resized below.
+        source = self.patch
+        if self.augment and self.cfg.zoom > 0:
+            factor = float(np.exp(rng.uniform(-1, 1) * np.log1p(self.cfg.zoom)))
+            source = self.patch[:-2] + tuple(
+                int(min(s, max(1, round(p / factor))))
+                for s, p in zip(shape[-2:], self.patch[-2:], strict=True)
+            )
         if (
             self.foreground is not None
             and len(self.foreground[i])
             and rng.random() < self.foreground_fraction
         ):
             pixel = np.unravel_index(int(rng.choice(self.foreground[i])), shape)
-            sl = (slice(None),) + _patch_slices_around(pixel, shape, self.patch, rng)
+            sl = (slice(None),) + _patch_slices_around(pixel, shape, source, rng)
         else:
-            sl = (slice(None),) + _random_patch_slices(shape, self.patch, rng)
+            sl = (slice(None),) + _random_patch_slices(shape, source, rng)
         arrays = [self.inputs[i][sl]]
         if self.targets is not None:
             arrays.append(self.targets[i][sl])
+        if source != self.patch:
+            n = len(arrays) if self.scale_targets else 1  # arrays that are images, not labels
+            arrays = [_resize_yx(a, self.patch[-2:], nearest=k >= n) for k, a in enumerate(arrays)]
         if self.augment:
             arrays = self._augment(arrays, rng)
         out = {"input": torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32))}
@@ -220,6 +231,24 @@ class RandomPatches(Dataset):
             # Normalised images span about 0..1: 1 - x swaps dark and bright.
             arrays = [1.0 - a for a in arrays[:n]] + arrays[n:]
         return arrays
+
+
+def _resize_yx(array: np.ndarray, size: Sequence[int], nearest: bool) -> np.ndarray:
+    """``array`` (C, *spatial) resized to ``size`` in its last two axes (Y, X).
+
+    Linear interpolation for images; the nearest pixel for masks and labels (``nearest``),
+    so their values stay whole numbers.
+    """
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    lead = t.shape[:-2]
+    t = t.reshape(1, -1, *t.shape[-2:])
+    if nearest:
+        t = F.interpolate(t, size=tuple(size), mode="nearest-exact")
+    else:
+        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+    return t.reshape(*lead, *size).numpy().astype(array.dtype, copy=False)
 
 
 def _elastic(

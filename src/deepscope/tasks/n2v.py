@@ -14,7 +14,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from deepscope.config import TaskConfigBase, _Section
@@ -42,6 +42,16 @@ class N2VConfig(TaskConfigBase):
 
     task: Literal["n2v"] = "n2v"
     n2v: N2VSettings = Field(default_factory=N2VSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> N2VConfig:
+        if self.data.zoom > 0:
+            raise ValueError(
+                "data.zoom cannot be used with Noise2Void: interpolating an image correlates "
+                "the noise of neighbouring pixels, which Noise2Void relies on being "
+                "independent (leave data.zoom at 0)"
+            )
+        return self
 
 
 def _neighbour_offsets(dims: int, radius: int) -> torch.Tensor:
