@@ -37,8 +37,9 @@ HERE = Path(__file__).parent
 def main() -> None:
     """Score and time the model both ways (see the module docstring)."""
     from deepscope.engine.int8 import save_calibration
+    from deepscope.workflow.int8_models import make_int8_calibration
     from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import TileSettings, make_int8_calibration, predict_raw
+    from deepscope.workflow.predict import TileSettings, predict_raw
     from deepscope.workflow.qc import run_qc
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -176,8 +176,8 @@ def calibrate(model_dir: Path) -> None:
     TRAIN images are the model's own training data, so no test image is used.
     """
     from deepscope.engine.int8 import save_calibration
+    from deepscope.workflow.int8_models import make_int8_calibration
     from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import make_int8_calibration
 
     split = json.loads(SPLIT.read_text())
     images = [grey(DATA / "nuclei2d" / "images" / f"{n}.png")[None] for n in split["train"]]

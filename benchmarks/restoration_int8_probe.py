@@ -29,8 +29,9 @@ HERE = Path(__file__).parent
 def main() -> None:
     """Compare bf16 and 8-bit outputs of the run's CARE and N2V models."""
     from deepscope.engine import int8
+    from deepscope.workflow.int8_models import calibration_crop
     from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import calibration_crop, predict_raw
+    from deepscope.workflow.predict import predict_raw
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", type=Path, default=HERE / "out" / "care_w2s")

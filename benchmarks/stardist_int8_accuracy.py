@@ -30,8 +30,9 @@ MOSAIC = HERE / "out" / "stardist_speed"
 
 def main() -> None:
     """Score the model the four ways (see the module docstring)."""
+    from deepscope.workflow.int8_models import int8_network
     from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import TileSettings, int8_network, predict_raw
+    from deepscope.workflow.predict import TileSettings, predict_raw
     from deepscope.workflow.pretrained import resolve_model
     from deepscope.workflow.qc_instance import match_dataset
 

@@ -16,8 +16,9 @@ from deepscope.engine.models.stardist_net import StarDistNet
 from deepscope.engine.models.unet import UNet
 from deepscope.errors import DeepscopeError
 from deepscope.interfaces.cli import main
+from deepscope.workflow.int8_models import int8_network
 from deepscope.workflow.model_folder import load_model_folder
-from deepscope.workflow.predict import TileSettings, int8_network, predict_raw
+from deepscope.workflow.predict import TileSettings, predict_raw
 from deepscope.workflow.pretrained import resolve_model
 
 pytestmark = pytest.mark.skipif(
@@ -183,7 +184,7 @@ def load_tif(path):
 
 
 def test_a_calibration_applies_only_to_the_weights_it_was_made_with(tmp_path):
-    from deepscope.workflow.predict import int8_calibration_of
+    from deepscope.workflow.int8_models import int8_calibration_of
 
     folder = tmp_path / "nuclei_copy"
     shutil.copytree(resolve_model("nuclei"), folder)

@@ -237,7 +237,7 @@ class _Runner:
 
 
 def calibrate(network: nn.Module, images: Iterable[torch.Tensor]) -> dict[str, Any]:
-    """The activation ranges of ``network`` on normalised images (N, C, Y, X).
+    """The activation ranges of ``network`` on normalised images (N, C, *spatial).
 
     What :class:`Int8Network` needs to choose each layer's 8-bit scale.
 

@@ -946,7 +946,7 @@ def _check_int8(model: Any, wanted: bool) -> bool:
     """
     if not wanted:
         return False
-    from deepscope.workflow.predict import int8_calibration_of, int8_problem
+    from deepscope.workflow.int8_models import int8_calibration_of, int8_problem
 
     if model.task.int8_ok and not list(model.network.parameters()):
         raise DeepscopeError("--int8 cannot be combined with --engine onnx", fix="leave out one")

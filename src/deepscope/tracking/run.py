@@ -148,8 +148,9 @@ def track(
         log(f"note: {raw.note}")
     if model is not None:
         from deepscope.tracking.segment import segment_movie
+        from deepscope.workflow.int8_models import int8_problem
         from deepscope.workflow.model_folder import load_model_folder
-        from deepscope.workflow.predict import TileSettings, int8_problem
+        from deepscope.workflow.predict import TileSettings
 
         trained = load_model_folder(model)
         problem = int8_problem(trained) if int8 else None

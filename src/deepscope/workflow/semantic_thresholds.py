@@ -20,13 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from deepscope.workflow.int8_models import store_int8_calibration
 from deepscope.workflow.model_folder import TrainedModel, load_model_folder
-from deepscope.workflow.predict import (
-    TileSettings,
-    predict_raw,
-    store_int8_calibration,
-    update_tuned_settings,
-)
+from deepscope.workflow.predict import TileSettings, predict_raw, update_tuned_settings
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
