@@ -24,26 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stardist_speed import random_model_folder
 
 OUT = Path(__file__).parent / "out" / "int8_speed_3d"
 SHAPE = (64, 256, 256)
-
-
-def model_folder(config_dict: dict, folder: Path) -> Path:
-    """A 3D model folder with random weights (timing only), normalising 0..1 to 0..1."""
-    from deepscope.config import config_from_dict
-    from deepscope.data.normalize import PercentileNormalizer
-    from deepscope.tasks import get_task
-    from deepscope.workflow.model_folder import save_model_folder
-
-    config = config_from_dict(config_dict)
-    torch.manual_seed(0)
-    weights = get_task(config.task)(config).build_model(1).state_dict()
-    norm = PercentileNormalizer.fit([np.linspace(0, 1, 100, dtype=np.float32)[None]])
-    save_model_folder(
-        folder, config=config, weights=weights, in_channels=1, input_axes="ZYX", normalizer=norm
-    )
-    return folder
 
 
 def blobs() -> np.ndarray:
@@ -79,7 +63,8 @@ def main() -> None:
     }
     result: dict = {"volume": list(SHAPE)}
     for name, config in configs.items():
-        model = load_model_folder(model_folder(config, OUT / name.replace(" ", "_")))
+        folder = random_model_folder(config, OUT / name.replace(" ", "_"), input_axes="ZYX")
+        model = load_model_folder(folder)
         outputs, row = {}, {"parameters": sum(p.numel() for p in model.network.parameters())}
         for label, tiles in (("bf16", TileSettings()), ("int8", TileSettings(int8=True))):
             outputs[label] = predict_raw(model, volume, tiles, grid=True)

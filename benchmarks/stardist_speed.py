@@ -125,11 +125,13 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float], object]:
     return statistics.median(times), times, result
 
 
-def random_model_folder(config_dict: dict, folder: Path, image_max: float = 1.0) -> Path:
+def random_model_folder(
+    config_dict: dict, folder: Path, image_max: float = 1.0, input_axes: str = "YX"
+) -> Path:
     """A deepscope model folder with random weights (for timing only), written to ``folder``.
 
     ``config_dict`` is a deepscope config (task, model, …); the normalisation maps
-    0..``image_max`` to 0..1.
+    0..``image_max`` to 0..1; ``input_axes`` are the axes of its images (``ZYX`` in 3D).
     """
     import torch
 
@@ -143,7 +145,12 @@ def random_model_folder(config_dict: dict, folder: Path, image_max: float = 1.0)
     weights = get_task(config.task)(config).build_model(1).state_dict()
     norm = PercentileNormalizer.fit([np.linspace(0, image_max, 100, dtype=np.float32)[None]])
     save_model_folder(
-        folder, config=config, weights=weights, in_channels=1, input_axes="YX", normalizer=norm
+        folder,
+        config=config,
+        weights=weights,
+        in_channels=1,
+        input_axes=input_axes,
+        normalizer=norm,
     )
     return folder
 
