@@ -21,9 +21,9 @@ Steps (each one command, run from the project root)::
 ``score`` writes ``benchmarks/nuclei_model_scores.json``; ``package`` copies the model
 (without its extra checkpoints) to ``src/deepscope/pretrained/nuclei`` with a model card.
 Training stores the 8-bit calibration of ``predict --int8`` (made on its validation
-images); for a model trained before that (the one shipped now)
-``.venv/bin/python benchmarks/nuclei_model.py calibrate --model FOLDER`` makes it on the
-TRAIN images.
+images); for a model trained before that (the one shipped now), ``package`` makes it on
+the TRAIN images, as ``.venv/bin/python benchmarks/nuclei_model.py calibrate --model
+FOLDER`` does.
 """
 
 from __future__ import annotations
@@ -149,8 +149,10 @@ def package(model_dir: Path) -> None:
         "history.csv",
     ):
         shutil.copyfile(model_dir / name, TARGET / name)
-    if (model_dir / CALIBRATION_FILE).is_file():  # runs trained before 2026-11-30 have none
+    if (model_dir / CALIBRATION_FILE).is_file():
         shutil.copyfile(model_dir / CALIBRATION_FILE, TARGET / CALIBRATION_FILE)
+    else:  # runs trained before 2026-11-30 have none: made here on the TRAIN images
+        calibrate(TARGET)
     (TARGET / "checkpoints").mkdir()
     (TARGET / "checkpoints" / ".keep").write_text("")
     card = (ROOT / "benchmarks" / "nuclei_model_card.md").read_text()
