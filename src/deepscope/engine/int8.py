@@ -111,12 +111,7 @@ class _Runner:
         self.unet = net.unet if self.stardist else net
         self.last = "heads" if self.stardist else "head"  # the layer giving float32
         if self.stardist:  # its two 1x1 heads as one convolution
-            conv = nn.Conv2d if self.dims == 2 else nn.Conv3d
-            heads = conv(net.prob_head.in_channels, 1 + net.n_rays, 1)
-            with torch.no_grad():
-                heads.weight.copy_(torch.cat([net.prob_head.weight, net.dist_head.weight]))
-                heads.bias.copy_(torch.cat([net.prob_head.bias, net.dist_head.bias]))
-            self.heads = heads
+            self.heads = net.merged_heads()
 
     # -------------------------------------------------------------------- layers
     def conv(self, site: str, conv: nn.Module, x: torch.Tensor, src: str, relu: bool = True):

@@ -174,12 +174,12 @@ def predict_raw(
         y = run(x, progress)
     # De-normalise (elementwise) before upsampling a strided output: 1/stride² the work.
     y = model.task.denormalize_output(y, model.target_normalizer or model.normalizer)
-    if grid and stride is not None and any(g > 1 for g in stride):
+    if stride is None or all(g == 1 for g in stride):
+        return y
+    if grid:
         return GridOutput(y, image_cf.shape[1:])
-    if stride is not None and any(g > 1 for g in stride):
-        y = repeat_blocks(y, stride)
-        y = y[(slice(None),) + tuple(slice(0, n) for n in image_cf.shape[1:])]
-    return y
+    y = repeat_blocks(y, stride)
+    return y[(slice(None),) + tuple(slice(0, n) for n in image_cf.shape[1:])]
 
 
 def repeat_blocks(output: np.ndarray, stride: Sequence[int]) -> np.ndarray:

@@ -116,6 +116,21 @@ class StarDistNet(nn.Module):
             out = torch.cat([self.prob_head(features), self.dist_head(features)], dim=1)
         return out.movedim(1, -1) if self.channel_last_output else out
 
+    def merged_heads(self) -> nn.Module:
+        """The probability and distance heads as one 1x1 convolution (a new, frozen module).
+
+        Its output channels are the network's: probability logit, then the distances.
+        The weights keep the heads' memory layout.
+        """
+        heads = _CONV[self.dims](self.prob_head.in_channels, 1 + self.n_rays, 1)
+        with torch.no_grad():
+            weight = torch.cat([self.prob_head.weight, self.dist_head.weight])
+            layout = _layout_of(self.prob_head.weight)
+            heads.weight = nn.Parameter(weight.contiguous(memory_format=layout), False)
+            bias = torch.cat([self.prob_head.bias, self.dist_head.bias])
+            heads.bias = nn.Parameter(bias, False)
+        return heads
+
     def prepare_for_prediction(self, fused_relu: Callable[[nn.Module], nn.Module] | None) -> None:
         """Merge steps for prediction, in place (only on a copy that is not trained further).
 
@@ -125,14 +140,7 @@ class StarDistNet(nn.Module):
         absorbs the ReLU on the features. Together ~5 ms of 150 on a 1024x1024 image
         (benchmarks/RESULTS.md).
         """
-        heads = _CONV[self.dims](self.prob_head.in_channels, 1 + self.n_rays, 1)
-        with torch.no_grad():
-            weight = torch.cat([self.prob_head.weight, self.dist_head.weight])
-            layout = _layout_of(self.prob_head.weight)
-            heads.weight = nn.Parameter(weight.contiguous(memory_format=layout), False)
-            bias = torch.cat([self.prob_head.bias, self.dist_head.bias])
-            heads.bias = nn.Parameter(bias, False)
-        self.heads = heads
+        self.heads = self.merged_heads()
         head = self.unet.head
         conv = isinstance(head, nn.Conv2d | nn.Conv3d)
         if fused_relu is not None and self.relu_features and conv:
