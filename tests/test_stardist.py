@@ -30,6 +30,7 @@ from deepscope.tasks.stardist import (
     StarDistTask,
     instances_from_maps,
     measurements_csv,
+    object_weights,
     star_targets,
     stardist_loss,
 )
@@ -146,6 +147,45 @@ def test_loss_is_lower_for_the_truth_and_decreases_with_training():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_object_balance_weights_small_objects_up_and_keeps_the_published_loss_at_0():
+    lbl = np.zeros((2, 16, 16), np.int64)
+    lbl[0, :8, :8] = 1  # 64 pixels
+    lbl[0, 12:14, 12:14] = 2  # 4 pixels
+    lbl[1, :4, :4] = 1  # 16 pixels, label 1 again but another patch: another object
+    assert np.array_equal(object_weights(lbl, 0.0), np.ones(lbl.shape, np.float32))
+    w = object_weights(lbl, 1.0)
+    assert np.all(w[lbl == 0] == 1)
+    assert np.isclose(w[lbl > 0].mean(), 1.0)
+    # every object the same total weight: 64 * w_big == 4 * w_small == 16 * w_other
+    totals = [w[0][lbl[0] == 1].sum(), w[0][lbl[0] == 2].sum(), w[1][lbl[1] == 1].sum()]
+    assert np.allclose(totals, totals[0], rtol=1e-5)
+    half = object_weights(lbl, 0.5)
+    assert half[0, 12, 12] / half[0, 0, 0] == pytest.approx(4.0)  # (64 / 4) ** 0.5
+
+    # weights of 1 everywhere give the published loss; other weights change it
+    prob, dist = star_targets(blob_labels((32, 32), n=4), 16, (2, 2))
+    p, d = torch.from_numpy(prob)[None], torch.from_numpy(dist)[None]
+    out = torch.cat([torch.zeros_like(p)[:, None], d + 1], 1)
+    published = stardist_loss(out, p, d)
+    assert torch.allclose(stardist_loss(out, p, d, torch.ones_like(p)), published)
+    w = torch.ones_like(p)
+    w[p > 0.5] = 3.0
+    assert not torch.allclose(stardist_loss(out, p, d, w), published)
+
+
+def test_training_with_object_balance_gives_a_finite_loss():
+    task = StarDistTask(config({**TINY, "stardist": {**TINY["stardist"], "object_balance": 1}}))
+    lbl = blob_labels((32, 32), n=4)
+    batch = {
+        "input": torch.from_numpy(blob_image(lbl)[None, None] / 900),
+        "target": torch.from_numpy(lbl[None, None].astype(np.float32)),
+    }
+    prob, dist, weight = task.batch_targets(batch["target"])
+    assert weight is not None and weight.shape == prob.shape
+    assert torch.isfinite(task.training_loss(task.build_model(1), batch))
+    assert StarDistTask(config(TINY)).batch_targets(batch["target"])[2] is None
 
 
 def test_network_output_is_on_the_grid():

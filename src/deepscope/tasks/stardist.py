@@ -55,6 +55,9 @@ PROB_LOSS_WEIGHT = 1.0
 DIST_LOSS_WEIGHT = 0.2
 #: Weight of the small penalty on distances predicted outside objects.
 BACKGROUND_REG = 1e-4
+#: Largest weight ``object_weights`` gives one object's pixels (relative to the mean
+#: object pixel), so that a sliver of an object cut by the patch border cannot dominate.
+MAX_OBJECT_WEIGHT = 10.0
 _EPS = 1e-7
 
 
@@ -97,6 +100,16 @@ class StarDistSettings(_Section):
     )
     feature_channels: int = Field(
         128, ge=8, le=512, description="Channels of the layer between the U-Net and the heads."
+    )
+    object_balance: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="How much small objects count in training: 0 = every pixel counts the "
+        "same (StarDist's published loss, where one large nucleus weighs as much as twenty "
+        "small ones); 1 = every object counts the same whatever its size; in between, each "
+        "object's pixels are weighted by its size to the power -object_balance. "
+        "Experimental; see benchmarks/RESULTS.md.",
     )
 
     @field_validator("grid")
@@ -295,13 +308,53 @@ def star_targets(
     return prob.astype(np.float32), np.moveaxis(dist, -1, 0).astype(np.float32)
 
 
-def stardist_loss(output: torch.Tensor, prob: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+def object_weights(labels_grid: np.ndarray, balance: float) -> np.ndarray:
+    """Per-pixel weights making small objects count more in the loss (``object_balance``).
+
+    Parameters
+    ----------
+    labels_grid
+        Label patches at the network's grid (N, *grid_spatial), 0 = background.
+    balance
+        Exponent β: the pixels of an object of ``n`` grid pixels get ``n ** -β``; 0 gives
+        every pixel the same weight, 1 every object the same total weight.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (N, *grid_spatial): 1 on background; on objects, the weights scaled so
+        that their mean over all object pixels of the batch is 1 (the balance between
+        objects and background is unchanged) and capped at :data:`MAX_OBJECT_WEIGHT`.
+    """
+    weights = np.ones(labels_grid.shape, np.float32)
+    inside = labels_grid > 0
+    if balance == 0 or not inside.any():
+        return weights
+    # One id per object of the batch: patch index * (max + 1) + label.
+    ids = labels_grid.astype(np.int64) + (int(labels_grid.max()) + 1) * np.arange(
+        len(labels_grid)
+    ).reshape((-1,) + (1,) * (labels_grid.ndim - 1))
+    _, index, sizes = np.unique(ids[inside], return_inverse=True, return_counts=True)
+    w = sizes[index].astype(np.float64) ** -balance
+    w /= w.mean()
+    weights[inside] = np.minimum(w, MAX_OBJECT_WEIGHT)
+    return weights
+
+
+def stardist_loss(
+    output: torch.Tensor,
+    prob: torch.Tensor,
+    dist: torch.Tensor,
+    object_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """StarDist's published loss of a batch.
 
     Binary cross-entropy of the object probability, plus 0.2 × the mean absolute error of
     the distances weighted by the true probability (so that the centres of objects count
     most; normalised by the mean weight), plus a 1e-4 penalty on the size of distances
-    predicted outside objects.
+    predicted outside objects. ``object_weight`` (N, *grid_spatial; see
+    :func:`object_weights`) multiplies both the cross-entropy and the distance weight of
+    each pixel; None = the published loss.
 
     Parameters
     ----------
@@ -313,10 +366,10 @@ def stardist_loss(output: torch.Tensor, prob: torch.Tensor, dist: torch.Tensor) 
         True distances (N, n_rays, *grid_spatial).
     """
     logit, pred = output[:, 0], output[:, 1:]
-    prob_loss = F.binary_cross_entropy_with_logits(logit, prob)
-    weight = prob[:, None]
+    prob_loss = F.binary_cross_entropy_with_logits(logit, prob, weight=object_weight)
+    weight = prob[:, None] if object_weight is None else (prob * object_weight)[:, None]
     dist_err = (weight * (pred - dist).abs()).mean() / (weight.mean() + _EPS)
-    reg = ((1 - weight) * pred.abs()).mean()
+    reg = ((1 - prob[:, None]) * pred.abs()).mean()
     return PROB_LOSS_WEIGHT * prob_loss + DIST_LOSS_WEIGHT * (dist_err + BACKGROUND_REG * reg)
 
 
@@ -674,17 +727,28 @@ class StarDistTask(Task):
         )
         return out
 
-    def batch_targets(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probability and distance targets of a batch of label patches (N, 1, *spatial)."""
+    def batch_targets(
+        self, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Targets of a batch of label patches (N, 1, *spatial).
+
+        Returns the probability and distances, and the per-pixel object weights of
+        ``stardist.object_balance`` (None when it is 0: the published loss).
+        """
         probs, dists = [], []
-        for lbl in labels[:, 0].detach().cpu().numpy():
-            p, d = star_targets(
-                np.rint(lbl).astype(np.int64), self.n_rays, self.grid, self.rays, self.anisotropy
-            )
+        lbls = np.rint(labels[:, 0].detach().cpu().numpy()).astype(np.int64)
+        for lbl in lbls:
+            p, d = star_targets(lbl, self.n_rays, self.grid, self.rays, self.anisotropy)
             probs.append(p)
             dists.append(d)
         prob = torch.from_numpy(np.stack(probs)).to(labels.device)
-        return prob, torch.from_numpy(np.stack(dists)).to(labels.device)
+        dist = torch.from_numpy(np.stack(dists)).to(labels.device)
+        balance = self.settings.object_balance
+        if not balance:
+            return prob, dist, None
+        sub = (slice(None),) + tuple(slice(None, None, g) for g in self.grid)
+        weight = object_weights(lbls[sub], balance)
+        return prob, dist, torch.from_numpy(weight).to(labels.device)
 
     def training_loss(
         self,
@@ -693,9 +757,9 @@ class StarDistTask(Task):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """StarDist's loss (see :func:`stardist_loss`); targets come from the label patch."""
-        prob, dist = self.batch_targets(batch["target"])
+        prob, dist, weight = self.batch_targets(batch["target"])
         output = model(batch["input"]).float()
-        return stardist_loss(output, prob, dist)
+        return stardist_loss(output, prob, dist, weight)
 
     # ---------------------------------------------------------------- prediction
 
