@@ -155,14 +155,13 @@ def test_object_balance_weights_small_objects_up_and_keeps_the_published_loss_at
     lbl[0, 12:14, 12:14] = 2  # 4 pixels
     lbl[1, :4, :4] = 1  # 16 pixels, label 1 again but another patch: another object
     assert np.array_equal(object_weights(lbl, 0.0), np.ones(lbl.shape, np.float32))
-    w = object_weights(lbl, 1.0)
-    assert np.all(w[lbl == 0] == 1)
-    assert np.isclose(w[lbl > 0].mean(), 1.0)
-    # every object the same total weight: 64 * w_big == 4 * w_small == 16 * w_other
-    totals = [w[0][lbl[0] == 1].sum(), w[0][lbl[0] == 2].sum(), w[1][lbl[1] == 1].sum()]
-    assert np.allclose(totals, totals[0], rtol=1e-5)
-    half = object_weights(lbl, 0.5)
-    assert half[0, 12, 12] / half[0, 0, 0] == pytest.approx(4.0)  # (64 / 4) ** 0.5
+    w = object_weights(lbl, 1.0)  # typical size: the batch's median, 16
+    assert np.all(w[lbl == 0] == 1) and np.all(w[0][lbl[0] == 1] == 1)
+    assert np.all(w[1][lbl[1] == 1] == 1)
+    assert np.all(w[0][lbl[0] == 2] == 4)  # 4 pixels count as much as the typical 16
+    w = object_weights(lbl, 1.0, typical_size=64)
+    assert np.allclose([w[0, 0, 0], w[1, 0, 0], w[0, 12, 12]], [1, 4, 10])  # 16 capped at 10
+    assert object_weights(lbl, 0.5, typical_size=64)[1, 0, 0] == pytest.approx(2.0)
 
     # weights of 1 everywhere give the published loss; other weights change it
     prob, dist = star_targets(blob_labels((32, 32), n=4), 16, (2, 2))
@@ -182,8 +181,11 @@ def test_training_with_object_balance_gives_a_finite_loss():
         "input": torch.from_numpy(blob_image(lbl)[None, None] / 900),
         "target": torch.from_numpy(lbl[None, None].astype(np.float32)),
     }
+    task.prepare_targets([lbl[None].astype(np.float32)], log=lambda _: None)
+    areas = np.bincount(lbl.ravel())[1:]
+    assert task._typical_size == pytest.approx(np.median(areas[areas > 0]) / 4)  # grid 2x2
     prob, dist, weight = task.batch_targets(batch["target"])
-    assert weight is not None and weight.shape == prob.shape
+    assert weight is not None and weight.shape == prob.shape and weight.min() == 1
     assert torch.isfinite(task.training_loss(task.build_model(1), batch))
     assert StarDistTask(config(TINY)).batch_targets(batch["target"])[2] is None
 

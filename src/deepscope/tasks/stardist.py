@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -55,8 +56,8 @@ PROB_LOSS_WEIGHT = 1.0
 DIST_LOSS_WEIGHT = 0.2
 #: Weight of the small penalty on distances predicted outside objects.
 BACKGROUND_REG = 1e-4
-#: Largest weight ``object_weights`` gives one object's pixels (relative to the mean
-#: object pixel), so that a sliver of an object cut by the patch border cannot dominate.
+#: Largest weight ``object_weights`` gives one object's pixels (background: 1), so that
+#: a sliver of an object cut by the patch border cannot dominate.
 MAX_OBJECT_WEIGHT = 10.0
 _EPS = 1e-7
 
@@ -106,10 +107,12 @@ class StarDistSettings(_Section):
         ge=0.0,
         le=1.0,
         description="How much small objects count in training: 0 = every pixel counts the "
-        "same (StarDist's published loss, where one large nucleus weighs as much as twenty "
-        "small ones); 1 = every object counts the same whatever its size; in between, each "
-        "object's pixels are weighted by its size to the power -object_balance. "
-        "Experimental; see benchmarks/RESULTS.md.",
+        "same (StarDist's published loss, where one typical nucleus weighs as much as "
+        "twenty tiny ones); 1 = an object smaller than the typical (median) object of the "
+        "training masks counts as much as a typical one; in between, its pixels are "
+        "weighted by (typical size / its size) to the power object_balance. Typical and "
+        "larger objects keep the published weights. Experimental; see "
+        "benchmarks/RESULTS.md.",
     )
 
     @field_validator("grid")
@@ -308,7 +311,9 @@ def star_targets(
     return prob.astype(np.float32), np.moveaxis(dist, -1, 0).astype(np.float32)
 
 
-def object_weights(labels_grid: np.ndarray, balance: float) -> np.ndarray:
+def object_weights(
+    labels_grid: np.ndarray, balance: float, typical_size: float | None = None
+) -> np.ndarray:
     """Per-pixel weights making small objects count more in the loss (``object_balance``).
 
     Parameters
@@ -316,15 +321,19 @@ def object_weights(labels_grid: np.ndarray, balance: float) -> np.ndarray:
     labels_grid
         Label patches at the network's grid (N, *grid_spatial), 0 = background.
     balance
-        Exponent β: the pixels of an object of ``n`` grid pixels get ``n ** -β``; 0 gives
-        every pixel the same weight, 1 every object the same total weight.
+        Exponent β: the pixels of an object of ``n`` grid pixels, smaller than
+        ``typical_size``, get ``(typical_size / n) ** β``; 0 gives every pixel the same
+        weight, 1 every small object the total weight of a typical one.
+    typical_size
+        Size (grid pixels) from which objects keep the published weight 1; default: the
+        median object size of the batch.
 
     Returns
     -------
     numpy.ndarray
-        float32 (N, *grid_spatial): 1 on background; on objects, the weights scaled so
-        that their mean over all object pixels of the batch is 1 (the balance between
-        objects and background is unchanged) and capped at :data:`MAX_OBJECT_WEIGHT`.
+        float32 (N, *grid_spatial): 1 on background and on objects of the typical size or
+        larger; above 1 on smaller objects, capped at :data:`MAX_OBJECT_WEIGHT` (so that a
+        sliver of an object cut by the patch border cannot dominate).
     """
     weights = np.ones(labels_grid.shape, np.float32)
     inside = labels_grid > 0
@@ -335,9 +344,9 @@ def object_weights(labels_grid: np.ndarray, balance: float) -> np.ndarray:
         len(labels_grid)
     ).reshape((-1,) + (1,) * (labels_grid.ndim - 1))
     _, index, sizes = np.unique(ids[inside], return_inverse=True, return_counts=True)
-    w = sizes[index].astype(np.float64) ** -balance
-    w /= w.mean()
-    weights[inside] = np.minimum(w, MAX_OBJECT_WEIGHT)
+    typical = float(np.median(sizes)) if typical_size is None else float(typical_size)
+    w = (typical / sizes[index].astype(np.float64)) ** balance
+    weights[inside] = np.clip(w, 1.0, MAX_OBJECT_WEIGHT)
     return weights
 
 
@@ -610,6 +619,9 @@ class StarDistTask(Task):
         self.prob_threshold = s.prob_threshold
         self.nms_threshold = s.nms_threshold
         self._last: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+        #: Median object size of the training masks in grid pixels (``object_balance``);
+        #: set by :meth:`prepare_targets`, None = each batch's median.
+        self._typical_size: float | None = None
 
     # ------------------------------------------------------------------ settings
 
@@ -720,7 +732,11 @@ class StarDistTask(Task):
                 raise DeepscopeError(f"training mask {i + 1}: {problem[0]}", fix=problem[1])
             lbl = np.asarray(m[0] if m.ndim == self.dims + 1 else m).astype(np.int64)
             out.append(fill_label_holes(lbl)[None].astype(np.float32))
-        n_objects = sum(len(np.unique(o)) - 1 for o in out)
+        areas = [np.bincount(o.astype(np.int64).ravel())[1:] for o in out]
+        areas = np.concatenate([a[a > 0] for a in areas]) if out else np.zeros(0)
+        n_objects = len(areas)
+        # object_balance: the typical object, in pixels of the network's grid
+        self._typical_size = float(np.median(areas)) / math.prod(self.grid) if n_objects else None
         log(
             f"{n_objects} objects in {len(out)} mask(s); {self.n_rays} rays, grid "
             f"{'x'.join(map(str, self.grid))}."
@@ -747,7 +763,7 @@ class StarDistTask(Task):
         if not balance:
             return prob, dist, None
         sub = (slice(None),) + tuple(slice(None, None, g) for g in self.grid)
-        weight = object_weights(lbls[sub], balance)
+        weight = object_weights(lbls[sub], balance, self._typical_size)
         return prob, dist, torch.from_numpy(weight).to(labels.device)
 
     def training_loss(
