@@ -492,3 +492,20 @@ def test_qc_with_unpaired_names(tmp_path, trained_2d_run, clean_pair_dirs, capsy
         tmp_path / "qc",
     )
     assert_user_error(code, err, qc_in, "q.tif")
+
+
+def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys):
+    from deepscope.interfaces.cli import _bar, _progress_stages
+
+    update = _bar("predicting")
+    update("a.tif", 0.5, 2)  # the first half of an image, done within microseconds
+    update("a.tif", 1.0, 2)
+    update("b.tif", 2.0, 2)
+    err = capsys.readouterr().err
+    assert "0.5/2 images" in err and "2/2 images" in err and "b.tif" in err
+    assert "/s" not in err  # no images-per-second figure from a near-zero time
+
+    stages = _progress_stages()
+    stages("checkpoints", 0, 3)
+    stages("checkpoints", 3, 3)
+    assert "3/3 steps" in capsys.readouterr().err

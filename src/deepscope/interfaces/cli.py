@@ -821,17 +821,29 @@ def _classify_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _bar(desc: str):  # noqa: ANN202
+def _bar(desc: str, unit: str = "images"):  # noqa: ANN202
     from tqdm.auto import tqdm
 
     state: dict[str, Any] = {}
 
     def update(name: str, done: float, total: int) -> None:
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="image", file=sys.stderr)
+            # Progress comes in parts of an image (tiles): shown as 0.5/1, 12/40; the
+            # time left is from the smoothed rate, which a first part done within
+            # milliseconds of the start would otherwise show as thousands per second.
+            state["bar"] = tqdm(
+                total=total,
+                desc=desc,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:g}/{total_fmt} "
+                + unit
+                + " [{elapsed}<{remaining}{postfix}]",
+            )
         bar = state["bar"]
-        bar.n = round(done, 2)
-        bar.set_postfix_str(str(name)[-30:])
+        bar.set_postfix_str(str(name)[-30:], refresh=False)
+        step = round(done, 2) - bar.n
+        if step > 0:
+            bar.update(step)
         bar.refresh()
         if done >= total:
             bar.close()
@@ -999,7 +1011,9 @@ def _progress_stages():  # noqa: ANN202
 
     def update(stage: str, done: int, total: int) -> None:
         if stage not in bars:
-            bars[stage] = _bar(f"QC {stage}")
+            # checkpoints, Gaussian baseline, figures: counted in steps, not images
+            unit = "images" if stage in ("images", "scoring", "classifying") else "steps"
+            bars[stage] = _bar(f"QC {stage}", unit)
         bars[stage](stage, done, total)
 
     return update
