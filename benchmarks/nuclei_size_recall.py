@@ -4,7 +4,9 @@ For each model folder given: the true objects of the 11 TEST images of
 ``benchmarks/nuclei_split.json`` binned by area (pixels), and per bin how many were found
 (matched at IoU >= 0.5 by ``stardist.matching``, as ``nuclei_dsb.py`` scores), the
 recall, and how many predicted objects fall in each bin; then F1@0.5 of all images.
-Accuracy only; no timing.
+The counting is ``deepscope.workflow.qc_instance.recall_by_size``, which ``deepscope qc``
+also reports ("Found by size", with bins relative to the median true object). Accuracy
+only; no timing.
 
 Run from the project root::
 
@@ -19,56 +21,23 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import tifffile
 from nuclei_dsb import DATA, _load, predict_model
 
-#: Upper edges of the area bins (pixels).
-BINS = (40, 60, 100, 200, 400, np.inf)
-
-
-def bin_names() -> list[str]:
-    """Readable names of the area bins."""
-    lower = (0,) + BINS[:-1]
-    return [
-        f"{lo}-{hi}" if np.isfinite(hi) else f">={lo}" for lo, hi in zip(lower, BINS, strict=True)
-    ]
+#: Inner edges of the area bins (pixels).
+EDGES = (40, 60, 100, 200, 400)
 
 
 def size_recall(truths: dict, preds: dict) -> dict:
     """Found / true objects per area bin, predicted objects per bin, and overall F1@0.5."""
-    from stardist.matching import matching
+    from deepscope.workflow.qc_instance import match_dataset, recall_by_size
 
-    edges = (0,) + BINS
-    true_n = np.zeros(len(BINS), int)
-    found_n = np.zeros(len(BINS), int)
-    pred_n = np.zeros(len(BINS), int)
-    tp = fp = fn = 0
-    for name, truth in truths.items():
-        pred = preds[name]
-        m = matching(truth, pred, thresh=0.5, report_matches=True)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        pairs = np.asarray(m.matched_pairs).reshape(-1, 2)
-        scores = np.asarray(m.matched_scores)
-        found = set(pairs[scores >= 0.5, 0].tolist())
-        areas = np.bincount(truth.ravel())
-        ids = np.flatnonzero(areas)
-        ids = ids[ids > 0]
-        which = np.digitize(areas[ids], edges[1:-1])
-        true_n += np.bincount(which, minlength=len(BINS))
-        hit = np.array([i in found for i in ids], bool)
-        found_n += np.bincount(which[hit], minlength=len(BINS))
-        p_areas = np.bincount(pred.ravel())[1:]
-        p_areas = p_areas[p_areas > 0]
-        pred_n += np.bincount(np.digitize(p_areas, edges[1:-1]), minlength=len(BINS))
-    return {
-        "bins": bin_names(),
-        "true": true_n.tolist(),
-        "found": found_n.tolist(),
-        "recall": [round(f / t, 3) if t else None for f, t in zip(found_n, true_n, strict=True)],
-        "predicted": pred_n.tolist(),
-        "f1@0.5": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
-    }
+    names = list(truths)
+    t, p = [truths[n] for n in names], [preds[n] for n in names]
+    out = recall_by_size(t, p, EDGES)
+    out["recall"] = [None if r is None else round(r, 3) for r in out["recall"]]
+    out["f1@0.5"] = round(match_dataset(t, p, (0.5,))["0.5"]["f1"], 4)
+    return out
 
 
 def main() -> None:

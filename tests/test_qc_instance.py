@@ -17,6 +17,7 @@ from deepscope.workflow.qc_instance import (
     match_image,
     outcome_labels,
     overlay_rgb,
+    recall_by_size,
     summary_text,
 )
 
@@ -125,6 +126,29 @@ def test_evaluate_instances_writes_summary_csv_and_report(tmp_path):
     assert "epoch_0001" in html
     text = summary_text(saved)
     assert "IoU 0.5: F1 0.824" in text and "(TP 7, FP 2, FN 1)" in text
+    # all 8 true squares have 100 pixels: one size bin (1-2 x median) holds them
+    by_size = saved["by_size"]
+    assert by_size["median_true_size"] == 100 and by_size["true"] == [0, 0, 0, 8, 0]
+    assert by_size["found"][3] == 7 and "Found by size" in html
+
+
+def test_recall_by_size_tells_missed_small_objects_from_found_large_ones():
+    truth = np.zeros((40, 60), np.uint16)
+    truth[2:4, 2:4] = 1  # 4 pixels, missed
+    truth[10:12, 2:4] = 2  # 4 pixels, found
+    truth[20:30, 20:30] = 3  # 100 pixels, found
+    truth[20:30, 40:50] = 4  # 100 pixels, found as an outline too large (IoU 100/144)
+    pred = np.zeros_like(truth)
+    pred[10:12, 2:4] = 5
+    pred[20:30, 20:30] = 6
+    pred[19:31, 39:51] = 7
+    pred[35:37, 55:57] = 8  # a small false object
+    out = recall_by_size([truth], [pred], edges=[10, 50])
+    assert out["true"] == [2, 0, 2] and out["found"] == [1, 0, 2]
+    assert out["recall"] == [0.5, None, 1.0] and out["predicted"] == [2, 0, 2]
+    assert out["lower"] == [0, 10, 50] and out["upper"] == [10, 50, None]
+    strict = recall_by_size([truth], [pred], edges=[10, 50], threshold=0.8)
+    assert strict["found"] == [1, 0, 1]
 
 
 def test_evaluate_instances_rejects_shape_mismatch(tmp_path):

@@ -111,8 +111,8 @@ class StarDistSettings(_Section):
         "twenty tiny ones); 1 = an object smaller than the typical (median) object of the "
         "training masks counts as much as a typical one; in between, its pixels are "
         "weighted by (typical size / its size) to the power object_balance. Typical and "
-        "larger objects keep the published weights. Experimental; see "
-        "benchmarks/RESULTS.md.",
+        "larger objects keep the published weights. Experimental: on the nuclei benchmark it "
+        "found more small nuclei, and more false objects, and lowered F1 in 3 of 4 runs.",
     )
 
     @field_validator("grid")

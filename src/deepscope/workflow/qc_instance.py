@@ -53,6 +53,7 @@ __all__ = [
     "match_image",
     "outcome_labels",
     "overlay_rgb",
+    "recall_by_size",
     "summary_text",
 ]
 
@@ -69,6 +70,9 @@ METRICS = (
 """The scores reported at each threshold (besides the counts tp, fp, fn, n_true, n_pred)."""
 COUNTS = ("tp", "fp", "fn", "n_true", "n_pred")
 REFERENCE_THRESHOLD = 0.5
+#: Size bins of the QC report's "found by size" table, as multiples of the median size of
+#: the true objects.
+SIZE_BINS_OF_MEDIAN = (0.25, 0.5, 1.0, 2.0)
 """The threshold of the overlays, the checkpoint comparison and the headline numbers."""
 _SHOWN_IMAGES = 12
 _SHOWN_SIDE = 768  # larger images are drawn subsampled
@@ -147,6 +151,61 @@ def match_dataset(
         show_progress=False,
     )
     return {_key(t): _stats_dict(s) for t, s in zip(thresholds, results, strict=True)}
+
+
+def recall_by_size(
+    truths: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    edges: Sequence[float],
+    threshold: float = REFERENCE_THRESHOLD,
+) -> dict[str, list]:
+    """How many true objects of each size are found, over a set of images.
+
+    Parameters
+    ----------
+    truths, predictions : sequence of numpy.ndarray
+        Label images, pairwise of the same shape.
+    edges : sequence of float
+        Increasing inner bin edges, in pixels (voxels in 3D): bin ``i`` holds sizes from
+        ``edges[i - 1]`` (inclusive) to ``edges[i]``; the first starts at 0, the last has
+        no upper end.
+    threshold : float
+        IoU from which a true object counts as found.
+
+    Returns
+    -------
+    dict
+        Lists with one entry per bin: ``lower`` and ``upper`` size (None = no upper end),
+        ``true`` objects, ``found`` of them, ``recall`` (None for an empty bin) and
+        ``predicted`` objects of that size (right or wrong).
+    """
+    from stardist.matching import matching
+
+    n_bins = len(edges) + 1
+    true_n = np.zeros(n_bins, np.int64)
+    found_n = np.zeros(n_bins, np.int64)
+    pred_n = np.zeros(n_bins, np.int64)
+    for truth, pred in zip(truths, predictions, strict=True):
+        truth, pred = _as_labels(truth), _as_labels(pred)
+        sizes = np.bincount(truth.ravel())
+        ids = np.flatnonzero(sizes[1:]) + 1
+        which = np.digitize(sizes[ids], edges)
+        true_n += np.bincount(which, minlength=n_bins)
+        if len(ids):
+            m = matching(truth, pred, thresh=threshold, report_matches=True)
+            pairs = np.asarray(m.matched_pairs, dtype=np.int64).reshape(-1, 2)
+            ok = pairs[np.asarray(m.matched_scores) >= threshold, 0]
+            found_n += np.bincount(which[np.isin(ids, ok)], minlength=n_bins)
+        p_sizes = np.bincount(pred.ravel())[1:]
+        pred_n += np.bincount(np.digitize(p_sizes[p_sizes > 0], edges), minlength=n_bins)
+    return {
+        "lower": [0.0] + [float(e) for e in edges],
+        "upper": [float(e) for e in edges] + [None],
+        "true": true_n.tolist(),
+        "found": found_n.tolist(),
+        "recall": [float(f / t) if t else None for f, t in zip(found_n, true_n, strict=True)],
+        "predicted": pred_n.tolist(),
+    }
 
 
 def outcome_labels(
@@ -411,10 +470,10 @@ def evaluate_instances(
                 (case.name, overlay_rgb(case.image, truth, pred, outcomes=outcomes), outcomes)
             )
         advance()
+    truths = [c.truth for c in cases]
     summary: dict[str, Any] = {
-        "by_threshold": match_dataset(
-            [c.truth for c in cases], [c.prediction for c in cases], thresholds
-        ),
+        "by_threshold": match_dataset(truths, [c.prediction for c in cases], thresholds),
+        "by_size": _by_size(truths, [c.prediction for c in cases]),
         "iou_thresholds": [float(t) for t in thresholds],
         "images": len(cases),
         "per_image": per_image,
@@ -425,6 +484,19 @@ def evaluate_instances(
     _write_csv(out_dir / "metrics.csv", rows)
     _write_report(out_dir, summary, overlays, history_csv, title)
     return summary
+
+
+def _by_size(truths: Sequence[np.ndarray], predictions: Sequence[np.ndarray]) -> dict[str, Any]:
+    """:func:`recall_by_size` with bins relative to the median true object (the summary's)."""
+    sizes = np.concatenate([np.bincount(_as_labels(t).ravel())[1:] for t in truths])
+    sizes = sizes[sizes > 0]
+    median = float(np.median(sizes)) if len(sizes) else 0.0
+    edges = [f * median for f in SIZE_BINS_OF_MEDIAN] if median else []
+    return {
+        "iou_threshold": REFERENCE_THRESHOLD,
+        "median_true_size": median,
+        **recall_by_size(truths, predictions, edges),
+    }
 
 
 def summary_text(summary: dict[str, Any]) -> str:
@@ -529,6 +601,7 @@ def _write_report(
         "scores_vs_iou",
     )
     key = _key(REFERENCE_THRESHOLD)
+    _add_size_table(report, summary.get("by_size"))
     report.add_heading("Per image")
     report.add_table(
         [
@@ -589,6 +662,41 @@ def _write_report(
     if summary["model_info"]:
         report.add_key_values(summary["model_info"], caption="Model")
     report.write(out_dir / "report.html")
+
+
+def _add_size_table(report: HtmlReport, by_size: dict[str, Any] | None) -> None:
+    if not by_size or not by_size["median_true_size"]:
+        return
+    median = by_size["median_true_size"]
+    rows = []
+    for i, (lo, hi) in enumerate(zip(by_size["lower"], by_size["upper"], strict=True)):
+        rows.append(
+            {
+                "size (pixels)": f"{lo:.0f}–{hi:.0f}" if hi is not None else f"≥ {lo:.0f}",
+                "× median": f"{lo / median:.2g}–{hi / median:.2g}"
+                if hi is not None
+                else f"≥ {lo / median:.2g}",
+                "true objects": by_size["true"][i],
+                "found": by_size["found"][i],
+                "recall": by_size["recall"][i],
+                "predicted objects": by_size["predicted"][i],
+            }
+        )
+    report.add_heading("Found by size")
+    report.add_table(
+        rows,
+        caption=f"True objects by size (median {median:.0f} pixels) and how many were found at "
+        f"IoU {by_size['iou_threshold']:.1f}; predicted objects of each size, right or wrong",
+    )
+    report.add_paragraph(
+        "Models trained with StarDist's published loss tend to miss objects much smaller "
+        "than the typical one (a large object has many more pixels in the loss). If the "
+        "smallest rows have a low recall and they matter to you: scale your images so that "
+        "objects have the size of the training data's, or try the experimental setting "
+        "stardist.object_balance (it found more small nuclei on our benchmark but more "
+        "false ones too, and lowered F1 over all nuclei in 3 of 4 runs).",
+        css_class="note",
+    )
 
 
 # ------------------------------------------------------------------------ with a model
