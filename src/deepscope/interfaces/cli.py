@@ -958,13 +958,11 @@ def _check_int8(model: Any, wanted: bool) -> bool:
     """
     if not wanted:
         return False
-    from deepscope.workflow.int8_models import int8_calibration_of, int8_problem
+    from deepscope.workflow.int8_models import int8_calibration_of, require_int8
 
     if model.task.int8_ok and not list(model.network.parameters()):
         raise DeepscopeError("--int8 cannot be combined with --engine onnx", fix="leave out one")
-    problem = int8_problem(model)
-    if problem:
-        raise DeepscopeError(f"--int8: {problem}", fix="leave out --int8")
+    require_int8(model, "--int8: ")
     if int8_calibration_of(model) is None:
         print(
             "note: this model folder has no 8-bit calibration for its weights (trained "

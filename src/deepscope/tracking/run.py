@@ -148,14 +148,13 @@ def track(
         log(f"note: {raw.note}")
     if model is not None:
         from deepscope.tracking.segment import segment_movie
-        from deepscope.workflow.int8_models import int8_problem
+        from deepscope.workflow.int8_models import require_int8
         from deepscope.workflow.model_folder import load_model_folder
         from deepscope.workflow.predict import TileSettings
 
         trained = load_model_folder(model)
-        problem = int8_problem(trained) if int8 else None
-        if problem:
-            raise DeepscopeError(f"--int8: {problem}", fix="leave out --int8")
+        if int8:
+            require_int8(trained, "--int8: ")
         log(f"segmenting {raw.n_frames} frames with the {trained.config.task} model {model}")
         seg = segment_movie(
             trained,

@@ -37,9 +37,7 @@ def int8_network(model: TrainedModel, image: np.ndarray | None = None):
     cached = _INT8.get(model.network)
     if cached is not None and cached[0] == version:  # same weights as when it was made
         return cached[1]
-    problem = int8_problem(model)
-    if problem:
-        raise DeepscopeError(problem, fix="leave out --int8")
+    require_int8(model)
     calibration = int8_calibration_of(model)
     if calibration is None:
         if image is None:
@@ -72,6 +70,13 @@ def int8_problem(model: TrainedModel) -> str | None:
     return int8.network_problem(model.network)
 
 
+def require_int8(model: TrainedModel, prefix: str = "") -> None:
+    """Raise DeepscopeError (``prefix`` + :func:`int8_problem`) if it cannot run in 8 bits."""
+    problem = int8_problem(model)
+    if problem:
+        raise DeepscopeError(prefix + problem, fix="leave out --int8")
+
+
 def int8_calibration_of(model: TrainedModel) -> dict[str, Any] | None:
     """The model folder's 8-bit calibration, if there is one made for its current weights.
 
@@ -97,9 +102,7 @@ def make_int8_calibration(model: TrainedModel, images_cf: Sequence[np.ndarray]) 
     """
     from deepscope.engine import int8
 
-    problem = int8_problem(model)
-    if problem:
-        raise DeepscopeError(problem, fix="leave out --int8")
+    require_int8(model)
     adapt = getattr(model.task, "adapt_channels", None)
     crops = []
     for image in images_cf:
