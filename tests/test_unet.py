@@ -147,3 +147,10 @@ def test_task_builds_n2v2_unet_from_config():
     assert isinstance(net, UNet)
     assert net.dims == 3 and net.n2v2 and net.divisibility() == 4
     assert net(torch.rand(1, 2, 8, 16, 16)).shape == (1, 2, 8, 16, 16)
+
+
+def test_batch_norm_recalibration_runs_about_128_patches_and_at_most_8_batches():
+    from deepscope.engine.callbacks import RecalibrateBatchNorm
+
+    callback = RecalibrateBatchNorm()
+    assert [callback.batches(b) for b in (1, 4, 16, 64, 100, 1000)] == [8, 8, 8, 2, 2, 1]
