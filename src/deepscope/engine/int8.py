@@ -1,13 +1,15 @@
 """8-bit integer prediction of StarDist networks and U-Nets (2D, 3D) on CPUs (``--int8``).
 
 The convolutions of a trained network can run on 8-bit integers instead of bf16: weights
-rounded to 255 levels per output channel, activations (all after a ReLU, so never
-negative) to 256 levels each with one scale per layer. On CPUs with AVX-512 VNNI the
-integer convolutions (oneDNN's ``qconv_pointwise``, the kernels PyTorch's own int8
-compilation uses) do twice the multiply-adds per instruction of bf16; measured on this
-project's CPU, StarDist's network runs 1.6x faster with the same objects found
-(benchmarks/RESULTS.md). It is an option, not the default: every number is rounded to
-8 bits, so the output differs slightly from the trained network's.
+rounded to 255 levels per output channel (127 on CPUs with AVX2 only, see
+:func:`int8_weight_max`), activations (all after a ReLU, so never negative) to 256
+levels each with one scale per layer. On CPUs with AVX-512 VNNI the integer convolutions
+(oneDNN's ``qconv_pointwise``, the kernels PyTorch's own int8 compilation uses) do twice
+the multiply-adds per instruction of bf16; measured on this project's CPU, StarDist's
+network runs 1.6x faster with the same objects found. On an AVX2 CPU (no bf16) they are
+2-2.4x faster than float32 per convolution (benchmarks/RESULTS.md). It is an option, not
+the default: every number is rounded to 8 bits, so the output differs slightly from the
+trained network's.
 
 The scale of each layer comes from a **calibration**: the largest value each layer gave
 on example images, run through the network in full precision (:func:`calibrate`).
@@ -46,21 +48,18 @@ _CL = torch.channels_last
 _LAYOUT = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
-@functools.cache
-def int8_supported() -> bool:
-    """Whether this PyTorch build has oneDNN's integer convolution and it computes correctly.
+def _conv_exact(weight_max: int) -> bool:
+    """Whether one small 8-bit convolution with weights up to ``weight_max`` is exact here.
 
-    Checked once by comparing one small integer convolution with the same arithmetic in
-    float32 (exact up to float rounding when both use the same rounded numbers).
+    Compared with the same arithmetic in float32 (exact up to float rounding when both
+    use the same rounded numbers), with activations over the full 0-255 range.
     """
-    ops = getattr(torch.ops, "onednn", None)
-    if not torch.backends.mkldnn.is_available() or ops is None:
-        return False
     try:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (1, 8, 12, 12), generator=gen).to(torch.uint8)
+        x = torch.randint(0, 256, (1, 16, 12, 12), generator=gen).to(torch.uint8)
         x = x.contiguous(memory_format=_CL)
-        w = torch.randint(-127, 128, (4, 8, 3, 3), generator=gen).to(torch.int8)
+        w = torch.randint(-weight_max, weight_max + 1, (4, 16, 3, 3), generator=gen)
+        w = w.to(torch.int8)
         scales = torch.full((4,), 0.01)
         packed = torch.ops.onednn.qconv_prepack(w, scales, 0.02, 3, [1, 1], [1, 1], [1, 1], 1, None)
         out = torch.ops.onednn.qconv_pointwise(
@@ -71,6 +70,31 @@ def int8_supported() -> bool:
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
     return out.shape == expected.shape and bool(torch.allclose(out, expected, atol=1e-3))
+
+
+@functools.cache
+def int8_weight_max() -> int | None:
+    """The largest integer weight oneDNN's 8-bit convolution computes exactly with here.
+
+    127 (full 8-bit weights) on CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX). On CPUs with
+    AVX2 only, oneDNN multiplies 8-bit activations and weights in pairs whose sum it
+    keeps in 16 bits, which saturates with full-range weights (255 x 127 x 2 > 32767:
+    wrong outputs, measured on an AMD Zen 3); weights of 7 bits (up to 63) cannot
+    overflow, so there 63. None when this PyTorch build has no such convolution or it is
+    wrong either way.
+    """
+    ops = getattr(torch.ops, "onednn", None)
+    if not torch.backends.mkldnn.is_available() or ops is None:
+        return None
+    for weight_max in (127, 63):
+        if _conv_exact(weight_max):
+            return weight_max
+    return None
+
+
+def int8_supported() -> bool:
+    """Whether this PyTorch build and CPU can run 8-bit convolutions correctly."""
+    return int8_weight_max() is not None
 
 
 def network_problem(network: nn.Module) -> str | None:
@@ -128,9 +152,10 @@ class _Runner:
         x_scale, x_zero = self._input_quant(src)
         if site not in self.packed:
             w = conv.weight.detach().float()
-            w_scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / 127).clamp_min(1e-12)
+            w_max = int8_weight_max() or 127  # 63 on AVX2-only CPUs (see there)
+            w_scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / w_max).clamp_min(1e-12)
             per_channel = w_scale.view(-1, *[1] * (w.dim() - 1))
-            w_int = torch.round(w / per_channel).clamp(-127, 127).to(torch.int8)
+            w_int = torch.round(w / per_channel).clamp(-w_max, w_max).to(torch.int8)
             args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
             packed = torch.ops.onednn.qconv_prepack(w_int, w_scale, x_scale, x_zero, *args, None)
             zeros = torch.zeros(len(w_scale), dtype=torch.long)

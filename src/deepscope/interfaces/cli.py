@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8",
         action="store_true",
         help="StarDist and semantic models: run the network in 8-bit integers, 1.4-2 "
-        "times faster on CPUs with AVX-512 VNNI; every value is rounded to 8 bits, so "
-        "results can differ slightly (check with 'deepscope qc --int8')",
+        "times faster on CPUs with AVX-512 VNNI, ~1.8 times on CPUs with AVX2 only; every "
+        "value is rounded to 8 bits, so results can differ slightly (check with "
+        "'deepscope qc --int8')",
     )
     p.add_argument(
         "--engine",
