@@ -357,7 +357,7 @@ def test_track_with_a_segmentation_model(tmp_path: Path) -> None:
     # segmented in 8-bit integers: the same model, as 'predict --int8'
     fast = tmp_path / "tracks8"
     args = ["track", "--input", str(tmp_path / "movie.tif"), "--model", str(run.model_dir)]
-    if not int8_supported():  # e.g. AVX2 CPUs: refused with a message, nothing written
+    if not int8_supported():  # no exact 8-bit convolution here: refused, nothing written
         assert main([*args, "--out", str(fast), "--int8"]) == 2
         assert not fast.exists()
         return

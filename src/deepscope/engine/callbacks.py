@@ -178,7 +178,7 @@ class RecalibrateBatchNorm(L.Callback):
 
     It runs ``max_batches`` batches, or fewer when they would hold more than ``patches``
     patches: with the demo's batches of 64, eight batches were as many forward passes as
-    the epoch's whole training and cost a fifth of each epoch on an AVX2 CPU
+    the epoch's whole training and cost a third of each epoch on an AVX2 CPU
     (benchmarks/RESULTS.md); 128 patches of 64 x 64 pixels are still half a million
     values per channel for each statistic.
     """
