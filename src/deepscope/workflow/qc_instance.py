@@ -70,10 +70,10 @@ METRICS = (
 """The scores reported at each threshold (besides the counts tp, fp, fn, n_true, n_pred)."""
 COUNTS = ("tp", "fp", "fn", "n_true", "n_pred")
 REFERENCE_THRESHOLD = 0.5
+"""The threshold of the overlays, the checkpoint comparison and the headline numbers."""
 #: Size bins of the QC report's "found by size" table, as multiples of the median size of
 #: the true objects.
 SIZE_BINS_OF_MEDIAN = (0.25, 0.5, 1.0, 2.0)
-"""The threshold of the overlays, the checkpoint comparison and the headline numbers."""
 _SHOWN_IMAGES = 12
 _SHOWN_SIDE = 768  # larger images are drawn subsampled
 _COLORS = {  # RGB 0..1
