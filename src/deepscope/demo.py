@@ -32,7 +32,7 @@ def demo_config(max_minutes: float) -> dict:
             "batch_size": 64,
             # 2.5x the usual rate: a 2-minute training is only 60-130 steps. On a CPU
             # without bf16 (the fewest steps) 4e-4 reached 24.7-25.9 dB in three runs,
-            # 1e-3 26.1-27.0 dB in three (benchmarks/RESULTS.md, session 12)
+            # 1e-3 26.0-27.0 dB in four (benchmarks/RESULTS.md, session 12)
             "learning_rate": 1e-3,
             "checkpoint_every": 5,
         },
