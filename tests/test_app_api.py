@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from fastapi.testclient import TestClient
 
 from conftest import synthetic_pair, write_tif
@@ -365,6 +366,70 @@ def test_keep_another_checkpoint(env, trained):
     r = client.post("/api/runs/r2/checkpoint", json={"checkpoint": "best"})
     assert r.json()["weights_from"] == "best"
     assert_words(client.post("/api/runs/r2/checkpoint", json={"checkpoint": "nope"}), 400, "nope")
+
+
+def test_export_a_bioimageio_package_from_the_run_page(env, trained):
+    client, data, _, runs = env
+    import shutil
+
+    shutil.copytree(trained[3] / "r1", runs / "ex")
+    record = json.loads((runs / "ex" / "validation.json").read_text())
+    record["summary"]["images_folder"] = str(data / "noisy")  # trained on this app's data
+    (runs / "ex" / "validation.json").write_text(json.dumps(record))
+    assert client.get("/api/runs/ex").json()["exports"] == []
+    assert_words(client.post("/api/runs/ex/export", json={"license": "MIT"}), 400, "author")
+    body = {"authors": ["  ", "Ada Lovelace"], "license": "free for all"}
+    assert_words(client.post("/api/runs/ex/export", json=body), 400, "SPDX", "free for all")
+    assert not (runs / "ex" / "export").exists()  # refused before any work
+    body = {"authors": ["Ada Lovelace", " Alan Turing "], "license": "MIT", "name": "W2S N2V"}
+    r = client.post("/api/runs/ex/export", json=body)
+    assert r.status_code == 200, r.text
+    job = wait_job(client, r.json()["job"], timeout=180)
+    assert job["status"] == "done", job["message"]
+    assert job["message"] == "BioImage.IO package written: ex-bioimageio.zip"
+    (package,) = client.get("/api/runs/ex").json()["exports"]
+    assert package["name"] == "ex-bioimageio.zip" and package["size_mb"] > 0
+    download = client.get(f"/api/runs/ex/files/{package['file']}")
+    assert download.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(download.content)) as zf:
+        rdf = zf.read("rdf.yaml").decode()
+        test_image = np.load(io.BytesIO(zf.read("test_input.npy")))
+    assert "Ada Lovelace" in rdf and "Alan Turing" in rdf and "W2S N2V" in rdf
+    assert "license: MIT" in rdf
+    # The test image is the run's first training image (64 x 64: whole), not a synthetic one.
+    first = tifffile.imread(data / "noisy" / "a.tif").astype(np.float32)
+    np.testing.assert_array_equal(test_image[0, 0], first)
+    again = client.post("/api/runs/ex/export", json=body)
+    assert wait_job(client, again.json()["job"], timeout=180)["status"] == "done"
+    names = [x["name"] for x in client.get("/api/runs/ex").json()["exports"]]
+    assert names == ["ex-bioimageio-2.zip", "ex-bioimageio.zip"]  # never overwritten
+    stale = runs / "ex" / "export" / ".deepscope-export-x"  # left by a stopped export
+    stale.mkdir()
+    assert len(client.get("/api/runs/ex").json()["exports"]) == 2  # never listed
+    assert_words(client.post("/api/runs/ex/export", json={**body, "license": ""}), 400)
+    assert stale.exists()  # a refused request changes nothing
+    third = client.post("/api/runs/ex/export", json=body)
+    assert wait_job(client, third.json()["job"], timeout=180)["status"] == "done"
+    assert not stale.exists()
+    assert_words(client.post("/api/runs/r9/export", json=body), 403)
+
+
+def test_export_falls_back_to_a_synthetic_test_image(env, trained, tmp_path):
+    client, data, _, runs = env
+    store = client.app.state.store
+    spec = {
+        "model": str(trained[3] / "r1" / "model"),
+        "out": str(tmp_path / "p.zip"),
+        "authors": ["A B"],
+        "license": "CC-BY-4.0",
+        "name": None,
+        "sample": str(data / "notes" / "broken.tif"),
+    }
+    job_id = store.create("export", "r1", spec)
+    message = worker.run_export(store, job_id, spec)
+    assert message.startswith("BioImage.IO package written: p.zip; the training image broken.tif")
+    assert "synthetic" in message and (tmp_path / "p.zip").is_file()
+    assert store.get(job_id)["progress"]["notes"]
 
 
 def test_interrupted_training_resumes_and_db_can_be_deleted(env, trained):

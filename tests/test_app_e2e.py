@@ -1,10 +1,11 @@
 """End-to-end: the web app in headless Chromium, from choosing a task to a finished QC report.
 
 Debian's ``chromium`` is driven by Playwright. The walk trains Noise2Void (tiny network,
-2 epochs) on the shipped demo images, checks its quality, applies it, and visits the runs
-page. A screenshot of each step is saved under the test's tmp folder, or into
-``$DEEPSCOPE_SCREENSHOTS`` when set (``scripts/app_screenshots.py`` uses that for the
-README). Skipped when Chromium or Playwright is missing (``scripts/test.sh`` installs it).
+2 epochs) on the shipped demo images, checks its quality, applies it, exports it as a
+BioImage.IO package, and visits the runs page. A screenshot of each step is saved under
+the test's tmp folder, or into ``$DEEPSCOPE_SCREENSHOTS`` when set
+(``scripts/app_screenshots.py`` uses that for the README). Skipped when Chromium or
+Playwright is missing (``scripts/test.sh`` installs it).
 """
 
 from __future__ import annotations
@@ -174,9 +175,19 @@ def test_n2v_from_data_to_qc_report_in_chromium(server, tmp_path):
         page.get_by_test_id("run-apply").click()
         expect(page.get_by_test_id("results").locator("img")).to_have_count(4, timeout=WAIT_MS)
         page.locator("#apply").screenshot(path=shots / "6-apply.png")
-        page.locator("#share").screenshot(path=shots / "7-share.png")
 
         _lap(times, "apply")
+        # 7 share: a BioImage.IO package, checked by bioimageio.core, offered for download
+        page.get_by_test_id("export-authors").fill("Ada Lovelace")
+        page.get_by_test_id("run-export").click()
+        expect(page.get_by_test_id("export-file")).to_have_text(
+            "walk-bioimageio.zip", timeout=WAIT_MS
+        )
+        expect(page.get_by_test_id("export-progress")).to_contain_text("written")
+        page.locator("#share").screenshot(path=shots / "7-share.png")
+        assert (runs / "walk" / "export" / "walk-bioimageio.zip").is_file()
+
+        _lap(times, "share")
         # runs page
         page.goto(url + "/#/runs")
         expect(page.get_by_test_id("run-walk")).to_contain_text("PSNR (QC)")

@@ -3,7 +3,8 @@
 A run folder written by ``deepscope train`` (from the app or the command line) holds
 ``config.yaml``, ``validation.json`` (which data it was trained on), ``metrics.csv``,
 ``checkpoints/`` and, once finished, ``model/``; the app adds ``preview.png``, ``qc/``
-(the quality-control report) and ``apply/`` (batch predictions).
+(the quality-control report), ``apply/`` (batch predictions) and ``export/`` (BioImage.IO
+packages).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import yaml
 from deepscope.app.jobs import ACTIVE, JobStore
 from deepscope.engine.callbacks import read_history
 
-ACTIVE_WORDS = {"train": "training", "qc": "checking quality", "predict": "applying"}
+ACTIVE_WORDS = {
+    "train": "training",
+    "qc": "checking quality",
+    "predict": "applying",
+    "export": "exporting",
+}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -140,6 +146,7 @@ def run_detail(run_dir: Path, store: JobStore) -> dict[str, Any]:
             "qc_report": (run_dir / "qc" / "report.html").is_file(),
             "qc_summary": _read_json(model / "qc_summary.json"),
             "applied": applied_folders(run_dir),
+            "exports": exported_packages(run_dir),
             "tta_ok": _tta_ok(out["task"], info),
             "int8_ok": int8_ok(out["task"], info),
         }
@@ -204,6 +211,51 @@ def applied_folders(run_dir: Path) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def exported_packages(run_dir: Path) -> list[dict[str, Any]]:
+    """The BioImage.IO packages made of this run's model (``export/*.zip``), newest first.
+
+    Half-written packages (hidden working folders) are never listed.
+    """
+    base = run_dir / "export"
+    if not base.is_dir():
+        return []
+    found = [p for p in base.glob("*.zip") if p.is_file() and not p.name.startswith(".")]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return [
+        {
+            "name": p.name,
+            "file": f"export/{p.name}",
+            "size_mb": round(p.stat().st_size / 2**20, 2),
+            "date": datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        }
+        for p in found
+    ]
+
+
+def sample_image(images: Path) -> Path | None:
+    """The first training image of ``images`` (or of its first class sub-folder), if any.
+
+    It becomes the test image and cover of an exported package; None when the training
+    data is not a folder of images (a CSV or ``.npz`` of classification data).
+    """
+    from deepscope.data.io import list_images
+    from deepscope.errors import DeepscopeError
+
+    if not images.is_dir():
+        return None
+    candidates = [images] + sorted(
+        p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    for folder in candidates:
+        try:
+            return list_images(folder)[0]
+        except (DeepscopeError, IndexError):
+            continue
+    return None
 
 
 def list_runs(runs: Path, store: JobStore) -> list[dict[str, Any]]:

@@ -86,6 +86,14 @@ class ApplyRequest(BaseModel):
     int8: bool = False
 
 
+class ExportRequest(BaseModel):
+    """Who made the model and under which licence, for its BioImage.IO package."""
+
+    authors: list[str] = Field(default_factory=list)
+    license: str = ""
+    name: str | None = None
+
+
 class CheckpointRequest(BaseModel):
     """The kept checkpoint to use as the model (``best`` for the training's choice)."""
 
@@ -424,6 +432,37 @@ def create_app(
         }
         return {"run": name, "job": _launch(app, "predict", name, spec), "out": str(out)}
 
+    @app.post("/api/runs/{name}/export")
+    def export(name: str, body: ExportRequest) -> dict[str, Any]:
+        """Export the model as a BioImage.IO package into the run's export/ folder."""
+        run_dir = roots.run_dir(name)
+        model = _model_dir(run_dir)
+        _not_busy(store, name, run_dir)
+        authors = [a.strip() for a in body.authors if a.strip()]
+        if not authors:
+            raise ConfigError(
+                "a BioImage.IO model needs the names of the people who made it",
+                fix="type at least one author's name",
+            )
+        license_id = _spdx_license(body.license)
+        out = run_dir / "export" / f"{name}-bioimageio.zip"
+        for stale in out.parent.glob(".deepscope-export-*"):  # left by a stopped export
+            shutil.rmtree(stale, ignore_errors=True)
+        n = 1
+        while out.exists():
+            n += 1
+            out = out.with_name(f"{name}-bioimageio-{n}.zip")
+        sample = _training_sample(roots, runs.run_summary(run_dir, store)["images"])
+        spec = {
+            "model": str(model),
+            "out": str(out),
+            "authors": authors,
+            "license": license_id,
+            "name": (body.name or "").strip() or None,
+            "sample": str(sample) if sample else None,
+        }
+        return {"run": name, "job": _launch(app, "export", name, spec), "out": str(out)}
+
     @app.post("/api/runs/{name}/checkpoint")
     def keep_checkpoint(name: str, body: CheckpointRequest) -> dict[str, Any]:
         """Make a kept checkpoint the model's weights (``best`` returns to the default)."""
@@ -480,6 +519,31 @@ def _config(body: ConfigRequest, roots: Roots) -> Any:
     if start:
         settings["training.start_from"] = str(roots.confine(start))
     return forms.config_from_settings(body.task, settings)
+
+
+def _training_sample(roots: Roots, images: str | None) -> Path | None:
+    """The run's first training image, when its folder still lies in the allowed folders."""
+    if not images:
+        return None
+    try:
+        return runs.sample_image(roots.confine(images))
+    except PathRefused:
+        return None
+
+
+def _spdx_license(given: str) -> str:
+    """``given`` as an SPDX licence identifier (as BioImage.IO requires), or a clear error."""
+    from bioimageio.spec.model.v0_5 import LicenseId
+
+    text = given.strip()
+    try:
+        return str(LicenseId(text))
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not an SPDX licence identifier" if text else "choose a licence",
+            fix="choose one of the listed licences (e.g. CC-BY-4.0), or type an SPDX "
+            "identifier from spdx.org/licenses",
+        ) from None
 
 
 def _new_run_name(runs_dir: Path, task: str) -> str:

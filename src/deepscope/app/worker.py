@@ -1,7 +1,8 @@
 """The worker process of web-app jobs: ``python -m deepscope.app.worker DB``.
 
 It claims the oldest queued job from the job table (see :mod:`deepscope.app.jobs`),
-calls the same workflow functions as the command line (train, run_qc, predict_files),
+calls the same workflow functions as the command line (train, run_qc, predict_files,
+export_bioimageio),
 writes progress and a heartbeat into the table, and records the outcome: ``done``,
 ``stopped`` or ``failed`` with the error in plain words.
 """
@@ -244,10 +245,53 @@ def run_predict(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
     return f"{len(written)} result(s) written"
 
 
+def run_export(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
+    """A BioImage.IO package of the model, checked with ``bioimageio.core.test_model``.
+
+    The run's first training image is the package's test image and cover; if it cannot
+    be one (too small, other channels), the export says so and uses a synthetic image.
+    """
+    from deepscope.export.bioimageio import export_bioimageio
+
+    report = _Throttled(store, job_id, every=0.0)
+    notes: list[str] = []
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        report({"stage": message.rstrip(" .")})
+
+    def export(sample: str | None) -> Path:
+        return export_bioimageio(
+            spec["model"],
+            spec["out"],
+            authors=spec["authors"],
+            license=spec["license"],
+            name=spec.get("name"),
+            sample=sample,
+            log=log,
+        )
+
+    sample = spec.get("sample")
+    try:
+        out = export(sample)
+    except DeepscopeError as err:
+        if sample is None or err.path is None or Path(err.path) != Path(sample):
+            raise
+        notes.append(
+            f"the training image {Path(sample).name} could not be the test image "
+            f"({err.problem}); a synthetic image was used"
+        )
+        log(notes[-1])
+        out = export(None)
+    report({"stage": "finished", "file": out.name, "notes": notes}, force=True)
+    return f"BioImage.IO package written: {out.name}" + "".join(f"; {n}" for n in notes)
+
+
 RUNNERS: dict[str, Callable[[JobStore, int, dict[str, Any]], str]] = {
     "train": run_train,
     "qc": run_qc_job,
     "predict": run_predict,
+    "export": run_export,
 }
 
 

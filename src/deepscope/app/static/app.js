@@ -329,12 +329,26 @@ async function viewRun(name) {
     applyMsg: h("div"),
     results: h("div", { "data-testid": "results" }),
     share: h("div"),
+    exportProgress: h("div", { "data-testid": "export-progress" }),
+    exportMsg: h("div"),
+    exports: h("div", { "data-testid": "exports" }),
   };
   const qcSel = { images: null, targets: null }, applySel = { input: null, tta: false, int8: false };
   const qcBtn = h("button", { "data-testid": "run-qc", onclick: async () => {
     el.qcMsg.replaceChildren();
     try { await api("POST", `/api/runs/${name}/qc`, qcSel); poll(); } catch (e) { el.qcMsg.replaceChildren(errorBox(e)); }
   } }, "Run quality control");
+  const exportSel = {
+    authors: h("input", { type: "text", id: "export-authors", "data-testid": "export-authors", placeholder: "Ada Lovelace; Alan Turing", style: "width:320px" }),
+    license: h("input", { type: "text", id: "export-license", "data-testid": "export-license", value: "CC-BY-4.0", list: "licences", style: "width:160px" }),
+    name: h("input", { type: "text", id: "export-name", placeholder: `${name} (optional)`, style: "width:320px" }),
+  };
+  const exportBtn = h("button", { "data-testid": "run-export", onclick: async () => {
+    el.exportMsg.replaceChildren();
+    const body = { authors: exportSel.authors.value.split(";").map((a) => a.trim()).filter((a) => a),
+      license: exportSel.license.value, name: exportSel.name.value || null };
+    try { await api("POST", `/api/runs/${name}/export`, body); poll(); } catch (e) { el.exportMsg.replaceChildren(errorBox(e)); }
+  } }, "Export for Fiji, ilastik and napari (BioImage.IO)");
   const applyBtn = h("button", { "data-testid": "run-apply", onclick: async () => {
     el.applyMsg.replaceChildren();
     try { await api("POST", `/api/runs/${name}/apply`, applySel); poll(); } catch (e) { el.applyMsg.replaceChildren(errorBox(e)); }
@@ -360,7 +374,7 @@ async function viewRun(name) {
       h("div", { class: "row" }, applyBtn), el.applyProgress, el.applyMsg, el.results),
     h("div", { class: "card", id: "share" }, h("h2", {}, "7 Share"), el.share));
 
-  let lastPreview = null, lastReport = null, lastResults = null;
+  let lastPreview = null, lastReport = null, lastResults = null, lastExports = null, shareShown = null;
   function update(d) {
     el.status.textContent = d.status; el.status.className = "status " + d.status.replace(/ /g, "-");
     el.words.textContent = d.status_words || "";
@@ -427,12 +441,32 @@ async function viewRun(name) {
           `${f.input.split("/").pop()} — input | result`))))));
     }
     // Share
-    el.share.replaceChildren(trained
-      ? h("div", {}, h("p", {}, h("a", { class: "button", href: `/api/runs/${name}/model.zip`, "data-testid": "download" }, "Download the model folder (.zip)")),
-        h("p", { class: "muted" }, "The model folder holds the weights, the full settings, the normalisation, the training history and a model card. Use it on another computer with "),
-        h("pre", {}, `deepscope predict ${name}-model --input IMAGES --out RESULTS`),
-        h("p", { class: "muted" }, "Export to the BioImage.IO format (Fiji, ilastik, napari) is not in the app yet."))
-      : h("p", { class: "muted" }, "Available once the training has finished."));
+    exportBtn.disabled = !trained || busy;
+    if (trained !== shareShown) {
+      shareShown = trained;
+      el.share.replaceChildren(trained
+        ? h("div", {}, h("h3", {}, "For deepscope"),
+          h("p", {}, h("a", { class: "button", href: `/api/runs/${name}/model.zip`, "data-testid": "download" }, "Download the model folder (.zip)")),
+          h("p", { class: "muted" }, "The model folder holds the weights, the full settings, the normalisation, the training history and a model card. Use it on another computer with "),
+          h("pre", {}, `deepscope predict ${name}-model --input IMAGES --out RESULTS`),
+          h("h3", {}, "For Fiji (deepImageJ), ilastik, napari and bioimage.io"),
+          h("p", { class: "muted" }, "A BioImage.IO package: the weights in three formats (PyTorch, TorchScript, ONNX), the normalisation, a test image made from your first training image with this model's result for it, a cover picture, and the model card with the quality-control scores (run quality control first to include them). It is checked with the community's own test before it is offered. The package names its authors and its licence (an SPDX identifier)."),
+          h("div", { class: "row" }, h("label", { for: "export-authors" }, "Authors (separate several with ;)"), exportSel.authors),
+          h("div", { class: "row" }, h("label", { for: "export-license" }, "Licence"), exportSel.license,
+            h("datalist", { id: "licences" }, ["CC-BY-4.0", "CC0-1.0", "MIT", "BSD-3-Clause", "Apache-2.0", "CC-BY-SA-4.0", "CC-BY-NC-4.0"].map((l) => h("option", { value: l })))),
+          h("div", { class: "row" }, h("label", { for: "export-name" }, "Model name"), exportSel.name),
+          h("div", { class: "row" }, exportBtn), el.exportProgress, el.exportMsg, el.exports)
+        : h("p", { class: "muted" }, "Available once the training has finished."));
+    }
+    const ex = d.jobs.find((j) => j.kind === "export");
+    el.exportProgress.replaceChildren(jobLine(ex, "Export"));
+    if (ex && ex.status === "failed") el.exportMsg.replaceChildren(errorBox({ error: ex.message }));
+    const exKey = JSON.stringify(d.exports);
+    if (exKey !== lastExports) {
+      lastExports = exKey;
+      el.exports.replaceChildren(...(d.exports.length ? [h("p", {}, "Packages of this model: install one in Fiji with deepImageJ (Install Model), open it in ilastik or napari, or upload it to bioimage.io."),
+        h("ul", {}, d.exports.map((x) => h("li", {}, h("a", { href: `/api/runs/${name}/files/${x.file}`, download: x.name, "data-testid": "export-file" }, x.name), ` — ${x.size_mb} MB, ${x.date.replace("T", " ").replace("+00:00", " UTC")}`)))] : []));
+    }
     return busy || d.status === "training";
   }
   function jobLine(job, what) {
