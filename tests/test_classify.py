@@ -233,6 +233,49 @@ def test_train_predict_qc_give_real_numbers(trained, tmp_path):
         assert words in html
 
 
+def test_tta_averages_over_the_views_training_used(trained, tmp_path):
+    from deepscope.workflow.predict_classify import classify_arrays, tta_views
+
+    result, test = trained
+    model = load_model_folder(result.model_dir)
+    assert len(set(tta_views(model))) == 8  # flips and turns: the 8 symmetries of a square
+    rng = np.random.default_rng(3)
+    images = [_blob(rng, 16, bright)[None].astype(np.float32) for bright in (True, False) * 3]
+    turned = [np.rot90(im, 1, axes=(1, 2)).copy() for im in images]
+    mirrored = [im[:, :, ::-1].copy() for im in images]
+    plain = classify_arrays(model, images)
+    averaged = classify_arrays(model, images, tta=True)
+    assert np.abs(classify_arrays(model, turned) - plain).max() > 1e-4  # the net is not
+    # ... but its average over the 8 views is: the same for a turned or mirrored image
+    np.testing.assert_allclose(classify_arrays(model, turned, tta=True), averaged, atol=1e-5)
+    np.testing.assert_allclose(classify_arrays(model, mirrored, tta=True), averaged, atol=1e-5)
+    assert not np.allclose(averaged, plain)
+    np.testing.assert_allclose(averaged.sum(axis=1), 1, atol=1e-5)
+
+    model.config.data.rotations = False  # flips only: 4 views, none of them a quarter turn
+    assert sorted(tta_views(model)) == [(0, a, b) for a in (False, True) for b in (False, True)]
+    model.config.data.flips, model.config.data.rotations = False, True
+    assert [v[0] for v in tta_views(model)] == [0, 1, 2, 3]
+    model.config.data.rotations = False
+    with pytest.raises(DeepscopeError, match="trained without any"):
+        tta_views(model)
+    # the web app offers --tta by the saved config alike
+    task = get_task("classify")
+    assert task.tta_allowed({"data": {"flips": True, "rotations": False}})
+    assert not task.tta_allowed({"data": {"flips": False, "rotations": False}})
+
+    out = tmp_path / "pred.csv"
+    args = ["predict", str(result.model_dir), "--input", str(test), "--out", str(out), "--tta"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "pred_provenance.json").read_text())
+    assert record["test_time_augmentation"] is True and len(list(csv.DictReader(out.open()))) == 16
+    qc = tmp_path / "qc"
+    args = ["qc", str(result.model_dir), "--images", str(test), "--out", str(qc), "--tta"]
+    assert main(args) == 0
+    summary = json.loads((qc / "summary.json").read_text())
+    assert summary["test_time_augmentation"] is True and summary["accuracy"] >= 0.9
+
+
 def test_overfitting_point_is_found():
     from deepscope.workflow.qc_classify import overfitting_point
 

@@ -147,18 +147,21 @@ def run_detail(run_dir: Path, store: JobStore) -> dict[str, Any]:
             "qc_summary": _read_json(model / "qc_summary.json"),
             "applied": applied_folders(run_dir),
             "exports": exported_packages(run_dir),
-            "tta_ok": _tta_ok(out["task"], info),
+            "tta_ok": _tta_ok(out["task"], info, run_config(run_dir)),
             "int8_ok": int8_ok(out["task"], info),
         }
     )
     return out
 
 
-def _tta_ok(task: str | None, info: dict[str, Any] | None) -> bool:
+def _tta_ok(
+    task: str | None, info: dict[str, Any] | None, config: dict[str, Any] | None = None
+) -> bool:
     """Whether predictions of this run's model may be averaged over flips and turns.
 
     ``info`` is the model's ``deepscope_model.json`` (its ``spatial_dims``: 3D StarDist
-    models cannot be turned); without it, the task decides alone.
+    models cannot be turned); without it, the task decides alone, with the run's saved
+    ``config`` (see ``Task.tta_allowed``).
     """
     from deepscope.tasks import get_task
 
@@ -169,7 +172,8 @@ def _tta_ok(task: str | None, info: dict[str, Any] | None) -> bool:
     except KeyError:  # an unknown task name in a foreign run folder
         return False
     dims = (info or {}).get("spatial_dims")
-    return cls.tta_ok and (dims is None or dims in cls.tta_dims)
+    allowed = cls.tta_allowed(config or {})
+    return allowed and (dims is None or dims in cls.tta_dims)
 
 
 def int8_ok(task: str | None, info: dict[str, Any] | None) -> bool:

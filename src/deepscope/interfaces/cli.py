@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test-time augmentation: predict each image 8 times (flipped and turned by 90 "
         "degrees) and average; 8 times slower, usually a little cleaner (denoising, "
-        "restoration, semantic and 2D StarDist models)",
+        "restoration, semantic and 2D StarDist models; classifiers over the flips and "
+        "turns they were trained with)",
     )
     p.add_argument(
         "--int8",

@@ -134,6 +134,15 @@ class Task(ABC):
     #: model to start from when it is of the same task.
     network_fields: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def tta_allowed(cls, config: dict[str, Any]) -> bool:
+        """Whether a model trained with ``config`` (a saved config as a dict) allows ``--tta``.
+
+        ``tta_ok`` by default; a task whose views depend on its training (classification)
+        narrows it.
+        """
+        return cls.tta_ok
+
     def __init__(self, config: TaskConfigBase):
         self.config = config
 

@@ -221,6 +221,14 @@ class ClassifyTask(Task):
     normalize_targets = False
     qc_kind = "classify"
     image_level = True
+    tta_ok = True  # over the flips and turns training used (predict_classify.tta_views)
+    tta_dims = (2,)
+
+    @classmethod
+    def tta_allowed(cls, config: dict[str, Any]) -> bool:
+        """Only for models trained with flips or turns: ``--tta`` averages over those."""
+        data = config.get("data") or {}
+        return bool(data.get("flips", True) or data.get("rotations", True))
 
     def __init__(self, config: ClassifyConfig):
         super().__init__(config)

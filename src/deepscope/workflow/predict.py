@@ -480,7 +480,15 @@ def predict_files(
         from deepscope.workflow.predict_classify import predict_table
 
         return [
-            predict_table(model, source, out_dir, axes=axes, overwrite=overwrite, progress=progress)
+            predict_table(
+                model,
+                source,
+                out_dir,
+                axes=axes,
+                overwrite=overwrite,
+                tta=bool(tiles is not None and tiles.tta),
+                progress=progress,
+            )
         ]
     inputs = resolve_inputs(source)
     out_dir = Path(out_dir)

@@ -28,11 +28,58 @@ from deepscope.workflow.model_folder import TrainedModel
 BATCH = 64
 
 
+View = tuple[int, bool, bool]  # quarter turns in YX, flip in X, flip in Y
+
+
+def tta_views(model: TrainedModel) -> list[View]:
+    """The flips and quarter turns of the model's input that training showed it.
+
+    Training augments with 90-degree turns (``data.rotations``, square inputs only) and
+    flips (``data.flips``); test-time augmentation averages over the same views, never
+    over ones the model did not learn (a turned digit is another digit).
+
+    Raises
+    ------
+    DeepscopeError
+        When the model was trained with neither, so there is nothing to average.
+    """
+    d = model.config.data
+    size = model.config.classify.image_size  # type: ignore[attr-defined]
+    turns = range(4) if d.rotations and size[0] == size[1] else range(1)
+    if d.flips and len(turns) == 4:  # the 8 symmetries of the square
+        views = [(k, fx, False) for k in turns for fx in (False, True)]
+    elif d.flips:
+        views = [(0, fx, fy) for fx in (False, True) for fy in (False, True)]
+    else:
+        views = [(k, False, False) for k in turns]
+    if len(views) == 1:
+        raise DeepscopeError(
+            "--tta averages over the flips and turns the model was trained with, and this "
+            "model was trained without any (data.flips and data.rotations are off, or its "
+            "input is not square)",
+            model.folder,
+            "leave out --tta",
+        )
+    return views
+
+
+def _view(x: torch.Tensor, view: View) -> torch.Tensor:
+    k, flip_x, flip_y = view
+    if k:
+        x = torch.rot90(x, k, dims=(-2, -1))
+    if flip_x:
+        x = torch.flip(x, dims=(-1,))
+    if flip_y:
+        x = torch.flip(x, dims=(-2,))
+    return x.contiguous()
+
+
 def classify_arrays(
     model: TrainedModel,
     images: Sequence[np.ndarray],
     progress: Callable[[int, int], None] | None = None,
     network: torch.nn.Module | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Class probabilities (N, K) of raw channel-first images (C, Y, X).
 
@@ -46,6 +93,9 @@ def classify_arrays(
         Called as ``progress(done, total)`` after each batch.
     network
         Overrides the model's network (e.g. an earlier checkpoint).
+    tta
+        Average the class probabilities over the flips and turns of each image that
+        training used (:func:`tta_views`; up to 8 times the work).
     """
     if not images:
         return np.zeros((0, len(model.task.class_names)), np.float32)  # type: ignore[attr-defined]
@@ -56,14 +106,18 @@ def classify_arrays(
             f"{model.in_channels}",
             fix="give images with the same channels as the training images (or --axes)",
         )
+    views = tta_views(model) if tta else [(0, False, False)]
     net = (network or model.network).eval()
     out = []
     for start in range(0, len(images), BATCH):
         chunk = list(images[start : start + BATCH])
-        x = model.task.preprocess(chunk, model.normalizer)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            logits = net(torch.from_numpy(x)).float().numpy()
-        out.append(model.task.postprocess(logits))
+        x = torch.from_numpy(model.task.preprocess(chunk, model.normalizer))  # type: ignore[attr-defined]
+        probs = []
+        for view in views:
+            with torch.no_grad():
+                logits = net(_view(x, view)).float().numpy()
+            probs.append(model.task.postprocess(logits))
+        out.append(np.mean(probs, axis=0))
         if progress:
             progress(min(start + BATCH, len(images)), len(images))
     return np.concatenate(out).astype(np.float32)
@@ -82,9 +136,13 @@ def predict_table(
     *,
     axes: str | None = None,
     overwrite: bool = False,
+    tta: bool = False,
     progress: Callable[[str, float, int], None] | None = None,
 ) -> Path:
     """Classify every image of ``source`` and write the CSV; return its path.
+
+    With ``tta`` each image's probabilities are averaged over the flips and turns that
+    training used (see :func:`classify_arrays`).
 
     Raises
     ------
@@ -105,6 +163,8 @@ def predict_table(
             target,
             "choose another --out, or add --overwrite to replace it",
         )
+    if tta:
+        tta_views(model)  # refused before any image is read
     names, images, findings = load_unlabelled(source, axes or model.config.data.axes)
     for f in findings:
         print(f"warning: {f.path}: {f.problem} (skipped)")
@@ -113,7 +173,7 @@ def predict_table(
             "no image could be read", source, "give readable images (TIFF, PNG, JPEG, OME-Zarr)"
         )
     cb = (lambda d, t: progress("classifying", d, t)) if progress else None
-    probs = classify_arrays(model, images, cb)
+    probs = classify_arrays(model, images, cb, tta=tta)
     class_names = list(model.task.class_names)  # type: ignore[attr-defined]
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -135,6 +195,7 @@ def predict_table(
         "config_digest": model.config.digest(),
         "input": str(Path(source).resolve()),
         "images": len(names),
+        "test_time_augmentation": tta,
         "skipped": [str(f.path) for f in findings],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

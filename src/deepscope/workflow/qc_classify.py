@@ -262,7 +262,8 @@ def classify_qc(
         raise DeepscopeError("no test image could be read", images, "give readable images")
     y_true = np.array([names.index(data.class_names[i]) for i in data.labels])
     cb = (lambda d, t: progress("classifying", d, t)) if progress else None
-    probs = classify_arrays(model, data.images, cb)
+    tta = bool(tiles is not None and tiles.tta)
+    probs = classify_arrays(model, data.images, cb, tta=tta)
     y_pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     correct = y_pred == y_true
@@ -286,13 +287,15 @@ def classify_qc(
     }
     checkpoints = {}
     for ck in model.checkpoint_names():
-        p = classify_arrays(model, data.images, network=model.network_from_checkpoint(ck))
+        net = model.network_from_checkpoint(ck)
+        p = classify_arrays(model, data.images, network=net, tta=tta)
         checkpoints[ck] = float((p.argmax(axis=1) == y_true).mean())
     summary: dict[str, Any] = {
         "accuracy": float(correct.mean()),
         "macro_f1": float(np.mean(f1[present])),
         "per_class": per_class,
         "images": len(y_true),
+        "test_time_augmentation": tta,
         "ece": ece,
         "confusion_matrix": cm.tolist(),
         "class_names": names,
