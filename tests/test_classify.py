@@ -233,7 +233,7 @@ def test_train_predict_qc_give_real_numbers(trained, tmp_path):
         assert words in html
 
 
-def test_tta_averages_over_the_views_training_used(trained, tmp_path):
+def test_tta_averages_over_the_views_training_used(trained, tmp_path, capsys):
     from deepscope.workflow.predict_classify import classify_arrays, tta_views
 
     result, test = trained
@@ -271,7 +271,11 @@ def test_tta_averages_over_the_views_training_used(trained, tmp_path):
     assert record["test_time_augmentation"] is True and len(list(csv.DictReader(out.open()))) == 16
     qc = tmp_path / "qc"
     args = ["qc", str(result.model_dir), "--images", str(test), "--out", str(qc), "--tta"]
+    capsys.readouterr()
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Quality control on 16 labelled images" in printed
+    assert "brightness" not in printed  # no restoration summary after the classifier's
     summary = json.loads((qc / "summary.json").read_text())
     assert summary["test_time_augmentation"] is True and summary["accuracy"] >= 0.9
 

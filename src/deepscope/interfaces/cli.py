@@ -994,7 +994,7 @@ def cmd_qc(args: argparse.Namespace) -> int:
     )
     if "macro_f1" in summary:
         _print_classify_summary(summary)
-    if "by_threshold" in summary:
+    elif "by_threshold" in summary:
         from deepscope.workflow.qc_instance import summary_text
 
         print(summary_text(summary))
