@@ -386,6 +386,53 @@ def test_predict_lists_every_unusable_input_before_predicting_any(
     assert not out.exists()
 
 
+def test_predict_checks_channels_and_result_names_before_predicting_any(
+    tmp_path, trained_2d_run, noisy_dir, capsys
+):
+    batch = tmp_path / "batch"
+    shutil.copytree(noisy_dir, batch)
+    tifffile.imwrite(batch / "colour.tif", np.zeros((64, 64, 3), np.uint8))  # RGB
+    tifffile.imwrite(batch / "two.tif", np.zeros((2, 64, 64), np.uint16), metadata={"axes": "CYX"})
+    out = tmp_path / "results"
+    model = trained_2d_run / "model"
+    code, _, err = run_cli(capsys, "predict", model, "--input", batch, "--out", out)
+    assert code == 2 and "Traceback" not in err, err
+    assert "2 of " in err and "colour.tif" in err and "two.tif" in err
+    assert "3 channel(s)" in err and "2 channel(s)" in err and "trained on images with 1" in err
+    assert not out.exists()
+
+    (batch / "two.tif").unlink()
+    (batch / "colour.tif").unlink()
+    first = sorted(batch.glob("*.tif"))[0]
+    write_tif(batch / f"{first.stem}.png", np.zeros((64, 64), np.uint8))  # a.tif and a.png
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli(capsys, "predict", model, "--input", batch, "--out", out, *extra)
+        assert_user_error(code, err, batch, "same name", first.name, f"{first.stem}.png")
+        assert not out.exists()
+
+
+def test_provenance_records_the_precision_the_network_ran_in(tmp_path, trained_2d_run, capsys):
+    from deepscope.engine.performance import cpu_supports_bf16
+    from deepscope.workflow.model_folder import load_model_folder
+    from deepscope.workflow.predict import TileSettings, prediction_precision
+
+    model_dir = trained_2d_run / "model"
+    input_dir = tmp_path / "in"
+    write_tif(input_dir / "x.tif", np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    code, _, err = run_cli(
+        capsys, "predict", model_dir, "--input", input_dir, "--out", tmp_path / "o"
+    )
+    assert code == 0, err
+    record = json.loads((tmp_path / "o" / "provenance.json").read_text())
+    model = load_model_folder(model_dir)
+    assert record["precision"] == prediction_precision(model)
+    model.config.training.precision = "32"
+    assert prediction_precision(model) == "float32"
+    model.config.training.precision = "auto"
+    assert prediction_precision(model) == ("bfloat16" if cpu_supports_bf16() else "float32")
+    assert prediction_precision(model, TileSettings(int8=True)) == "int8"
+
+
 def test_predict_does_not_overwrite_without_permission(tmp_path, trained_2d_run, noisy_dir, capsys):
     model, out = trained_2d_run / "model", tmp_path / "results"
     code, _, err = run_cli(capsys, "predict", model, "--input", noisy_dir, "--out", out)

@@ -201,6 +201,27 @@ def test_validate_warns_on_a_shifted_pair_only(tmp_path: Path) -> None:
     assert "register" in warning.fix
 
 
+def test_validate_warns_when_a_target_shows_another_field(tmp_path: Path) -> None:
+    field = 200 + 2000 * _blobs((256, 256), seed=5)
+    noisy = field + np.random.default_rng(1).normal(0, 600, field.shape)
+    other = 200 + 2000 * _blobs((256, 256), seed=11)  # another field of view
+    images, targets = tmp_path / "in", tmp_path / "tg"
+    write_tif(images / "p.tif", noisy.astype(np.float32))
+    write_tif(images / "q.tif", noisy.astype(np.float32))
+    write_tif(targets / "p.tif", other.astype(np.float32))
+    write_tif(targets / "q.tif", field.astype(np.float32))  # its own field: no warning
+    for name in ("care", "n2n", "labelfree"):
+        config = tiny(name)
+        task = get_task(name)(config)
+        report = validate_dataset(name, config, images, targets, extra_checks=task.extra_checks)
+        found = [w for w in report.warnings if "share little structure" in w.problem]
+        if name == "labelfree":  # transmitted light and fluorescence look unalike anyway
+            assert not found
+        else:
+            (warning,) = found
+            assert warning.path.name == "p.tif" and "another image" in warning.problem
+
+
 def test_cli_validate_reports_misalignment(tmp_path: Path, capsys) -> None:
     images, targets = _shifted_pair(tmp_path, 0, 6)
     assert (

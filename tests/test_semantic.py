@@ -255,6 +255,16 @@ def test_binary_2d_train_predict_instances_qc_cli(tmp_path: Path, capsys) -> Non
     assert (qc / "figures" / "threshold_curve.png").exists()
     tuned = json.loads((model / "thresholds.json").read_text())
     assert tuned["foreground_threshold"] == summary["threshold"]["best"]
+    assert "note" not in summary["threshold"]
+    # QC again on the same images: the threshold was chosen on them, and it says so
+    capsys.readouterr()
+    assert main(["qc", str(model), "--images", str(images), "--masks", str(masks), "--out",
+                 str(tmp_path / "qc2")]) == 0  # fmt: skip
+    again = json.loads((tmp_path / "qc2" / "summary.json").read_text())["threshold"]
+    assert again["used"] == tuned["foreground_threshold"]
+    assert again["chosen_on_these_images"] == ["a.tif", "b.tif", "c.tif"]
+    assert "optimistic" in again["note"] and "optimistic" in capsys.readouterr().out
+    assert "optimistic" in (tmp_path / "qc2" / "report.html").read_text()
     pred = tmp_path / "pred"
     assert main(["predict", str(model), "--input", str(images), "--out", str(pred),
                  "--instances", "--probabilities"]) == 0  # fmt: skip

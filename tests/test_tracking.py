@@ -307,6 +307,19 @@ def test_cli_errors_name_the_file_and_the_fix(tmp_path: Path, capsys) -> None:
     assert "_track.txt" in capsys.readouterr().err
 
 
+def test_a_raw_8_bit_movie_given_as_labels_is_refused(tmp_path: Path) -> None:
+    truth, _ = lineage_movie()
+    rng = np.random.default_rng(2)
+    raw = np.clip(np.where(truth > 0, 180, 40) + rng.normal(0, 20, truth.shape), 0, 255)
+    tifffile.imwrite(tmp_path / "raw8.tif", raw.astype(np.uint8))  # whole numbers, no zeros
+    with pytest.raises(DeepscopeError, match="do not look like label images"):
+        read_label_movie(tmp_path / "raw8.tif", axes="TYX")
+    pieces = truth.copy()
+    pieces[:, :, 30] = 0  # an object drawn in two pieces is still a label image
+    tifffile.imwrite(tmp_path / "labels.tif", pieces)
+    assert read_label_movie(tmp_path / "labels.tif", axes="TYX").data.max() == truth.max()
+
+
 def test_label_folder_of_frames_is_read_in_name_order(tmp_path: Path) -> None:
     truth, _ = lineage_movie(three_d=True)
     for t, frame in enumerate(truth):

@@ -552,8 +552,10 @@ def open_image(path: str | os.PathLike, axes: str | None = None) -> Image:
     return Image(data=data, axes=final_axes, path=path, metadata=metadata)
 
 
-def spatial_shape(path: str | os.PathLike, axes: str | None, spatial_ndim: int) -> tuple[int, ...]:
-    """The spatial size (Y, X) or (Z, Y, X) of an image file, from its header.
+def channel_first_shape(
+    path: str | os.PathLike, axes: str | None, spatial_ndim: int
+) -> tuple[int, ...]:
+    """The shape (C, Y, X) or (C, Z, Y, X) an image file is read as, from its header.
 
     The file is opened with :func:`open_image` and its axes checked as
     :func:`~deepscope.data.axes.to_channel_first` checks them, without reading pixels.
@@ -566,7 +568,15 @@ def spatial_shape(path: str | os.PathLike, axes: str | None, spatial_ndim: int) 
     img = open_image(path, axes)
     # The axis checks need only the shape: a zero-byte stand-in of that shape.
     shape_only = np.broadcast_to(np.zeros((), np.uint8), tuple(img.data.shape))
-    return to_channel_first(shape_only, img.axes, spatial_ndim, path=Path(path)).shape[1:]
+    return to_channel_first(shape_only, img.axes, spatial_ndim, path=Path(path)).shape
+
+
+def spatial_shape(path: str | os.PathLike, axes: str | None, spatial_ndim: int) -> tuple[int, ...]:
+    """The spatial size (Y, X) or (Z, Y, X) of an image file, from its header.
+
+    See :func:`channel_first_shape`.
+    """
+    return channel_first_shape(path, axes, spatial_ndim)[1:]
 
 
 # --------------------------------------------------------------------------- writing

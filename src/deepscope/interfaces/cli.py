@@ -230,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["pytorch", "onnx"],
         default="pytorch",
-        help="what runs the network: pytorch (default) or onnx (ONNX Runtime; the network "
-        "is converted and checked first, the results are the same within 1e-4)",
+        help="what runs the network: pytorch (default) or onnx (ONNX Runtime, in float32; "
+        "the network is converted and checked first). On CPUs with bfloat16, PyTorch "
+        "predicts in bfloat16, so the two differ by up to ~2%% of the output range; with "
+        "a model trained with training.precision '32' they agree within 1e-4. "
+        "provenance.json records which was used",
     )
     p.add_argument(
         "--prob-threshold",
@@ -337,7 +340,7 @@ def _add_tracking_commands(sub: Any) -> None:
         "--model",
         type=Path,
         help="segmentation model folder that separates "
-        "objects (e.g. runs/seg1/model), to segment --input",
+        "objects (e.g. runs/seg1/model, or the shipped 'nuclei'), to segment --input",
     )
     p.add_argument(
         "--labels",
@@ -439,11 +442,13 @@ def cmd_track(args: argparse.Namespace) -> int:
         if done >= total:
             bars[stage].close()
 
+    from deepscope.workflow.pretrained import resolve_model
+
     result = track(
         args.out,
         labels=args.labels,
         movie=args.input,
-        model=args.model,
+        model=resolve_model(args.model) if args.model is not None else None,
         axes=args.axes,
         max_distance=args.max_distance,
         gap_frames=args.gap_frames,
@@ -494,7 +499,9 @@ def _add_export_commands(sub: Any) -> None:
         "checker; 'onnx' and 'torchscript' write the network alone (NAME.onnx / NAME.pt) "
         "with NAME.json saying how to normalise its input. Nothing is uploaded.",
     )
-    p.add_argument("model", type=Path, help="the model folder (e.g. runs/care1/model)")
+    p.add_argument(
+        "model", type=Path, help="the model folder (e.g. runs/care1/model), or a shipped name"
+    )
     p.add_argument(
         "--format",
         choices=["bioimageio", "onnx", "torchscript"],
@@ -558,8 +565,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"{', '.join(given)} only apply to --format bioimageio, not {args.format}",
                 fix=f"leave out {', '.join(given)}",
             )
+    from deepscope.workflow.pretrained import resolve_model
+
     export_model(
-        args.model,
+        resolve_model(args.model),
         args.format,
         args.out,
         authors=args.authors,
@@ -1046,6 +1055,8 @@ def _print_segmentation_summary(summary: dict) -> None:
     threshold = summary.get("threshold")
     if threshold:
         print(f"  best probability threshold {threshold['best']:.2f} (stored in the model)")
+        if threshold.get("note"):
+            print(f"  caution: {threshold['note']}")
 
 
 def _print_restoration_summary(summary: dict) -> None:

@@ -56,6 +56,12 @@ MAX_SHIFT_PIXELS = 2.0
 MIN_PEAK_CORRELATION = 0.5
 """Pairs whose best cross-correlation is below this are not checked: they share too
 little structure (e.g. transmitted light and fluorescence) for a shift to be measured."""
+UNRELATED_CORRELATION = 0.2
+"""For tasks whose input and target show the same stain (CARE, Noise2Noise), a pair whose
+best cross-correlation is below this is flagged as possibly not of the same field: true
+W2S pairs score 0.82-0.93 (noisy frame vs 400-frame average), other fields of view down
+to 0.4 and below; a lower bar would miss swapped files, a higher one would flag very
+noisy pairs."""
 _CHECK_SIZE = 384  # side of the central crop compared (keeps the check under a second)
 _SEARCH_RADIUS = 16  # largest shift measured, in pixels
 _SCALE_FLOOR = 1e-3  # smallest Laplace scale, in normalised units, keeps the loss finite
@@ -337,6 +343,19 @@ class PairedRestorationTask(Task):
         if image_cf.shape[1:] != target_cf.shape[1:]:
             return []  # reported by the shared size check
         shift, correlation = estimate_shift(image_cf, target_cf)
+        if self.same_modality and correlation < UNRELATED_CORRELATION:
+            return [
+                Finding(
+                    "warning",
+                    image_path,
+                    f"this image and its target {target_path.name} share little structure "
+                    f"(best cross-correlation {correlation:.2f}, where pairs of one field "
+                    "usually score above 0.5): the target may belong to another image, or "
+                    "be empty or out of focus.",
+                    "open the pair side by side in Fiji and check that the target shows the "
+                    "same field as its image (file names are paired exactly).",
+                )
+            ]
         if correlation < MIN_PEAK_CORRELATION:
             return []
         biggest = float(np.max(np.abs(shift))) if shift.size else 0.0

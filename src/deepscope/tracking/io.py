@@ -209,8 +209,40 @@ def check_labels(data: np.ndarray, source: Path) -> np.ndarray:
         raise ImageReadError(
             "the label images hold no object at all (every pixel is 0)", source, _LABEL_FIX
         )
+    _check_objects_are_regions(data, source)
     out_type = np.int32 if data.max() < 2**31 else np.int64
     return data.astype(out_type, copy=False)
+
+
+#: A frame whose label values form more than this many separate regions per value is a
+#: raw image (each grey level is scattered over the whole frame), not a label image.
+REGIONS_PER_LABEL_MAX = 3.0
+
+
+def _check_objects_are_regions(data: np.ndarray, source: Path) -> None:
+    """Refuse whole-number movies whose "objects" are scattered: raw 8/16-bit frames.
+
+    In a label image each object is one connected region (or a few, where a mask was
+    drawn in pieces); in a raw frame each grey value is spread over thousands of pixels
+    far apart. The first, middle and last frames are checked.
+    """
+    from skimage.measure import label
+
+    for t in sorted({0, len(data) // 2, len(data) - 1}):
+        frame = np.asarray(data[t])
+        values = np.unique(frame)
+        n_labels = int((values != 0).sum())
+        if n_labels == 0:
+            continue
+        regions = int(label(frame, background=0, connectivity=1).max())
+        if regions > REGIONS_PER_LABEL_MAX * n_labels and regions > n_labels + 20:
+            raise ImageReadError(
+                f"these do not look like label images: in frame {t} the {n_labels} "
+                f"object numbers form {regions} separate regions (in a label image each "
+                "object is one region), as the grey levels of a raw movie do",
+                source,
+                _LABEL_FIX,
+            )
 
 
 def read_label_movie(path: str | Path, axes: str | None = None) -> Movie:

@@ -19,11 +19,11 @@ from deepscope import __version__
 from deepscope.data.axes import from_channel_first, output_axes, to_channel_first
 from deepscope.data.io import (
     atomic_write_text,
+    channel_first_shape,
     is_image_path,
     list_images,
     open_image,
     read_image,
-    spatial_shape,
     write_image,
 )
 from deepscope.engine import performance
@@ -366,6 +366,28 @@ def output_name(input_path: Path) -> str:
     return name + ".tif"
 
 
+def check_output_names(inputs: Sequence[Path]) -> None:
+    """Refuse inputs whose results would have the same name (``a.tif`` and ``a.png``).
+
+    Raises
+    ------
+    OutputError
+        Naming every clash, before anything is predicted.
+    """
+    by_name: dict[str, list[Path]] = {}
+    for path in inputs:
+        by_name.setdefault(output_name(path).lower(), []).append(path)
+    clashes = [paths for paths in by_name.values() if len(paths) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(p.name for p in paths) for paths in clashes)
+        raise OutputError(
+            f"these inputs would give results of the same name, so one would replace the "
+            f"other: {listed}",
+            clashes[0][0].parent,
+            "rename one file of each pair (or predict them into different folders)",
+        )
+
+
 def side_output_name(result_name: str, suffix: str) -> str:
     """Return the file name of an extra result: ``cell.tif`` → ``cell_uncertainty.tif``."""
     for ending in (".ome.zarr", ".tif"):
@@ -418,13 +440,21 @@ def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
             )
 
 
-def check_inputs(inputs: Sequence[Path], axes: str | None, spatial_dims: int) -> None:
+def check_inputs(
+    inputs: Sequence[Path],
+    axes: str | None,
+    spatial_dims: int,
+    model: TrainedModel | None = None,
+) -> None:
     """Open every input (its header, not its pixels) and refuse the batch if any is unusable.
 
     Run before anything is predicted, so that a batch with a bad file fails in seconds,
-    naming every bad file at once, instead of stopping hours later at the first one.
-    Damage inside the pixel data of a file whose header reads is only found when that
-    file is read; the results written until then are kept.
+    naming every bad file at once, instead of stopping hours later at the first one:
+    unreadable files, axes that do not fit ``spatial_dims``, and (given ``model``) a
+    channel count the model cannot take, after the task's own channel adaptation (e.g.
+    StarDist reads colour pictures as grey for a one-channel model). Damage inside the
+    pixel data of a file whose header reads is only found when that file is read; the
+    results written until then are kept.
 
     Raises
     ------
@@ -434,7 +464,9 @@ def check_inputs(inputs: Sequence[Path], axes: str | None, spatial_dims: int) ->
     problems: list[tuple[Path, DeepscopeError]] = []
     for path in inputs:
         try:
-            spatial_shape(path, axes, spatial_dims)
+            shape = channel_first_shape(path, axes, spatial_dims)
+            if model is not None:
+                _check_channels(model, shape, path)
         except DeepscopeError as err:
             problems.append((path, err))
     if len(problems) == 1:
@@ -449,6 +481,39 @@ def check_inputs(inputs: Sequence[Path], axes: str | None, spatial_dims: int) ->
             "predicted:\n  " + "\n  ".join(" ".join(line.split()) for line in lines),
             path=problems[0][0].parent,
             fix="fix or remove these files (see each line), then run the same command again",
+        )
+
+
+def prediction_precision(model: TrainedModel, tiles: TileSettings | None = None) -> str:
+    """The arithmetic the network runs in here, as recorded in ``provenance.json``.
+
+    ``"int8"`` (``--int8``), ``"float32 (ONNX Runtime)"`` (``--engine onnx``),
+    ``"bfloat16"`` (PyTorch on CPUs with bfloat16, unless the model's config asks for
+    ``training.precision: "32"``) or ``"float32"``. Results of one model differ slightly
+    between these (bfloat16 keeps 8 bits of each value's mantissa).
+    """
+    if tiles is not None and tiles.int8:
+        return "int8"
+    if not list(model.network.parameters()):  # an ONNX Runtime network holds no tensors
+        return "float32 (ONNX Runtime)"
+    chosen = performance.choose_precision(model.config.training.precision, "cpu")
+    return "bfloat16" if chosen == "bf16-mixed" else "float32"
+
+
+def _check_channels(model: TrainedModel, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse an image whose channels (``shape[0]``) the model cannot take."""
+    channels = shape[0]
+    adapt = getattr(model.task, "adapt_channels", None)
+    if adapt is not None:  # on a one-pixel stand-in: only the channel count matters
+        stand_in = np.zeros((channels,) + (1,) * (len(shape) - 1), np.float32)
+        channels = adapt(stand_in, model.in_channels).shape[0]
+    if channels != model.in_channels:
+        raise ImageReadError(
+            f"this image has {shape[0]} channel(s) but the model was trained on images "
+            f"with {model.in_channels}",
+            path=path,
+            fix="give images with the same channels as the training images, or --axes "
+            "if this file's axes are read wrongly",
         )
 
 
@@ -493,7 +558,8 @@ def predict_files(
     inputs = resolve_inputs(source)
     out_dir = Path(out_dir)
     check_output_folder(out_dir, inputs)
-    check_inputs(inputs, axes or model.config.data.axes, model.config.data.spatial_dims)
+    check_inputs(inputs, axes or model.config.data.axes, model.config.data.spatial_dims, model)
+    check_output_names(inputs)
     targets = [out_dir / output_name(p) for p in inputs]
     suffixes = side_output_suffixes(model)
     if not overwrite:
@@ -522,6 +588,7 @@ def predict_files(
         "config_digest": model.config.digest(),
         "test_time_augmentation": bool(tiles is not None and tiles.tta),
         "int8": bool(tiles is not None and tiles.int8),
+        "precision": prediction_precision(model, tiles),
         "started": _now(),
         "files": [],
     }

@@ -348,9 +348,17 @@ def segmentation_qc(
         class_names,
         reference_instances,
     )
-    from deepscope.workflow.predict import predict_raw, update_tuned_settings
+    from deepscope.workflow.predict import (
+        TUNED_SETTINGS_FILE,
+        predict_raw,
+        update_tuned_settings,
+    )
     from deepscope.workflow.training import load_images
 
+    try:  # the threshold an earlier QC stored, and the images it was chosen on
+        earlier = json.loads((model.folder / TUNED_SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        earlier = {}
     task = model.task
     if not isinstance(task, SemanticTask):
         raise DeepscopeError(f"segmentation QC needs a semantic model, not '{model.config.task}'")
@@ -433,6 +441,15 @@ def segmentation_qc(
             "mean_iou_at_best": best_row["mean_iou"],
             "curve": curve,
         }
+        fitted_on = sorted(set(earlier.get("qc_images", [])) & {p.name for p, _ in pairs})
+        if s.threshold is None and fitted_on and earlier.get("foreground_threshold") == used:
+            summary["threshold"]["chosen_on_these_images"] = fitted_on
+            summary["threshold"]["note"] = (
+                f"the threshold used, {used:.2f}, was chosen by an earlier 'deepscope qc' on "
+                f"{len(fitted_on)} of these images, so these scores are optimistic: score "
+                "the model on images it was neither trained nor tuned on for an unbiased "
+                "estimate"
+            )
         tuned = {
             "foreground_threshold": best,
             "mean_iou_at_threshold": round(best_row["mean_iou"], 6),
@@ -572,6 +589,8 @@ def _write_report(
             f"the results above use {used:.2f}.",
             "threshold_curve",
         )
+        if th.get("note"):
+            report.add_paragraph("Caution: " + th["note"] + ".", css_class="note")
         if model.task.settings.threshold is None:
             report.add_paragraph(
                 f"The best threshold {th['best']:.2f} is stored in the model folder "
