@@ -30,7 +30,7 @@ from deepscope.export.onnx_engine import OnnxNetwork, use_onnx_engine
 from deepscope.interfaces.cli import main
 from deepscope.tasks import get_task
 from deepscope.workflow.model_folder import load_model_folder, save_model_folder
-from deepscope.workflow.predict import predict_array
+from deepscope.workflow.predict import predict_array, predict_raw
 
 
 @pytest.fixture(autouse=True)
@@ -448,3 +448,88 @@ def test_3d_stardist_package_holds_the_maps_passes_test_model_and_imports(
         predict_array(load_model_folder(imported), image),
         predict_array(load_model_folder(model_dir), image),
     )
+
+
+# --------------------------------------------- tuned settings (thresholds.json, int8)
+
+
+def _write_tuned(model_dir: Path, **values: float) -> None:
+    (model_dir / "thresholds.json").write_text(json.dumps(values, indent=2))
+
+
+def _fake_calibration(model_dir: Path, digest: str) -> None:
+    """An 8-bit calibration file tied (by digest) to ``digest``'s weights."""
+    from deepscope.engine.int8 import CALIBRATION_FILE, CALIBRATION_VERSION
+
+    calibration = {"version": CALIBRATION_VERSION, "images": 1, "input_range": [0.0, 1.0]}
+    calibration |= {"maxima": {}, "weights_sha256": digest}
+    (model_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+
+
+def test_stardist_package_and_import_use_the_tuned_thresholds(tmp_path: Path) -> None:
+    """Tuned thresholds reach the package's post-processing, test output, README and import."""
+    from stardist.matching import matching
+
+    from deepscope.workflow.int8_models import int8_calibration_of
+    from deepscope.workflow.predict import file_sha256
+
+    model_dir = make_model(
+        tmp_path, "stardist", stardist={"n_rays": 8, "grid": [2, 2], "feature_channels": 8}
+    )
+    _write_tuned(model_dir, prob_threshold=0.6, nms_threshold=0.15, score=0.8)
+    _fake_calibration(model_dir, file_sha256(model_dir / "weights.pt"))
+    package = export_package(model_dir, tmp_path / "sd.zip")
+    rdf = read_rdf(package)
+    kwargs = rdf["outputs"][0]["postprocessing"][0]["kwargs"]
+    assert kwargs["prob_threshold"] == pytest.approx(np.log(0.6 / 0.4))
+    assert kwargs["nms_threshold"] == pytest.approx(0.15)
+    with zipfile.ZipFile(package) as z:
+        readme = z.read(_source(rdf["documentation"])).decode()
+        test_in = np.load(z.open(rdf["inputs"][0]["test_tensor"]["source"]))[0]
+        test_out = np.load(z.open(rdf["outputs"][0]["test_tensor"]["source"]))[0, ..., 0]
+    assert "probability 0.6 (" in readme and "(IoU) 0.15" in readme
+    assert "tuned by deepscope after training" in readme
+    original = load_model_folder(model_dir)
+    ours = predict_array(original, test_in)[0]
+    assert ours.max() > 3
+    assert matching(ours, test_out, thresh=0.9).f1 == 1.0  # deepscope's objects
+
+    out = import_model(package, tmp_path / "imported", log=lambda _m: None)
+    for name in ("thresholds.json", "int8_calibration.json", "weights.pt"):
+        assert (out / name).read_bytes() == (model_dir / name).read_bytes(), name
+    imported = load_model_folder(out)
+    assert int8_calibration_of(imported) is not None  # still tied to the same weights
+    image = np.random.default_rng(4).uniform(100, 2500, (1, 64, 48)).astype(np.float32)
+    expected = predict_array(original, image)
+    assert expected.max() > 3
+    np.testing.assert_array_equal(predict_array(imported, image), expected)
+
+
+def test_semantic_package_states_the_tuned_thresholds_and_import_restores_them(
+    tmp_path: Path,
+) -> None:
+    """A semantic model's tuned foreground and seed thresholds: README, import, prediction."""
+    model_dir = make_model(tmp_path, "semantic", semantic={"instances": "outlines"})
+    # this untrained network gives class 1 a probability of 0.40 to 0.43 everywhere
+    _write_tuned(model_dir, foreground_threshold=0.418, seed_threshold=0.419)
+    _fake_calibration(model_dir, "0" * 64)  # made for other weights: not carried
+    package = export_package(model_dir, tmp_path / "sem.zip")
+    rdf = read_rdf(package)
+    with zipfile.ZipFile(package) as z:
+        readme = z.read(_source(rdf["documentation"])).decode()
+        names = z.namelist()
+    assert "exceeds 0.418 (chosen by `deepscope qc`)" in readme
+    assert "exceeds 0.419 (the seed threshold, chosen on the validation images" in readme
+    assert "thresholds.json" in names and "int8_calibration.json" not in names
+    out = import_model(package, tmp_path / "imported", log=lambda _m: None)
+    assert (out / "thresholds.json").read_bytes() == (model_dir / "thresholds.json").read_bytes()
+    assert not (out / "int8_calibration.json").exists()
+    original, imported = load_model_folder(model_dir), load_model_folder(out)
+    image = np.random.default_rng(3).uniform(100, 2500, (1, 48, 40)).astype(np.float32)
+    expected = predict_array(original, image)
+    assert 0 < expected.mean() < 1  # the tuned threshold decides
+    np.testing.assert_array_equal(predict_array(imported, image), expected)
+    raw = predict_raw(original, image)
+    cells = original.task.instances(raw)
+    assert cells.max() >= 1  # seeds above the tuned seed threshold (none above 0.9)
+    np.testing.assert_array_equal(imported.task.instances(predict_raw(imported, image)), cells)

@@ -15,8 +15,14 @@ The package (a ``.zip``) holds:
 - a cover image (input | output), a README from the model card, QC metrics when
   ``deepscope qc`` was run, method citations, authors and licence, and the training
   history (``history.csv``, attached, for the loss curves of QC reports);
-- the full deepscope config and normalisation under ``config.deepscope``, from which
-  ``deepscope import`` rebuilds the model folder.
+- the full deepscope config and normalisation under ``config.deepscope``, and the model
+  folder's tuned settings (``thresholds.json``; ``int8_calibration.json`` when it was
+  made for these weights), attached, from which ``deepscope import`` rebuilds the model
+  folder.
+
+Every threshold in the package (StarDist's ``stardist_postprocessing``, the test output,
+the README) is the one ``deepscope predict`` uses: the model folder's tuned settings are
+applied before anything is computed.
 
 Nothing here uses the network: no field holds a URL (validation would fetch it).
 """
@@ -43,6 +49,7 @@ from deepscope.export.descriptions import TaskExport, exportable_tasks, get_expo
 from deepscope.export.onnx_export import OPSET, export_onnx
 from deepscope.export.torchscript import export_torchscript
 from deepscope.workflow.model_folder import TrainedModel, load_model_folder
+from deepscope.workflow.predict import TUNED_SETTINGS_FILE, apply_tuned_settings
 
 #: Largest side (Y, X) of the test image, and depth (Z) of a 3D one.
 TEST_SIDE = 256
@@ -197,10 +204,16 @@ def build_description(
     log: Callable[[str], None],
     checked: bool = True,
 ):  # noqa: ANN201
-    """Write every file of the package into ``work`` and return its ``ModelDescr``."""
+    """Write every file of the package into ``work`` and return its ``ModelDescr``.
+
+    The model's task first gets the model folder's tuned settings (``thresholds.json``),
+    as for ``deepscope predict``, so the package's thresholds, test output and README
+    are the ones deepscope predicts with.
+    """
     from bioimageio.spec.model import v0_5 as spec
     from pydantic import ValidationError
 
+    apply_tuned_settings(model)
     dims = model.config.data.spatial_dims
     x = test_input(model, sample, entry)  # (1, C, *spatial), raw intensities
     raw = raw_output(model, x)
@@ -223,9 +236,11 @@ def build_description(
     onnx_diff = export_onnx(network, example, work / "weights.onnx")
     (work / "README.md").write_text(documentation(model, entry, ts_diff, onnx_diff, checked))
     attachments = []
-    if (model.folder / "history.csv").is_file():  # loss curves: QC reports show them
-        shutil.copyfile(model.folder / "history.csv", work / "history.csv")
-        attachments.append(spec.FileDescr(source=work / "history.csv"))
+    for file in ("history.csv", *tuned_settings_files(model)):
+        # history: the loss curves QC reports show; the others: what import restores
+        if (model.folder / file).is_file():
+            shutil.copyfile(model.folder / file, work / file)
+            attachments.append(spec.FileDescr(source=work / file))
 
     div = int(model.info["divisibility"])
     space = SPACE_AXES[dims]
@@ -332,6 +347,24 @@ def build_description(
                 fix="give --license with an SPDX identifier, e.g. CC-BY-4.0, MIT, BSD-3-Clause",
             ) from None
         raise
+
+
+def tuned_settings_files(model: TrainedModel) -> list[str]:
+    """The model folder's files of settings made after training that the package carries.
+
+    ``thresholds.json`` (e.g. StarDist's probability and NMS thresholds, a semantic
+    model's foreground or seed threshold), and the 8-bit calibration
+    (``int8_calibration.json``) when it was made for the folder's current weights: the
+    package holds those weights byte for byte, so the calibration stays valid after
+    ``deepscope import``.
+    """
+    from deepscope.engine.int8 import CALIBRATION_FILE
+    from deepscope.workflow.int8_models import int8_calibration_of
+
+    files = [TUNED_SETTINGS_FILE]
+    if int8_calibration_of(model) is not None:
+        files.append(CALIBRATION_FILE)
+    return [f for f in files if (model.folder / f).is_file()]
 
 
 def deepscope_record(model: TrainedModel) -> dict[str, Any]:

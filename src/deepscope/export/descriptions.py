@@ -20,6 +20,11 @@ here by a :class:`TaskExport` entry, registered with :func:`register_export`:
   ``stardist_postprocessing`` turns the network's probability + distance channels into
   instance labels with axes batch, y, x).
 
+Every function of an entry receives the model as ``deepscope predict`` uses it: with
+the settings tuned after training (the model folder's ``thresholds.json``) applied by the
+exporter, so thresholds in the package and its README are the ones deepscope predicts
+with.
+
 A new task (StarDist, classification) becomes exportable by adding one entry.
 """
 
@@ -274,12 +279,32 @@ def _semantic_names(model: TrainedModel) -> list[str]:
     return _probability_names(class_names(model.config.semantic))
 
 
+def _threshold_origin(configured: float | None, in_use: float | None) -> str:
+    """Where a threshold in use comes from: ``"config"``, ``"tuned"`` or ``"default"``.
+
+    ``configured`` is the config's value, ``in_use`` the task's after the model folder's
+    tuned settings were applied (None: the default is used).
+    """
+    if configured is not None:
+        return "config"
+    return "tuned" if in_use is not None else "default"
+
+
 def _semantic_notes(model: TrainedModel) -> str:
+    from deepscope.tasks.semantic import DEFAULT_SEED_THRESHOLD
+
     s = model.config.semantic
-    threshold = getattr(model.task, "threshold", None)
+    task = model.task
+    threshold = getattr(task, "threshold", None)
     rule = (
         f"a pixel is class 1 when the probability of class 1 exceeds "
-        f"{0.5 if threshold is None else threshold:g}"
+        f"{0.5 if threshold is None else threshold:g} ("
+        + {
+            "config": "set in the model's config",
+            "tuned": "chosen by `deepscope qc`",
+            "default": "the default: the model folder holds no tuned threshold",
+        }[_threshold_origin(s.threshold, threshold)]
+        + ")"
         if s.n_classes == 2 and s.mode == "classes"
         else "each pixel gets the class of highest probability (argmax over channels)"
     )
@@ -293,6 +318,21 @@ def _semantic_notes(model: TrainedModel) -> str:
             "one label per object by growing the interiors into the boundaries "
             "(`deepscope predict --instances`); the BioImage.IO operations cannot express "
             "this step."
+        )
+    elif s.instances == "outlines":
+        seed = getattr(task, "seed_threshold", None)
+        origin = {
+            "config": "set in the model's config",
+            "tuned": "chosen on the validation images after training",
+            "default": "deepscope's default: the model folder holds no tuned one",
+        }[_threshold_origin(s.seed_threshold, seed)]
+        text += (
+            " Class 0 is the outline between cells: deepscope makes one label per cell "
+            "(`deepscope predict --instances`) by growing the regions where the "
+            f"probability of class 1 exceeds {DEFAULT_SEED_THRESHOLD if seed is None else seed:g} "
+            f"(the seed threshold, {origin}) over the outlines, downhill in the probability "
+            "of class 0, until neighbouring cells meet; the BioImage.IO operations cannot "
+            "express this step."
         )
     return text
 
@@ -432,9 +472,29 @@ def _stardist_channels(model: TrainedModel) -> list[str]:
     return ["probability_logit"] + [f"distance_ray{r}" for r in range(model.task.n_rays)]
 
 
+def _stardist_threshold_origin(model: TrainedModel) -> str:
+    """Where the StarDist thresholds in use come from, in words (for the README)."""
+    task, s = model.task, model.config.stardist
+    prob = _threshold_origin(s.prob_threshold, task.prob_threshold)
+    nms = _threshold_origin(s.nms_threshold, task.nms_threshold)
+    if prob == nms:
+        return {
+            "config": "both set in the model's config",
+            "tuned": "both tuned by deepscope after training",
+            "default": "StarDist's defaults: the model folder holds no tuned thresholds",
+        }[prob]
+    words = {
+        "config": "set in the model's config",
+        "tuned": "tuned by deepscope after training",
+        "default": "StarDist's default",
+    }
+    return f"probability threshold {words[prob]}, overlap threshold {words[nms]}"
+
+
 def _stardist_notes(model: TrainedModel) -> str:
     task = model.task
     prob, nms = task.thresholds()
+    origin = _stardist_threshold_origin(model)
     norm = model.normalizer
     normalised = (
         f"Each image is normalised by its own percentiles ({norm.low_pct:g} % to 0, "
@@ -450,8 +510,9 @@ def _stardist_notes(model: TrainedModel) -> str:
             f"{task.n_rays}, in image pixels; ray directions: `stardist.Rays_GoldenSpiral("
             f"{task.n_rays}, anisotropy={task.anisotropy})`). Instance labels are made "
             "from them by the `stardist` package: `non_maximum_suppression_3d` with "
-            f"probability threshold {prob:g} (logit {_logit(prob):.4f}) and overlap {nms:g}, "
-            f"grid {tuple(task.grid)}, then `polyhedron_to_label`. The package does not "
+            f"probability threshold {prob:g} (logit {_logit(prob):.4f}) and overlap {nms:g} "
+            f"({origin}), grid {tuple(task.grid)}, then `polyhedron_to_label`, as deepscope's "
+            "own prediction does. The package does not "
             "include this step as the spec's `stardist_postprocessing`, because "
             "bioimageio.core's 3D version of that step fails on images without objects. "
             "`deepscope import` of this package restores the model with the whole "
@@ -466,10 +527,11 @@ def _stardist_notes(model: TrainedModel) -> str:
         f"along {task.n_rays} rays (channels 1 to {task.n_rays}, in image pixels). The "
         "BioImage.IO operation `stardist_postprocessing` (non-maximum suppression and "
         "rendering of the star-convex polygons, by the `stardist` package) turns these into "
-        f"instance labels, with the thresholds tuned by deepscope after training: object "
+        f"instance labels, with the thresholds deepscope predicts with ({origin}): object "
         f"probability {prob:g} (given to the operation as its logit, {_logit(prob):.4f}, "
         f"because the network outputs logits) and overlap (IoU) {nms:g} for the "
-        "suppression. deepscope's own prediction gives the same objects, numbered 1..n "
+        "suppression. deepscope's own prediction (unless `--prob-threshold` or "
+        "`--nms-threshold` are given) gives the same objects, numbered 1..n "
         "without gaps, and also writes ImageJ ROIs and a table of measurements per object."
     )
 

@@ -5,7 +5,9 @@ full deepscope config and normalisation under ``config.deepscope``), with any of
 weight formats:
 
 - ``pytorch_state_dict`` whose architecture is one of deepscope's (the default): the
-  model folder is identical to the original and can be fine-tuned with ``--from``;
+  model folder is identical to the original (the weights file byte for byte, the tuned
+  settings ``thresholds.json`` and the 8-bit calibration ``int8_calibration.json``, which
+  the export attaches) and can be fine-tuned with ``--from``;
 - ``torchscript`` or ``onnx`` only: the network file is kept as it is; ``predict`` and
   ``qc`` work, fine-tuning works for TorchScript (same parameter names), not for ONNX.
 
@@ -22,6 +24,8 @@ Nothing is downloaded: only local ``.zip`` files or folders with a ``rdf.yaml`` 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +86,7 @@ def import_bioimageio(
         )
     descr = _load(source)
     record = _deepscope_record(descr, source)
+    made_by_deepscope = record is not None
     if record is None:  # made by another tool: settings derived from its description
         from deepscope.export.foreign import foreign_record
 
@@ -127,18 +132,16 @@ def import_bioimageio(
     work = Path(tempfile.mkdtemp(prefix=".deepscope-import-"))
     try:
         history = _attachment(descr, "history.csv", source, work)
-        _save(out, fmt, entry, data, source, common, history, work)
+        try:
+            _save(out, fmt, entry, data, source, common, history, work)
+            if made_by_deepscope:
+                _restore_tuned_settings(out, fmt, descr, source, log)
+            load_model_folder(out)  # the new folder must load, or it is not kept
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
-    try:
-        load_model_folder(out)  # the new folder must load, or it is not kept
-    except DeepscopeError:
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     log(f"model folder written: {out} ({INFO_FILE} says where it came from)")
     return out
 
@@ -170,6 +173,33 @@ def _attachment(descr: Any, name: str, source: Path, work: Path) -> Path | None:
     return None
 
 
+def _restore_tuned_settings(
+    out: Path, fmt: str, descr: Any, source: Path, log: Callable[[str], None]
+) -> None:
+    """Write the tuned-settings files the export attached back into the model folder ``out``.
+
+    ``thresholds.json`` always (prediction applies it whatever the weights' format); the
+    8-bit calibration only beside the state dict it was made for (it records the digest
+    of ``weights.pt``, which the import keeps byte for byte), never beside a TorchScript
+    or ONNX network file, whose layers it does not describe.
+    """
+    from deepscope.engine.int8 import CALIBRATION_FILE
+    from deepscope.workflow.int8_models import int8_calibration_of
+    from deepscope.workflow.predict import TUNED_SETTINGS_FILE
+
+    if _attachment(descr, TUNED_SETTINGS_FILE, source, out) is not None:
+        log(f"restored the tuned settings ({TUNED_SETTINGS_FILE})")
+    if fmt != "pytorch_state_dict":
+        return
+    if _attachment(descr, CALIBRATION_FILE, source, out) is None:
+        return
+    if int8_calibration_of(load_model_folder(out)) is None:  # other weights or version
+        (out / CALIBRATION_FILE).unlink()
+        log(f"left out {CALIBRATION_FILE}: it does not apply to the package's weights")
+    else:
+        log(f"restored the 8-bit calibration ({CALIBRATION_FILE})")
+
+
 def _save(
     out: Path,
     fmt: str,
@@ -191,10 +221,32 @@ def _save(
                 "export the model again",
             ) from None
         save_model_folder(out, weights=state, history_csv=history, **common)
+        _keep_weight_bytes(out / "weights.pt", data)
     else:
         path = work / f"network{'.pt' if fmt == 'torchscript' else '.onnx'}"
         path.write_bytes(data)
         save_model_folder(out, weights={}, network_file=(fmt, path), history_csv=history, **common)
+
+
+def _keep_weight_bytes(path: Path, data: bytes) -> None:
+    """Make ``path`` hold the package's state dict byte for byte (``data``).
+
+    ``torch.save`` of the loaded state usually gives the same bytes, but not across
+    PyTorch versions; the 8-bit calibration is tied to the file's digest, and the model
+    folder is to be the original's.
+    """
+    if path.read_bytes() == data:
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as err:
+        raise OutputError(
+            f"the model folder could not be written ({err.strerror})",
+            path.parent,
+            "free disk space or choose a writable output folder",
+        ) from None
 
 
 def _load(source: Path):  # noqa: ANN202
