@@ -271,6 +271,19 @@ def test_import_refuses_foreign_processing_it_cannot_reproduce_and_broken_packag
     assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3", "m4"))
 
 
+def test_export_of_a_model_that_finds_nothing_in_the_test_image_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    model_dir = make_model(tmp_path, "stardist")
+    (model_dir / "thresholds.json").write_text(json.dumps({"prob_threshold": 0.999}))
+    with pytest.raises(DeepscopeError, match="--sample"):
+        export_model(
+            model_dir, "bioimageio", tmp_path / "p.zip", authors=["A B"], license="MIT",
+            check=False, log=lambda _m: None,
+        )  # fmt: skip
+    assert not (tmp_path / "p.zip").exists()
+
+
 def test_export_asks_for_authors_and_a_valid_licence(n2v_package, tmp_path: Path) -> None:
     model_dir, package = n2v_package
     quiet = {"log": lambda _m: None, "check": False}

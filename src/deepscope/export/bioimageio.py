@@ -218,6 +218,15 @@ def build_description(
     x = test_input(model, sample, entry)  # (1, C, *spatial), raw intensities
     raw = raw_output(model, x)
     y = entry.expected_output(model, raw[0])[None]
+    if not np.any(y != y.flat[0]):  # BioImage.IO refuses a constant test output
+        raise DeepscopeError(
+            "the model's result for the package's test image is empty (the same value "
+            "everywhere, e.g. no object found), and a BioImage.IO package needs a test "
+            "image the model gives a real result for",
+            model.folder,
+            "give --sample with one of your images (one with objects, for a segmentation "
+            "model)" + ("" if sample is None else ", another than " + Path(sample).name),
+        )
     np.save(work / "test_input.npy", x.astype(np.float32))
     out_dtype = entry.output_dtype(model) if callable(entry.output_dtype) else entry.output_dtype
     np.save(work / "test_output.npy", y.astype(out_dtype))
