@@ -142,6 +142,75 @@ def test_start_weights_are_copied_exactly(data) -> None:
     assert not report.not_loaded and "copied" in report.summary()
 
 
+# ------------------------------------------------- StarDist and the U-Net tasks
+
+
+def _nuclei_unet_config(task: str):
+    """A tiny training of ``task`` with the U-Net of the shipped StarDist model."""
+    from deepscope.workflow.pretrained import resolve_model
+
+    shipped = load_config(resolve_model("nuclei") / "config.yaml").model
+    d = copy.deepcopy(TINY_CONFIG)
+    d["task"] = task
+    d["model"] = {"depth": shipped.depth, "base_channels": shipped.base_channels}
+    return config_from_dict(d)
+
+
+def test_n2v_starts_from_the_unet_of_the_shipped_stardist_model() -> None:
+    from deepscope.tasks import get_task
+    from deepscope.workflow.pretrained import resolve_model
+
+    folder = resolve_model("nuclei")
+    config = _nuclei_unet_config("n2v")
+    network = get_task("n2v")(config).build_model(1)
+    report = load_start_weights(network, folder, config)
+    source = load_model_folder(folder).network.state_dict()
+    assert report.source_task == "stardist" and len(report.loaded) > 50
+    for name in report.loaded:
+        assert torch.equal(network.state_dict()[name], source[f"unet.{name}"]), name
+    # Behind StarDist's stem the U-Net's first convolution reads 32 channels, not the
+    # image; its last one gives StarDist's 128 features, not one denoised channel.
+    assert set(report.not_loaded) == {"encoders.0.0.weight", "head.weight", "head.bias"}
+    assert "unet.encoders.0.0.weight" in report.not_loaded["encoders.0.0.weight"]
+    assert {"stem.0.0.weight", "prob_head.weight", "dist_head.weight"} <= set(report.unused)
+
+
+def test_stardist_starts_from_an_n2v_model(data) -> None:
+    from deepscope.tasks import get_task
+
+    d = copy.deepcopy(TINY_CONFIG)  # the n2v model's U-Net: depth 1, 4 base channels
+    d.update(task="stardist", stardist={"n_rays": 8, "feature_channels": 8})
+    config = config_from_dict(d)
+    network = get_task("stardist")(config).build_model(1)
+    report = load_start_weights(network, data["n2v"], config)
+    source = load_model_folder(data["n2v"]).network.state_dict()
+    assert "unet.bottleneck.0.weight" in report.loaded
+    for name in report.loaded:
+        assert name.startswith("unet.")
+        assert torch.equal(network.state_dict()[name], source[name.removeprefix("unet.")])
+    new = set(report.not_loaded)
+    assert {"stem.0.0.weight", "prob_head.weight", "dist_head.weight"} <= new
+    assert {"unet.encoders.0.0.weight", "unet.head.weight"} <= new  # sizes differ
+    assert report.unused == []  # every tensor of the n2v model has its place
+
+
+def test_cli_n2v_from_nuclei_trains_and_notes_the_new_frozen_layer(data, tmp_path, capsys):
+    d = copy.deepcopy(TINY_CONFIG)
+    del d["model"]  # taken from the shipped model
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(d))
+    out = tmp_path / "n2v_from_nuclei"
+    options = ["--from", "nuclei", "--epochs", "1", "--freeze-encoder", "1"]
+    rc = _cli_train({**data, "tiny": partial}, "n2v", out, *options)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    started = json.loads((out / "model" / "deepscope_model.json").read_text())["training"][
+        "started_from"
+    ]
+    assert started["task"] == "stardist" and started["loaded"] > 50
+    assert "encoders.0.0.weight" in captured.out and "kept fixed" in captured.out
+
+
 # ------------------------------------------- network settings from the start model
 
 
@@ -210,9 +279,11 @@ def test_2d_model_cannot_start_a_3d_training(data) -> None:
         check_start_model(data["n2v"], config_from_dict(d))
 
 
-def test_nothing_matching_is_refused(data) -> None:
-    with pytest.raises(DeepscopeError, match="no layer"):
+def test_nothing_matching_is_refused_saying_what_differs(data) -> None:
+    with pytest.raises(DeepscopeError, match="no layer") as err:
         load_start_weights(nn.Conv2d(1, 1, 3), data["n2v"], _config("care"))
+    # The descriptions alone are the same: the message names the layers too.
+    assert "encoders.0.0.weight" in err.value.problem and "e.g. weight" in err.value.problem
 
 
 def test_a_run_folder_is_not_a_model_folder(data, tmp_path, capsys) -> None:

@@ -64,7 +64,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "folder's config.yaml); options given here override it",
     )
     g.add_argument(
-        "--resume", action="store_true", help="continue an interrupted training in the --out folder"
+        "--resume",
+        action="store_true",
+        help="continue the training in the --out folder, with the task, data and settings "
+        "it was started with (only --epochs and --max-minutes can change; other settings "
+        "given are refused, each named)",
     )
     g.add_argument("--batch-size", type=int, help="patches per training step (default 64)")
     g.add_argument("--patches-per-epoch", type=int, help="patches per round (default 2048)")
@@ -153,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="start from the weights of an earlier deepscope model folder (e.g. "
         "runs/n2v1/model) or a shipped model by name (stardist: nuclei); works for any "
-        "task. Network settings you do not give (depth, channels, 2D/3D, StarDist rays "
-        "and grid) are taken from that model",
+        "task: a StarDist model starts the other tasks from its U-Net, and they a StarDist "
+        "training (layers that do not fit start new and are listed). Network settings you "
+        "do not give (depth, channels, 2D/3D, StarDist rays and grid) are taken from that "
+        "model",
     )
     g.add_argument(
         "--freeze-encoder",

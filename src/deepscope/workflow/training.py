@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,26 +81,153 @@ def load_images(
     return arrays, first_axes
 
 
-def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> TaskConfigBase:
+#: What a new run writes before its training starts: removed again (with the folder, if
+#: this command made it) when the run fails before its first epoch (see :func:`train`).
+_WRITTEN_BEFORE_TRAINING = (
+    "config.yaml",
+    "validation.json",
+    "normalization.json",
+    "split.json",
+    "transfer.json",
+)
+
+#: Settings a resumed training takes from the caller; every other one is the run's own.
+_RESUME_CHANGEABLE = ("training.epochs", "training.max_minutes")
+
+
+def _resume_config(run_dir: Path, config: TaskConfigBase) -> TaskConfigBase:
+    """The saved config of the run to resume, with the caller's epochs and time budget.
+
+    Only the length of training may change when resuming, and only where it was given
+    (e.g. --epochs): what was left out keeps the run's own setting, not the default (a
+    run of 1000 epochs resumed without --epochs must not become 100).
+
+    Raises
+    ------
+    DeepscopeError
+        When there is no run to resume, when it is a training of another task, or when
+        settings given by the caller (options, a --config file) differ from the run's:
+        they would not be used, and a resumed training must not silently ignore them.
+    """
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise DeepscopeError(
+            "there is no interrupted training to resume here (config.yaml is missing)",
+            run_dir,
+            "give the run folder of the training to continue, or start without --resume",
+        )
+    saved = load_config(cfg_path)
+    if saved.task != config.task:
+        raise DeepscopeError(
+            f"this run folder holds a training of task {saved.task}, so it cannot be resumed "
+            f"as a training of task {config.task}",
+            run_dir,
+            f"resume it as 'deepscope train {saved.task} ... --resume', or start the "
+            f"{config.task} training in a new --out folder",
+        )
+    given = _flat(config.model_dump(mode="json", exclude_unset=True))
+    own = _flat(saved.model_dump(mode="json"))
+    differing = [
+        f"{key} {_words(value)} (the run has {_words(own.get(key))})"
+        for key, value in given.items()
+        if key not in (*_RESUME_CHANGEABLE, "task", "version") and value != own.get(key)
+    ]
+    if differing:
+        raise DeepscopeError(
+            "a resumed training keeps the settings it was started with (its config.yaml), "
+            "but other settings were given: " + "; ".join(differing),
+            run_dir,
+            "leave these settings out (options, or lines of the --config file) to continue "
+            "the training as it was started: only --epochs and --max-minutes can change; or "
+            f"train with the new settings in a new --out folder{_from_hint(run_dir)}",
+        )
+    for key in _RESUME_CHANGEABLE:
+        name = key.split(".")[1]
+        if name in config.training.model_fields_set:
+            setattr(saved.training, name, getattr(config.training, name))
+    return saved
+
+
+def _from_hint(run_dir: Path) -> str:
+    """How a new training starts from the run's model, if it has one yet."""
+    model = run_dir / "model"
+    if (model / "deepscope_model.json").exists():
+        return f" (add --from {model} to start from this run's model)"
+    return ""
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested settings dict as dotted keys (``{"training.epochs": 5}``)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _words(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)
+
+
+def _check_same_data(run_dir: Path, images: Path, targets: Path | None) -> None:
+    """Refuse to resume a run on other data than it was trained on.
+
+    The run's ``validation.json`` records its images (and targets) folder; a run whose
+    record has none (older runs) is not checked.
+    """
+    try:
+        summary = json.loads((run_dir / "validation.json").read_text()).get("summary") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    for key, given, option in (
+        ("images_folder", images, "--images"),
+        ("targets_folder", targets, "--targets (--masks)"),
+    ):
+        recorded = summary.get(key)
+        if not isinstance(recorded, str) or not recorded or given is None:
+            continue
+        if _same_folder(recorded, Path(given)):
+            continue
+        gone = not Path(recorded).expanduser().exists()
+        raise DeepscopeError(
+            f"this training was trained on {recorded}, not on {given} ({option}): a "
+            "resumed training continues the same model on the same data (its "
+            "normalisation and validation images come from that data)"
+            + (f"; {recorded} no longer exists" if gone else ""),
+            run_dir,
+            f"resume with {option.split()[0]} {recorded}; to train on other data, start a new "
+            f"training in a new --out folder{_from_hint(run_dir)}; if {given} holds the same "
+            f'files, moved from {recorded}, write its path as "{key}" into '
+            f"{run_dir / 'validation.json'} and run again",
+        )
+
+
+def _same_folder(recorded: str, given: Path) -> bool:
+    """Whether the recorded data folder is ``given`` (resolved: links, ``..``, relative).
+
+    Runs record the folder as it was given: a relative one is relative to the folder the
+    training was started from, which is not known, so it also matches a ``given`` folder
+    whose path ends with it.
+    """
+    here = given.expanduser().resolve()
+    then = Path(recorded).expanduser()
+    if then.resolve() == here:
+        return True
+    if then.is_absolute():
+        return False
+    parts = [p for p in Path(os.path.normpath(then)).parts if p not in (os.curdir, os.pardir)]
+    return bool(parts) and list(here.parts[-len(parts) :]) == parts
+
+
+def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> None:
+    """Write the new run's config.yaml, or tidy the run to resume."""
     cfg_path = run_dir / "config.yaml"
     if resume:
-        if not cfg_path.exists():
-            raise DeepscopeError(
-                "there is no interrupted training to resume here (config.yaml is missing)",
-                run_dir,
-                "give the run folder of the training to continue, or start without --resume",
-            )
-        saved = load_config(cfg_path)
-        # Only the length of training may change when resuming, and only where it was
-        # given (e.g. --epochs): what was left out keeps the run's own setting, not the
-        # default (a run of 1000 epochs resumed without --epochs must not become 100).
-        given = config.training.model_fields_set
-        for key in ("epochs", "max_minutes"):
-            if key in given:
-                setattr(saved.training, key, getattr(config.training, key))
         for leftover in (run_dir / "checkpoints").glob(".*.partial"):
             leftover.unlink()  # a save interrupted by a crash; the previous file is intact
-        return saved
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise OutputError(
             "this run folder already holds a training",
@@ -115,7 +243,31 @@ def _prepare_run_dir(run_dir: Path, config: TaskConfigBase, resume: bool) -> Tas
             run_dir,
             "choose a folder you can write to, with free space",
         ) from None
-    return config
+
+
+def _remove_unstarted_run(run_dir: Path, made: bool) -> None:
+    """Remove what a new run wrote before it failed to start, and its folder if ``made``.
+
+    The folder was empty (or new) before the run: only deepscope's own files are removed,
+    and the folder only when this command made it and nothing else is in it.
+    """
+    for name in _WRITTEN_BEFORE_TRAINING:
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in [run_dir / "checkpoints"] + ([run_dir] if made else []):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def _record(report: ValidationReport) -> dict[str, Any]:
+    """The data check for ``validation.json``, with the data folders as absolute paths."""
+    record = report.to_dict()
+    record["summary"] = summary = dict(record.get("summary") or {})
+    for key in ("images_folder", "targets_folder"):
+        if isinstance(summary.get(key), str):
+            summary[key] = str(Path(summary[key]).expanduser().resolve())
+    return record
 
 
 def _resume_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
@@ -262,44 +414,17 @@ def _patch_datasets(
     )
 
 
-def train(
+def _prepare_training(
+    task: Task,
     config: TaskConfigBase,
-    images: Path,
+    report: ValidationReport,
     run_dir: Path,
-    targets: Path | None = None,
-    *,
-    resume: bool = False,
-    listener: Callable[[dict[str, Any]], None] | None = None,
-    show_bar: bool = True,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train ``config.task`` on the images in ``images`` (and ``targets``), into ``run_dir``.
-
-    Raises
-    ------
-    ValidationFailed
-        When the data check finds problems that block training (nothing is written).
-    """
-    run_dir = Path(run_dir)
-    if config.training.start_from and not resume:
-        config, adopted = transfer.adopt_start_network(config, config.training.start_from)
-        if adopted:
-            log(
-                "network settings taken from the model to start from: "
-                + ", ".join(f"{k} {v}" for k, v in adopted.items())
-            )
-    task_cls = get_task(config.task)
-    task = task_cls(config)
-    report = task.check_training_data(images, targets)
-    if not report.ok:
-        raise ValidationFailed(report)
-    config = task.config  # a task may complete its config from the data (e.g. class names)
-    for w in report.warnings:
-        log(f"warning: {w.path or ''}: {w.problem}")
-    if config.training.start_from and not resume:
-        transfer.check_start_model(config.training.start_from, config)
-    config = _prepare_run_dir(run_dir, config, resume)
-    atomic_write_text(run_dir / "validation.json", json.dumps(report.to_dict(), indent=2))
+    resume: bool,
+    log: Callable[[str], None],
+) -> tuple[TaskModule, DataLoader, DataLoader, TrainingData, Path | None]:
+    """Everything between the data check and the first epoch: data, network, start weights."""
+    task_cls = type(task)
+    atomic_write_text(run_dir / "validation.json", json.dumps(_record(report), indent=2))
     if task_cls.image_level:
         task.config = config  # the same task object keeps the data it read while checking
     else:
@@ -321,10 +446,8 @@ def train(
         drop_last=len(data.train) >= t.batch_size,
     )
     val_loader = DataLoader(data.val, batch_size=t.batch_size, shuffle=False, num_workers=0)
-    in_channels, axes = data.in_channels, data.axes
-    normalizer, tnorm = data.normalizer, data.target_normalizer
     L.seed_everything(t.seed, workers=True, verbose=False)  # same initial weights per seed
-    module = TaskModule(task, in_channels)
+    module = TaskModule(task, data.in_channels)
     found = _resume_checkpoint(run_dir) if resume else None
     resume_from = found[0] if found else None
     if found:
@@ -343,11 +466,88 @@ def train(
         start = transfer.load_start_weights(module.model, Path(t.start_from), config)
         transfer.save_report(start, run_dir)
         log(start.summary())
+        fresh = _fresh_encoder_weights(module.model, start) if t.freeze_encoder_epochs else []
+        if fresh:
+            log(
+                f"note: {len(fresh)} weight tensor(s) of the encoder did not fit and start new "
+                f"({', '.join(fresh[:3])}), yet are kept fixed with the encoder for the first "
+                f"{t.freeze_encoder_epochs} epoch(s)."
+            )
     if t.freeze_encoder_epochs:
         log(
             f"the encoder is kept fixed for the first {t.freeze_encoder_epochs} epoch(s), "
             "then the whole network is trained."
         )
+    return module, train_loader, val_loader, data, resume_from
+
+
+def _fresh_encoder_weights(network: torch.nn.Module, start: transfer.TransferReport) -> list[str]:
+    """Names of the encoder's tensors that the start model did not fill (frozen all the same)."""
+    from deepscope.engine.module import encoder_modules
+
+    try:
+        encoder = {id(p) for m in encoder_modules(network) for p in m.parameters()}
+    except DeepscopeError:
+        return []  # no encoder: the freezing itself says so
+    return [n for n, p in network.named_parameters() if id(p) in encoder and n in start.not_loaded]
+
+
+def train(
+    config: TaskConfigBase,
+    images: Path,
+    run_dir: Path,
+    targets: Path | None = None,
+    *,
+    resume: bool = False,
+    listener: Callable[[dict[str, Any]], None] | None = None,
+    show_bar: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``config.task`` on the images in ``images`` (and ``targets``), into ``run_dir``.
+
+    Raises
+    ------
+    ValidationFailed
+        When the data check finds problems that block training (nothing is written).
+    DeepscopeError
+        With ``resume``: when the run is of another task, was trained on other images
+        (or targets), or when ``config`` sets something other than the run's saved
+        settings besides ``training.epochs`` and ``training.max_minutes`` (nothing is
+        written). A new run that fails before its first epoch (e.g. a start model
+        whose weights do not fit) leaves no files behind.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        # Before anything is read or written: the run's own task and settings, its data.
+        config = _resume_config(run_dir, config)
+        _check_same_data(run_dir, images, targets)
+    elif config.training.start_from:
+        config, adopted = transfer.adopt_start_network(config, config.training.start_from)
+        if adopted:
+            log(
+                "network settings taken from the model to start from: "
+                + ", ".join(f"{k} {v}" for k, v in adopted.items())
+            )
+    task_cls = get_task(config.task)
+    task = task_cls(config)
+    report = task.check_training_data(images, targets)
+    if not report.ok:
+        raise ValidationFailed(report)
+    config = task.config  # a task may complete its config from the data (e.g. class names)
+    for w in report.warnings:
+        log(f"warning: {w.path or ''}: {w.problem}")
+    if config.training.start_from and not resume:
+        transfer.check_start_model(config.training.start_from, config)
+    made = not run_dir.exists()
+    _prepare_run_dir(run_dir, config, resume)
+    try:
+        prepared = _prepare_training(task, config, report, run_dir, resume, log)
+    except BaseException:
+        if not resume:  # a new run that failed before its first epoch must not block a retry
+            _remove_unstarted_run(run_dir, made)
+        raise
+    module, train_loader, val_loader, data, resume_from = prepared
+    t = config.training
     (run_dir / "STOP").unlink(missing_ok=True)
     t0 = time.monotonic()
     trainer = engine.fit(
@@ -383,7 +583,15 @@ def train(
     started_from = transfer.read_report(run_dir)
     if started_from is not None:
         training_info["started_from"] = started_from
-    model_dir = export_model(run_dir, config, in_channels, axes, normalizer, tnorm, training_info)
+    model_dir = export_model(
+        run_dir,
+        config,
+        data.in_channels,
+        data.axes,
+        data.normalizer,
+        data.target_normalizer,
+        training_info,
+    )
     after = AFTER_TRAINING.get(config.task)
     if after is not None and data.raw_validation is not None:
         module_name, func = after.split(":")

@@ -6,6 +6,13 @@ name and size match is copied, the others (typically the last layer when the num
 output channels differs, or the first when the input channels differ) start new, and the
 report says which. Networks of a different shape are refused with both settings named.
 
+The U-Net is matched as a part: StarDist's network holds the shared U-Net as ``unet``
+(behind a stem that reduces the image to StarDist's grid, and before its two heads), so
+its ``unet.encoders.0.0.weight`` is the ``encoders.0.0.weight`` of the plain U-Net of
+Noise2Void, CARE or semantic segmentation. A StarDist model can thus start those
+trainings from its U-Net, and they a StarDist training; the stem and heads, and U-Net
+layers whose sizes differ (the first convolution behind a stem, the last one), start new.
+
 The encoder (the down-sampling half of the U-Net and its bottleneck) can then be kept
 fixed for the first epochs (``training.freeze_encoder_epochs``), so that a new decoder
 adapts to the transferred features before everything is fine-tuned; the freezing itself
@@ -188,6 +195,7 @@ def check_start_model(source: str | Path, config: TaskConfigBase) -> TaskConfigB
     source = Path(source)
     if not (source / INFO_FILE).exists():
         load_model_folder(source)  # raises the explanatory "not a model folder" error
+    _refuse_onnx_only(source)
     try:
         source_config = load_config(source / "config.yaml")
     except ConfigError as err:
@@ -217,8 +225,10 @@ def load_start_weights(
 ) -> TransferReport:
     """Copy every matching weight tensor of the model in ``source`` into ``network``.
 
-    A tensor is copied when the new network has one of the same name and shape; all
-    others keep their fresh initialisation and are listed in the report.
+    A tensor is copied when the new network has one of the same name and shape (the
+    U-Net's tensors matched by their name inside the U-Net, so that StarDist and the
+    U-Net tasks start each other); all others keep their fresh initialisation and are
+    listed in the report.
 
     Parameters
     ----------
@@ -246,13 +256,6 @@ def load_start_weights(
     source = Path(source)
     check_start_model(source, config)
     start = load_model_folder(source)
-    if start.info.get("network", {}).get("format") == "onnx":
-        raise DeepscopeError(
-            "this model was imported with ONNX weights only, which cannot be trained further",
-            source,
-            "import the BioImage.IO package again with its state dict (the default of "
-            "'deepscope import') and start from that folder",
-        )
     theirs = start.network.state_dict()
     ours = network.state_dict()
     report = TransferReport(
@@ -260,33 +263,101 @@ def load_start_weights(
         source_task=start.config.task,
         source_digest=str(start.info.get("config_digest", "")),
     )
+    ours_unet, theirs_unet = _unet_prefix(network), _unet_prefix(start.network)
     merged: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
     for name, tensor in ours.items():
-        other = theirs.get(name)
+        their_name = _counterpart(name, ours_unet, theirs_unet)
+        other = theirs.get(their_name)
         if other is None:
             reason = "not in the start model"
         elif other.shape != tensor.shape:
             reason = f"size {tuple(other.shape)} there, {tuple(tensor.shape)} here"
+            if their_name != name:
+                reason += f" (the start model's {their_name})"
+            used.add(their_name)
         else:
             merged[name] = other.to(dtype=tensor.dtype)
+            used.add(their_name)
             if _is_weight(name):
                 report.loaded.append(name)
             continue
         merged[name] = tensor
         if _is_weight(name):
             report.not_loaded[name] = reason
-    report.unused = [n for n in theirs if n not in ours and _is_weight(n)]
+    report.unused = [n for n in theirs if n not in used and _is_weight(n)]
     if not report.loaded:
         raise DeepscopeError(
-            f"no layer of the model in {source} fits this training's network "
-            f"({describe_network(_network_settings(start.config))} there, "
-            f"{describe_network(_network_settings(config))} here)",
+            f"no layer of the model in {source} fits this training's network: "
+            f"{_describe_model(start.config)} there, {_describe_model(config)} here; its "
+            f"weights are named e.g. {_examples(theirs)}, this network's e.g. "
+            f"{_examples(ours)}",
             source,
             "start from a model trained with the same network settings, or train from scratch "
             "(leave out --from).",
         )
     network.load_state_dict(merged, strict=True)
     return report
+
+
+def _unet_prefix(network: nn.Module) -> str | None:
+    """The name prefix of the network's U-Net: ``""`` for a U-Net, ``"unet."`` for StarDist.
+
+    None when the network holds no deepscope U-Net (e.g. a TorchScript import).
+    """
+    from deepscope.engine.models.unet import UNet
+
+    for name, module in network.named_modules():
+        if isinstance(module, UNet):
+            return f"{name}." if name else ""
+    return None
+
+
+def _counterpart(name: str, ours_unet: str | None, theirs_unet: str | None) -> str:
+    """The start model's name for the tensor ``name`` of the new network.
+
+    A tensor of the new network's U-Net is looked up in the start model's U-Net (so that
+    StarDist's ``unet.encoders.0.0.weight`` and a plain U-Net's ``encoders.0.0.weight``
+    are one layer); every other tensor under its own name.
+    """
+    if ours_unet is None or theirs_unet is None or not name.startswith(ours_unet):
+        return name
+    return theirs_unet + name[len(ours_unet) :]
+
+
+def _describe_model(config: TaskConfigBase) -> str:
+    """The network of a task's config in words, e.g. ``"the n2v network (2D U-Net, ...)"``."""
+    words = describe_network(_network_settings(config))
+    if config.task == "stardist":
+        from deepscope.tasks.stardist import grid_of
+
+        grid = "x".join(str(g) for g in grid_of(config))
+        return (
+            f"the StarDist network (a stem to grid {grid}, a {words}, probability and "
+            "distance heads)"
+        )
+    return f"the {config.task} network ({words})"
+
+
+def _examples(state: dict[str, torch.Tensor], n: int = 3) -> str:
+    names = [k for k in state if _is_weight(k)][:n]
+    return ", ".join(names) if names else "(no weights)"
+
+
+def _refuse_onnx_only(source: Path) -> None:
+    """Refuse a model imported with ONNX weights only (checked before any training work)."""
+    try:
+        info = json.loads((source / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return  # load_model_folder explains an unreadable folder
+    network = info.get("network") if isinstance(info, dict) else None
+    if isinstance(network, dict) and network.get("format") == "onnx":
+        raise DeepscopeError(
+            "this model was imported with ONNX weights only, which cannot be trained further",
+            source,
+            "import the BioImage.IO package again with its state dict (the default of "
+            "'deepscope import') and start from that folder",
+        )
 
 
 def _is_weight(name: str) -> bool:
