@@ -209,6 +209,25 @@ def test_cli_n2v_from_nuclei_trains_and_notes_the_new_frozen_layer(data, tmp_pat
     ]
     assert started["task"] == "stardist" and started["loaded"] > 50
     assert "encoders.0.0.weight" in captured.out and "kept fixed" in captured.out
+    assert "trained from the first epoch" in captured.out
+
+
+def test_weights_the_start_model_did_not_provide_are_trained_while_the_encoder_is_frozen(
+    tmp_path,
+):
+    from deepscope.engine.module import TaskModule, encoder_modules
+    from deepscope.tasks import get_task
+
+    d = copy.deepcopy(TINY_CONFIG)
+    d["training"].update(freeze_encoder_epochs=2, start_from=str(tmp_path))
+    module = TaskModule(get_task("n2v")(config_from_dict(d)), 1)
+    module.train_while_frozen = {"encoders.0.0.weight"}
+    module.on_train_epoch_start()  # epoch 0: frozen
+    encoder = {id(p) for m in encoder_modules(module.model) for p in m.parameters()}
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in module.model.named_parameters() if id(p) in encoder} - trainable
+    assert "encoders.0.0.weight" in trainable and "encoders.0.0.weight" not in frozen
+    assert frozen and all(n.startswith(("encoders.", "bottleneck.")) for n in frozen)
 
 
 # ------------------------------------------- network settings from the start model

@@ -62,6 +62,9 @@ class TaskModule(L.LightningModule):
         self.model.to(memory_format=self._format)
         #: Optimiser steps skipped because a gradient was not finite (this session).
         self.skipped_steps = 0
+        #: Names of encoder parameters trained even while the encoder is frozen: those
+        #: the model to start from had no fitting weights for (they start new).
+        self.train_while_frozen: set[str] = set()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step when a gradient is not finite, instead of ruining every weight.
@@ -96,7 +99,8 @@ class TaskModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Freeze the encoder during the first ``training.freeze_encoder_epochs`` epochs.
 
-        Its weights (convolutions and batch-norm scales and offsets) get no gradient.
+        Its weights (convolutions and batch-norm scales and offsets) get no gradient,
+        except those in ``train_while_frozen`` (weights the start model did not provide).
         Its batch-norm statistics, like every layer's, are re-estimated on the new images
         before each validation (``RecalibrateBatchNorm``), which adapts the transferred
         encoder to them.
@@ -105,6 +109,9 @@ class TaskModule(L.LightningModule):
             frozen = self.encoder_frozen
             for module in encoder_modules(self.model):
                 module.requires_grad_(not frozen)
+            for name, param in self.model.named_parameters():
+                if name in self.train_while_frozen:  # new weights: nothing to keep fixed
+                    param.requires_grad_(True)
         message = self.task.on_epoch_start(self.model, self.current_epoch)  # task's own hook
         if message:
             self.print(message)

@@ -11,7 +11,7 @@ import importlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,13 +466,18 @@ def _prepare_training(
         start = transfer.load_start_weights(module.model, Path(t.start_from), config)
         transfer.save_report(start, run_dir)
         log(start.summary())
-        fresh = _fresh_encoder_weights(module.model, start) if t.freeze_encoder_epochs else []
-        if fresh:
+        fresh = _fresh_encoder_weights(module.model, start.not_loaded)
+        if fresh and t.freeze_encoder_epochs:
+            module.train_while_frozen = set(fresh)
             log(
                 f"note: {len(fresh)} weight tensor(s) of the encoder did not fit and start new "
-                f"({', '.join(fresh[:3])}), yet are kept fixed with the encoder for the first "
-                f"{t.freeze_encoder_epochs} epoch(s)."
+                f"({', '.join(fresh[:3])}); they are trained from the first epoch, while the "
+                "rest of the encoder is kept fixed."
             )
+    elif t.start_from and t.freeze_encoder_epochs:  # resumed: the start's record says
+        record = transfer.read_report(run_dir) or {}
+        not_loaded = record.get("not_loaded") or {}
+        module.train_while_frozen = set(_fresh_encoder_weights(module.model, not_loaded))
     if t.freeze_encoder_epochs:
         log(
             f"the encoder is kept fixed for the first {t.freeze_encoder_epochs} epoch(s), "
@@ -481,15 +486,18 @@ def _prepare_training(
     return module, train_loader, val_loader, data, resume_from
 
 
-def _fresh_encoder_weights(network: torch.nn.Module, start: transfer.TransferReport) -> list[str]:
-    """Names of the encoder's tensors that the start model did not fill (frozen all the same)."""
+def _fresh_encoder_weights(network: torch.nn.Module, not_loaded: Collection[str]) -> list[str]:
+    """Names of the encoder's tensors the start model did not fill (``not_loaded``).
+
+    They are trained while the rest of the encoder is frozen: there is nothing to keep.
+    """
     from deepscope.engine.module import encoder_modules
 
     try:
         encoder = {id(p) for m in encoder_modules(network) for p in m.parameters()}
     except DeepscopeError:
         return []  # no encoder: the freezing itself says so
-    return [n for n, p in network.named_parameters() if id(p) in encoder and n in start.not_loaded]
+    return [n for n, p in network.named_parameters() if id(p) in encoder and n in not_loaded]
 
 
 def train(
