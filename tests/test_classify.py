@@ -373,6 +373,24 @@ def test_start_from_a_unet_model_folder_uses_its_encoder(tmp_path):
     assert torch.equal(net.state_dict()["encoders.0.0.weight"], unet_state["encoders.0.0.weight"])
 
 
+def test_start_from_the_shipped_stardist_model_uses_its_unet_encoder(tmp_path):
+    from deepscope.workflow.pretrained import resolve_model
+
+    nuclei = resolve_model("nuclei")
+    images = write_class_folders(tmp_path / "imgs", {"a": 6, "b": 6})
+    cfg = _cfg(**{"training.start_from": str(nuclei)})
+    task = get_task("classify")(cfg)
+    assert task.check_training_data(images).ok
+    cfg = task.config
+    assert cfg.model.architecture == "unet_encoder"
+    net = get_task("classify")(cfg).build_model(1)
+    report = transfer.load_start_weights(net, nuclei, cfg)
+    shipped = load_model_folder(nuclei).network.state_dict()
+    name = "encoders.1.0.weight"  # behind StarDist's stem the first layer differs
+    assert name in report.loaded
+    assert torch.equal(net.state_dict()[name], shipped[f"unet.{name}"])
+
+
 def test_start_from_state_dict_file_and_incompatible_weights(tmp_path):
     cfg = _cfg(
         **{"training.start_from": str(tmp_path / "w.pt"), "classify.class_names": ["a", "b"]}

@@ -4,9 +4,10 @@ Sources that work:
 
 * a deepscope **classification** model (any classes): every block is copied, the last
   layer (``head``) starts new when the number of classes differs;
-* a deepscope **U-Net** model (semantic, n2v, care, …, 2D): its encoder (``encoders``
-  and ``bottleneck``) starts a ``unet_encoder`` backbone of the same depth, width and
-  batch-norm setting (the task takes these from the start model by itself);
+* a deepscope **U-Net** model (semantic, n2v, care, …, 2D; the U-Net of a StarDist
+  model too): its encoder (``encoders`` and ``bottleneck``) starts a ``unet_encoder``
+  backbone of the same depth, width and batch-norm setting (the task takes these from
+  the start model by itself);
 * a **PyTorch state-dict file** (``torch.save(model.state_dict(), path)``, or a
   Lightning checkpoint) whose tensor names match the chosen backbone.
 
@@ -25,7 +26,7 @@ from torch import nn
 from deepscope.config import TaskConfigBase
 from deepscope.errors import DeepscopeError
 from deepscope.workflow.model_folder import load_model_folder
-from deepscope.workflow.transfer import TransferReport, _is_weight
+from deepscope.workflow.transfer import TransferReport, _is_weight, _unet_prefix
 
 MIN_SHARE = 0.5
 """Share of the backbone's tensors that must fit for a start to be accepted."""
@@ -43,7 +44,13 @@ def _read_state(source: Path) -> tuple[dict[str, torch.Tensor], str, str]:
                     source,
                     "start from a 2D model, or train from scratch (leave out --from)",
                 )
-            state = {k: v for k, v in state.items() if k.startswith(("encoders.", "bottleneck."))}
+            # the U-Net's encoder, under its own names (StarDist's sits under "unet.")
+            prefix = _unet_prefix(model.network) or ""
+            state = {
+                k[len(prefix) :]: v
+                for k, v in state.items()
+                if k.startswith((f"{prefix}encoders.", f"{prefix}bottleneck."))
+            }
         return state, model.config.task, str(model.info.get("config_digest", ""))
     if not source.is_file():
         raise DeepscopeError(
