@@ -210,6 +210,12 @@ def test_cli_n2v_from_nuclei_trains_and_notes_the_new_frozen_layer(data, tmp_pat
     assert started["task"] == "stardist" and started["loaded"] > 50
     assert "encoders.0.0.weight" in captured.out and "kept fixed" in captured.out
     assert "trained from the first epoch" in captured.out
+    # the same command resumed for longer: a bare --freeze-encoder means the run's own
+    options = ["--from", "nuclei", "--epochs", "10", "--freeze-encoder", "--resume"]
+    options += ["--max-minutes", "0.02"]  # (10 // 5 would be 2 frozen epochs, not the run's 1)
+    rc = _cli_train({**data, "tiny": partial}, "n2v", out, *options)
+    assert rc == 0, capsys.readouterr().err
+    assert load_config(out / "config.yaml").training.freeze_encoder_epochs == 1
 
 
 def test_weights_the_start_model_did_not_provide_are_trained_while_the_encoder_is_frozen(

@@ -668,7 +668,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     overrides.update(_classify_overrides(args))
     overrides.update(_stardist_overrides(args))
     config = config_from_dict(merge_overrides(base, overrides))
-    if getattr(args, "freeze_encoder", None) == -1:  # given without a number
+    bare_freeze = getattr(args, "freeze_encoder", None) == -1  # given without a number
+    if bare_freeze and not getattr(args, "resume", False):  # resumed: the run's own value
         config = config_from_dict(
             merge_overrides(
                 # exclude_unset: settings left unset stay unset (--from may fill them in)
