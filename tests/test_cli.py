@@ -541,6 +541,35 @@ def test_qc_with_unpaired_names(tmp_path, trained_2d_run, clean_pair_dirs, capsy
     assert_user_error(code, err, qc_in, "q.tif")
 
 
+def test_qc_on_training_images_says_the_scores_are_not_held_out(
+    tmp_path, trained_2d_run, clean_pair_dirs, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained_2d_run, run)  # QC writes into the model folder
+    model = run / "model"
+    record = json.loads((model / "training_images.json").read_text())
+    assert [i["name"] for i in record["images"]] == ["a.tif", "b.tif", "c.tif"]
+    qc_in, qc_gt = clean_pair_dirs
+    code, out, err = run_cli(
+        capsys, "qc", model, "--images", qc_in, "--targets", qc_gt, "--out", tmp_path / "qc1"
+    )
+    assert code == 0, err
+    assert "Caution" not in out
+    assert "seen_in_training" not in json.loads((tmp_path / "qc1" / "summary.json").read_text())
+    # a training image among the QC images (under another name: the content counts)
+    write_tif(qc_in / "r.tif", synthetic_pair((64, 64), seed=1)[0])  # training image b
+    write_tif(qc_gt / "r.tif", synthetic_pair((64, 64), seed=1)[1])
+    code, out, err = run_cli(
+        capsys, "qc", model, "--images", qc_in, "--targets", qc_gt, "--out", tmp_path / "qc2"
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "qc2" / "summary.json").read_text())
+    assert summary["seen_in_training"] == ["r.tif"]
+    assert "1 of these 3 QC images" in summary["caution"] and "Caution: 1 of these 3" in out
+    html = (tmp_path / "qc2" / "report.html").read_text()
+    assert html.index("trained on (r.tif)") < html.index("<h2")  # at the top
+
+
 def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys):
     from deepscope.interfaces.cli import _bar, _progress_stages
 

@@ -1018,6 +1018,8 @@ def cmd_qc(args: argparse.Namespace) -> int:
         _print_segmentation_summary(summary)
     else:
         _print_restoration_summary(summary)
+    if summary.get("caution"):
+        print(f"Caution: {summary['caution']}")
     print(f"Report: {Path(args.out) / 'report.html'}")
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 from deepscope.data.io import atomic_write_text, list_images
 from deepscope.data.pairing import pair_by_name
 from deepscope.errors import DeepscopeError
+from deepscope.workflow.held_out import caution, seen_in_training
 from deepscope.workflow.model_folder import TrainedModel
 from deepscope.workflow.predict import (
     TileSettings,
@@ -28,6 +29,7 @@ from deepscope.workflow.qc_classify import classify_qc
 from deepscope.workflow.qc_instance import instance_qc
 from deepscope.workflow.qc_restoration import evaluate_restoration
 from deepscope.workflow.qc_segmentation import segmentation_qc
+from deepscope.workflow.report import insert_caution
 from deepscope.workflow.training import load_images
 
 
@@ -61,7 +63,9 @@ def run_qc(
 ) -> dict[str, Any]:
     """Score ``model`` on the pairs in ``images``/``targets``; write a report into ``out_dir``.
 
-    The task's ``qc_kind`` picks the scoring (see ``QC_RUNNERS``). The summary is also
+    The task's ``qc_kind`` picks the scoring (see ``QC_RUNNERS``). QC images the model
+    was trained on (``held_out.seen_in_training``) are named in the summary
+    (``seen_in_training``, ``caution``) and at the top of the report. The summary is also
     stored as ``qc_summary.json`` in the model folder (not for shipped models, which
     are never modified). Tasks with one result per image
     (``Task.image_level``, e.g. classification) read labelled images from ``images``
@@ -90,6 +94,13 @@ def run_qc(
             )
         pairs = _pairs(Path(images), Path(targets))
         summary = runner(model, pairs, Path(out_dir), tiles=tiles, progress=progress)
+        seen = seen_in_training(model.folder, [p for p, _ in pairs])
+        if seen:  # said in the summary and at the top of the report
+            summary["seen_in_training"] = seen
+            summary["caution"] = caution(seen, len(pairs))
+            atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2))
+            if (Path(out_dir) / "report.html").is_file():
+                insert_caution(Path(out_dir) / "report.html", summary["caution"])
     _remember_in_model_folder(model, summary)
     return summary
 

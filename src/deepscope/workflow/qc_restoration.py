@@ -883,7 +883,7 @@ def _scope_sentence(summary: Mapping[str, Any], data_range: float | None) -> str
         else "each target's intensity range (max − min)"
     )
     return (
-        f"Evaluated on {summary['n_images']} held-out image pair(s). Mean SSIM after "
+        f"Evaluated on {summary['n_images']} image pair(s). Mean SSIM after "
         f"matching: model {ssim['model']:.3f}, noisy input {ssim['input']:.3f}, Gaussian "
         f"filter {ssim['gaussian']:.3f} (1 = identical to the target). Without matching "
         f"(raw), mean PSNR is {raw['model']:.2f} dB for the model, {raw['input']:.2f} dB for "

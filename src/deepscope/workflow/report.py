@@ -321,6 +321,20 @@ class HtmlReport:
         return path
 
 
+def insert_caution(path: str | Path, text: str) -> Path:
+    """Put a warning paragraph right under the title of a written report (atomically).
+
+    For findings made outside the code that built the report (e.g. quality control
+    noticing that its images were training images).
+    """
+    path = Path(path)
+    page = path.read_text()
+    paragraph = f'<p class="warning">{html.escape(text)}</p>'
+    head, sep, rest = page.partition("</h1>")
+    atomic_write_text(path, head + sep + "\n" + paragraph + rest if sep else paragraph + page)
+    return path
+
+
 def _cell(value: Any, float_format: str) -> str:
     cls = ' class="num"' if _is_number(value) else ""
     return f"<td{cls}>{html.escape(format_value(value, float_format))}</td>"
