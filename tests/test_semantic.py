@@ -198,7 +198,7 @@ def test_patches_keep_masks_integer() -> None:
 def test_mask_validation_errors(tmp_path: Path) -> None:
     images, masks = tmp_path / "im", tmp_path / "mk"
     img, lab = scene((32, 32), seed=1)
-    for name in ("rgb", "float", "small", "empty", "ok"):
+    for name in ("rgb", "float", "small", "empty", "ok", "picture", "objects"):
         write_tif(images / f"{name}.tif", img)
     rgb = np.stack([(lab > 0) * 255] * 3, axis=-1).astype(np.uint8)
     masks.mkdir(parents=True)
@@ -207,6 +207,10 @@ def test_mask_validation_errors(tmp_path: Path) -> None:
     write_tif(masks / "small.tif", (lab[:16, :16] > 0).astype(np.uint8))
     write_tif(masks / "empty.tif", np.zeros((32, 32), np.uint8))
     write_tif(masks / "ok.tif", (lab > 0).astype(np.uint8) * 255)
+    write_tif(masks / "picture.tif", img)  # an image in the masks folder
+    from skimage.measure import label
+
+    write_tif(masks / "objects.tif", label(lab > 0).astype(np.uint16))  # an instance mask
     config = tiny()
     task = get_task("semantic")(config)
     report = validate_dataset("semantic", config, images, masks, extra_checks=task.extra_checks)
@@ -214,6 +218,8 @@ def test_mask_validation_errors(tmp_path: Path) -> None:
     assert by_file["rgb.tif"].severity == "error" and "channels" in by_file["rgb.tif"].problem
     assert by_file["float.tif"].severity == "error"
     assert "fractional" in by_file["float.tif"].problem
+    assert "swapped" in by_file["picture.tif"].fix and "picture" in by_file["picture.tif"].problem
+    assert "--boundary" in by_file["objects.tif"].problem  # 3 objects: not a picture
     small = [f for f in report.errors if "16 × 16" in f.problem]
     assert small, report.format()
     assert any(f.path.name == "empty.tif" and f.severity == "warning" for f in report.warnings)

@@ -318,12 +318,32 @@ def mask_to_classes(mask: np.ndarray, settings: SemanticSettings) -> tuple[np.nd
             if many
             else ""
         )
+        if many and _looks_like_an_image(data, len(values)):
+            raise MaskError(
+                f"this looks like a picture, not a mask: its {len(values)} different values "
+                "are scattered over the image as grey levels are, where a mask has a few "
+                "class numbers (or one number per object) in solid regions.",
+                "check that the masks folder holds the masks and the images folder the "
+                "images (were --images and --masks swapped?).",
+            )
         raise MaskError(
             f"this mask holds the value {top}, but the model has {n} classes (0 to {n - 1}){hint}.",
             f"if the values are class numbers, set the number of classes to {top + 1} "
             f"(--classes {top + 1}, setting semantic.classes).",
         )
     return data.astype(np.uint8), None
+
+
+def _looks_like_an_image(data: np.ndarray, n_values: int) -> bool:
+    """Whether a "mask" with ``n_values`` values has them scattered, as a grey image has.
+
+    In a class or instance mask each value covers a few solid regions; in a picture each
+    grey level is spread over many small pieces (more than 3 regions per value here).
+    """
+    from skimage.measure import label
+
+    regions = int(label(np.asarray(data), background=-1, connectivity=1).max())
+    return regions > 3 * n_values
 
 
 def class_counts(class_map: np.ndarray, n_classes: int) -> np.ndarray:
