@@ -112,7 +112,8 @@ def test_to_channel_first_refuses_time_lapse():
 def test_to_channel_first_refuses_stack_for_2d():
     with pytest.raises(DeepscopeError, match="3D stack with 4 planes") as info:
         to_channel_first(np.zeros((4, 6, 7)), "ZYX", 2)
-    assert "--axes" in str(info.value) and "3D configuration" in str(info.value)
+    assert "--axes" in str(info.value) and "a model trained on Z-stacks" in str(info.value)
+    assert "--3d" in str(info.value)
 
 
 def test_to_channel_first_refuses_missing_z_for_3d():

@@ -151,18 +151,20 @@ def _check_depth(data: np.ndarray, axes: str, spatial_ndim: int, path: Path | No
     if spatial_ndim == 2 and "Z" in axes and data.shape[axes.index("Z")] > 1:
         planes = data.shape[axes.index("Z")]
         raise DeepscopeError(
-            f"the image is a 3D stack with {planes} planes (axes {axes}), but a 2D "
-            "configuration was chosen.",
+            f"the image is a 3D stack with {planes} planes (axes {axes}), but 2D images "
+            "are expected here (a 2D model, or a training without --3d).",
             path=path,
-            fix="use a 3D configuration for these images, or, if the planes are really "
-            "channels or time points, give the right axes with --axes (for example CYX).",
+            fix="to train on Z-stacks add --3d; to predict them use a model trained on "
+            "Z-stacks; or, if the planes are really channels or time points, give the "
+            "right axes with --axes (for example CYX).",
         )
     if spatial_ndim == 3 and "Z" not in axes:
         raise DeepscopeError(
-            f"the image has no depth (Z) axis (axes {axes}), but a 3D configuration was chosen.",
+            f"the image has no depth (Z) axis (axes {axes}), but Z-stacks are expected here "
+            "(a 3D model, or a training with --3d).",
             path=path,
-            fix="use a 2D configuration for these images, or, if the first axis is really "
-            "depth, give the axes with --axes (for example ZYX).",
+            fix="to train on 2D images leave out --3d; to predict them use a 2D model; or, "
+            "if the first axis is really depth, give the axes with --axes (for example ZYX).",
         )
 
 
