@@ -570,9 +570,33 @@ def test_qc_on_training_images_says_the_scores_are_not_held_out(
     assert html.index("trained on (r.tif)") < html.index("<h2")  # at the top
 
 
-def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys):
+def test_progress_in_a_log_is_a_line_per_image_not_a_flood(capsys, monkeypatch):
+    from deepscope.interfaces import cli
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)  # a log file
+    clock = [0.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    update = cli._bar("predicting")
+    for i in range(1, 41):  # 40 tiles of 4 images, a second each
+        clock[0] += 1.0
+        update(f"{'abcd'[(i - 1) // 10]}.tif", i / 10, 4)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 5 and "\r" not in "".join(lines)  # the first tile, then each image
+    assert lines[0].startswith("predicting: 0.1/4 images (a.tif;")
+    assert lines[1].startswith("predicting: 1/4 images (a.tif; 10 s elapsed, about 30 s left")
+    assert lines[-1].startswith("predicting: 4/4 images (d.tif; 40 s") and "left" not in lines[-1]
+    fast = cli._bar("measuring", "frames")  # 300 frames in 3 seconds: not 300 lines
+    for i in range(1, 301):
+        clock[0] += 0.01
+        fast("", i, 300)
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 3 and lines[-1].startswith("measuring: 300/300 frames (")
+
+
+def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys, monkeypatch):
     from deepscope.interfaces.cli import _bar, _progress_stages
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     update = _bar("predicting")
     update("a.tif", 0.5, 2)  # the first half of an image, done within microseconds
     update("a.tif", 1.0, 2)

@@ -6,7 +6,9 @@ Every command explains itself with ``--help``; every error names the file and wh
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -439,14 +441,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     bars: dict[str, Any] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        from tqdm.auto import tqdm
-
         if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=stage, unit="frame", file=sys.stderr)
-        bars[stage].n = done
-        bars[stage].refresh()
-        if done >= total:
-            bars[stage].close()
+            bars[stage] = _bar(stage, "frames")
+        bars[stage]("", done, total)
 
     from deepscope.workflow.pretrained import resolve_model
 
@@ -839,7 +836,46 @@ def _classify_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+#: Without a terminal (a log file, a cluster job), progress is plain lines: the first
+#: and the last, one per finished image (or frame) when the last line is this many
+#: seconds old, and one at least this often within a long image.
+LOG_LINE_GAP_S = (2.0, 30.0)
+
+
+def _log_lines(desc: str, unit: str):  # noqa: ANN202
+    """Progress as plain lines, for logs: a live bar would write hundreds of updates."""
+    state = {"start": time.monotonic(), "last": -math.inf, "whole": -1}
+
+    def update(name: str, done: float, total: int) -> None:
+        now = time.monotonic()
+        whole = int(done)
+        since = now - state["last"]
+        gap = LOG_LINE_GAP_S[0] if whole != state["whole"] else LOG_LINE_GAP_S[1]
+        if since < gap and state["whole"] >= 0 and done < total:
+            return
+        state.update(last=now, whole=whole)
+        elapsed = now - state["start"]
+        left = elapsed * (total - done) / done if done > 0 else None
+        eta = f", about {_duration(left)} left" if left is not None and done < total else ""
+        where = f"{name}; " if name else ""
+        print(
+            f"{desc}: {round(done, 2):g}/{total} {unit} ({where}{_duration(elapsed)} elapsed{eta})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return update
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
 def _bar(desc: str, unit: str = "images"):  # noqa: ANN202
+    """A progress bar on a terminal, plain lines in a log (see :func:`_log_lines`)."""
+    if not sys.stderr.isatty():
+        return _log_lines(desc, unit)
     from tqdm.auto import tqdm
 
     state: dict[str, Any] = {}
