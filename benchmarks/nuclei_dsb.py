@@ -97,8 +97,21 @@ def prepare(work: Path, split: dict) -> tuple[Path, Path]:
 
 
 def grey(image_cf: np.ndarray) -> np.ndarray:
-    """One grey plane: the mean of the channels (what deepscope feeds a 1-channel model)."""
-    return np.asarray(image_cf, np.float32).mean(axis=0)
+    """One grey plane: the mean of the channels (what deepscope feeds a 1-channel model).
+
+    With ``--polarity auto`` (probe, ``POLARITY``), pictures with a bright background
+    (brightfield, H&E: dark nuclei) are inverted, so that every kind shows bright nuclei
+    on a dark background, as fluorescence does.
+    """
+    plane = np.asarray(image_cf, np.float32).mean(axis=0)
+    if POLARITY == "auto":
+        lo, hi = np.percentile(plane, [1.0, 99.8])
+        if np.median(plane) > (lo + hi) / 2:  # bright background: absorption picture
+            plane = lo + hi - plane
+    return plane
+
+
+POLARITY = "as-is"
 
 
 def train_model(
@@ -244,8 +257,14 @@ def predict_model(model_dir: Path, names: list[str], tta: bool = False) -> tuple
     model = load_model_folder(model_dir)
     preds, t0 = {}, time.time()
     for name in names:
-        preds[name] = predict_array(model, read_rgb(name), TileSettings(tta=tta))[0]
+        picture = grey(read_rgb(name))[None] if polarity_fed(model_dir) else read_rgb(name)
+        preds[name] = predict_array(model, picture, TileSettings(tta=tta))[0]
     return preds, (time.time() - t0) / max(1, len(names))
+
+
+def polarity_fed(model_dir: Path) -> bool:
+    """Whether ``model_dir`` was trained here with ``--polarity auto`` (and is fed so)."""
+    return POLARITY == "auto" and "pretrained" not in Path(model_dir).resolve().parts
 
 
 def tta_scores(model_dir: Path, names: list[str], truths: dict, kinds: dict, label: str) -> dict:
@@ -276,11 +295,20 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=OUT, help="results folder")
     p.add_argument(
+        "--polarity",
+        choices=["as-is", "auto"],
+        default="as-is",
+        help="probe: 'auto' inverts bright-background pictures (H&E, brightfield) for the "
+        "model trained here, in training and in scoring (the shipped model is fed as-is)",
+    )
+    p.add_argument(
         "--tta",
         action="store_true",
         help="also score the trained and shipped models with test-time augmentation",
     )
     a = p.parse_args()
+    global POLARITY
+    POLARITY = a.polarity
     out = a.out
     work = a.work or out / "work"
     overrides: dict = {}
