@@ -2,7 +2,7 @@
 
 Training writes ``training_images.json`` into the model folder: the name and SHA-256 of
 every image file the model was trained on (validation images included, as they chose
-the best checkpoint). Quality control compares its images with it, so that scores on
+the best checkpoint; OME-Zarr folders are not fingerprinted). Quality control compares its images with it, so that scores on
 images the model has seen are never reported as if they were held out.
 """
 
@@ -31,7 +31,11 @@ def record_training_images(model_dir: Path, images: Path) -> Path | None:
         files = list_images(images) if images.is_dir() else [images]
     except DeepscopeError:
         return None
-    record = {"images": [{"name": p.name, "sha256": file_sha256(p)} for p in files]}
+    # OME-Zarr folders are left out: file_sha256 reads only their metadata, which two
+    # different images of one shape share
+    record = {
+        "images": [{"name": p.name, "sha256": file_sha256(p)} for p in files if p.is_file()]
+    }
     path = Path(model_dir) / TRAINING_IMAGES_FILE
     atomic_write_text(path, json.dumps(record, indent=1))
     return path
@@ -50,7 +54,7 @@ def seen_in_training(model_dir: Path, paths: Sequence[Path]) -> list[str]:
         known = {entry["sha256"] for entry in record["images"]}
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [p.name for p in paths if file_sha256(p) in known]
+    return [p.name for p in paths if p.is_file() and file_sha256(p) in known]
 
 
 def caution(seen: Sequence[str], total: int) -> str:
