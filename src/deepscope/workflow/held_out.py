@@ -2,8 +2,9 @@
 
 Training writes ``training_images.json`` into the model folder: the name and SHA-256 of
 every image file the model was trained on (validation images included, as they chose
-the best checkpoint; OME-Zarr folders are not fingerprinted). Quality control compares its images with it, so that scores on
-images the model has seen are never reported as if they were held out.
+the best checkpoint; OME-Zarr folders are not fingerprinted). Quality control compares
+its images with it, so that scores on images the model has seen are never reported as
+if they were held out.
 """
 
 from __future__ import annotations
@@ -33,9 +34,7 @@ def record_training_images(model_dir: Path, images: Path) -> Path | None:
         return None
     # OME-Zarr folders are left out: file_sha256 reads only their metadata, which two
     # different images of one shape share
-    record = {
-        "images": [{"name": p.name, "sha256": file_sha256(p)} for p in files if p.is_file()]
-    }
+    record = {"images": [{"name": p.name, "sha256": file_sha256(p)} for p in files if p.is_file()]}
     path = Path(model_dir) / TRAINING_IMAGES_FILE
     atomic_write_text(path, json.dumps(record, indent=1))
     return path
