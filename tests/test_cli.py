@@ -77,6 +77,8 @@ OPTIONS = {
         "--axes",
         "--tile",
         "--overwrite",
+        "--workers",
+        "--scheduler",
         "--instances",
         "--probabilities",
         "--engine",
@@ -571,12 +573,12 @@ def test_qc_on_training_images_says_the_scores_are_not_held_out(
 
 
 def test_progress_in_a_log_is_a_line_per_image_not_a_flood(capsys, monkeypatch):
-    from deepscope.interfaces import cli
+    from deepscope.interfaces import progress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)  # a log file
     clock = [0.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
-    update = cli._bar("predicting")
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    update = progress.progress_bar("predicting")
     for i in range(1, 41):  # 40 tiles of 4 images, a second each
         clock[0] += 1.0
         update(f"{'abcd'[(i - 1) // 10]}.tif", i / 10, 4)
@@ -585,7 +587,7 @@ def test_progress_in_a_log_is_a_line_per_image_not_a_flood(capsys, monkeypatch):
     assert lines[0].startswith("predicting: 0.1/4 images (a.tif;")
     assert lines[1].startswith("predicting: 1/4 images (a.tif; 10 s elapsed, about 30 s left")
     assert lines[-1].startswith("predicting: 4/4 images (d.tif; 40 s") and "left" not in lines[-1]
-    fast = cli._bar("measuring", "frames")  # 300 frames in 3 seconds: not 300 lines
+    fast = progress.progress_bar("measuring", "frames")  # 300 frames in 3 seconds: not 300 lines
     for i in range(1, 301):
         clock[0] += 0.01
         fast("", i, 300)
@@ -594,10 +596,10 @@ def test_progress_in_a_log_is_a_line_per_image_not_a_flood(capsys, monkeypatch):
 
 
 def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys, monkeypatch):
-    from deepscope.interfaces.cli import _bar, _progress_stages
+    from deepscope.interfaces.progress import progress_bar, stage_bars
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
-    update = _bar("predicting")
+    update = progress_bar("predicting")
     update("a.tif", 0.5, 2)  # the first half of an image, done within microseconds
     update("a.tif", 1.0, 2)
     update("b.tif", 2.0, 2)
@@ -605,7 +607,7 @@ def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys, monkey
     assert "0.5/2 images" in err and "2/2 images" in err and "b.tif" in err
     assert "/s" not in err  # no images-per-second figure from a near-zero time
 
-    stages = _progress_stages()
+    stages = stage_bars()
     stages("checkpoints", 0, 3)
     stages("checkpoints", 3, 3)
     assert "3/3 steps" in capsys.readouterr().err

@@ -357,7 +357,10 @@ def test_cli_export_and_import(n2v_package, tmp_path: Path, capsys) -> None:
     code = main(
         ["export", str(model_dir), "--format", "onnx", "--out", onnx_file, "--license", "MIT"]
     )
-    assert code == 2 and "only apply to --format bioimageio" in capsys.readouterr().err
+    assert (
+        code == 2
+        and "only for BioImage.IO packages (--format bioimageio)" in capsys.readouterr().err
+    )
     code = main(["export", str(model_dir), "--format", "onnx", "--out", onnx_file])
     assert code == 0 and (tmp_path / "m.json").exists()
     code = main(["import", str(package), "--out", str(tmp_path / "imported")])

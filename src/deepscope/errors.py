@@ -33,6 +33,19 @@ class DeepscopeError(Exception):
             parts.append(f"\n  What to do: {self.fix}")
         return "".join(parts)
 
+    def __reduce__(self):  # noqa: ANN204
+        # Rebuilt with its parts when it crosses processes (a Dask worker's error).
+        return (_rebuild, (type(self), self.problem, self.path, self.fix))
+
+
+def _rebuild(
+    cls: type[DeepscopeError], problem: str, path: Path | None, fix: str | None
+) -> DeepscopeError:
+    """Rebuild a pickled error with its parts, whatever its class's ``__init__`` takes."""
+    err = DeepscopeError.__new__(cls)
+    DeepscopeError.__init__(err, problem, path, fix)
+    return err
+
 
 class ImageReadError(DeepscopeError):
     """An image file could not be read or is not usable."""

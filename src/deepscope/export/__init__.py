@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from deepscope.errors import DeepscopeError
+
 FORMATS = ("bioimageio", "onnx", "torchscript")
 
 
@@ -29,8 +31,32 @@ def export_model(
     """Export a deepscope model folder in ``fmt`` (one of :data:`FORMATS`) to ``out``.
 
     ``authors``, ``license``, ``name``, ``sample`` and ``check`` apply to BioImage.IO
-    packages (see :func:`deepscope.export.bioimageio.export_bioimageio`).
+    packages (see :func:`deepscope.export.bioimageio.export_bioimageio`); given for
+    another format they are refused.
+
+    Raises
+    ------
+    DeepscopeError
+        When a BioImage.IO setting is given for another format.
     """
+    if fmt != "bioimageio":
+        given = [
+            key
+            for key, value in (
+                ("authors", authors),
+                ("license", license),
+                ("name", name),
+                ("sample", sample),
+                ("no check", not check),
+            )
+            if value
+        ]
+        if given:
+            raise DeepscopeError(
+                f"{', '.join(given)}: only for BioImage.IO packages (--format bioimageio), "
+                f"not for {fmt}",
+                fix=f"leave out {', '.join(given)}",
+            )
     if fmt == "bioimageio":
         from deepscope.export.bioimageio import export_bioimageio
 

@@ -6,14 +6,13 @@ Every command explains itself with ``--help``; every error names the file and wh
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from deepscope import __version__
 from deepscope.errors import DeepscopeError
+from deepscope.interfaces.progress import progress_bar, stage_bars
 
 EPILOG = "Documentation: README.md. Every command has --help."
 
@@ -207,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
         "so images larger than memory work (restoration, class maps and 2D StarDist)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace results from an earlier run")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="share the images out among N worker processes on this computer (Dask), each "
+        "with its share of the cores: for many small images; a single process already "
+        "uses every core",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="share the images out among the workers of a running Dask scheduler, e.g. "
+        "tcp://10.0.0.5:8786 (a cluster started with dask-jobqueue or 'dask scheduler' + "
+        "'dask worker'); workers must see the model folder and images at the same paths",
+    )
     p.add_argument(
         "--instances",
         action="store_true",
@@ -442,7 +457,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     def progress(stage: str, done: int, total: int) -> None:
         if stage not in bars:
-            bars[stage] = _bar(stage, "frames")
+            bars[stage] = progress_bar(stage, "frames")
         bars[stage]("", done, total)
 
     from deepscope.workflow.pretrained import resolve_model
@@ -556,18 +571,6 @@ def _add_export_commands(sub: Any) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a model folder."""
     from deepscope.export import export_model
-
-    if args.format != "bioimageio":
-        given = [
-            f"--{opt.replace('_', '-')}"
-            for opt in ("authors", "license", "name", "sample", "no_check")
-            if getattr(args, opt)
-        ]
-        if given:
-            raise DeepscopeError(
-                f"{', '.join(given)} only apply to --format bioimageio, not {args.format}",
-                fix=f"leave out {', '.join(given)}",
-            )
     from deepscope.workflow.pretrained import resolve_model
 
     export_model(
@@ -836,75 +839,6 @@ def _classify_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-#: Without a terminal (a log file, a cluster job), progress is plain lines: the first
-#: and the last, one per finished image (or frame) when the last line is this many
-#: seconds old, and one at least this often within a long image.
-LOG_LINE_GAP_S = (2.0, 30.0)
-
-
-def _log_lines(desc: str, unit: str):  # noqa: ANN202
-    """Progress as plain lines, for logs: a live bar would write hundreds of updates."""
-    state = {"start": time.monotonic(), "last": -math.inf, "whole": -1}
-
-    def update(name: str, done: float, total: int) -> None:
-        now = time.monotonic()
-        whole = int(done)
-        since = now - state["last"]
-        gap = LOG_LINE_GAP_S[0] if whole != state["whole"] else LOG_LINE_GAP_S[1]
-        if since < gap and state["whole"] >= 0 and done < total:
-            return
-        state.update(last=now, whole=whole)
-        elapsed = now - state["start"]
-        left = elapsed * (total - done) / done if done > 0 else None
-        eta = f", about {_duration(left)} left" if left is not None and done < total else ""
-        where = f"{name}; " if name else ""
-        print(
-            f"{desc}: {round(done, 2):g}/{total} {unit} ({where}{_duration(elapsed)} elapsed{eta})",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return update
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-def _bar(desc: str, unit: str = "images"):  # noqa: ANN202
-    """A progress bar on a terminal, plain lines in a log (see :func:`_log_lines`)."""
-    if not sys.stderr.isatty():
-        return _log_lines(desc, unit)
-    from tqdm.auto import tqdm
-
-    state: dict[str, Any] = {}
-
-    def update(name: str, done: float, total: int) -> None:
-        if "bar" not in state:
-            # Progress comes in parts of an image (tiles): shown as 0.5/1, 12/40; the
-            # time left is from the smoothed rate, which a first part done within
-            # milliseconds of the start would otherwise show as thousands per second.
-            state["bar"] = tqdm(
-                total=total,
-                desc=desc,
-                file=sys.stderr,
-                bar_format="{l_bar}{bar}| {n:g}/{total_fmt} "
-                + unit
-                + " [{elapsed}<{remaining}{postfix}]",
-            )
-        bar = state["bar"]
-        bar.set_postfix_str(str(name)[-30:], refresh=False)
-        step = round(done, 2) - bar.n
-        if step > 0:
-            bar.update(step)
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     """Run the data check and print its findings."""
     from deepscope.tasks import get_task
@@ -937,36 +871,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Apply a model to a file or folder."""
     from deepscope.workflow.model_folder import load_model_folder
     from deepscope.workflow.predict import TileSettings, predict_files
+    from deepscope.workflow.predict_cluster import ClusterSettings
+    from deepscope.workflow.predict_options import (
+        PredictOptions,
+        check_int8,
+        check_tta,
+        configure_model,
+    )
     from deepscope.workflow.pretrained import resolve_model
 
-    model = load_model_folder(resolve_model(args.model))
-    for opt, key in [("prob_threshold", "prob_threshold"), ("nms_threshold", "nms_threshold")]:
-        value = getattr(args, opt, None)
-        if value is not None:
-            if model.config.task != "stardist":
-                raise DeepscopeError(
-                    f"--{opt.replace('_', '-')} is for stardist models, not {model.config.task}",
-                    fix=f"leave out --{opt.replace('_', '-')}",
-                )
-            if not 0 < value < 1:
-                raise DeepscopeError(
-                    f"--{opt.replace('_', '-')} {value} must be between 0 and 1",
-                    fix="give e.g. 0.5",
-                )
-            setattr(model.config.stardist, key, value)
-            setattr(model.task, key, value)
-    for opt, key in [("instances", "predict_instances"), ("probabilities", "save_probabilities")]:
-        if getattr(args, opt, False):
-            if model.config.task != "semantic":
-                raise DeepscopeError(
-                    f"--{opt} is for semantic segmentation models, not {model.config.task}",
-                    fix=f"leave out --{opt}",
-                )
-            setattr(model.config.semantic, key, True)
-    if getattr(args, "engine", "pytorch") == "onnx":
-        from deepscope.export.onnx_engine import use_onnx_engine
-
-        use_onnx_engine(model)
+    model = configure_model(
+        load_model_folder(resolve_model(args.model)),
+        PredictOptions(
+            prob_threshold=getattr(args, "prob_threshold", None),
+            nms_threshold=getattr(args, "nms_threshold", None),
+            instances=bool(getattr(args, "instances", False)),
+            probabilities=bool(getattr(args, "probabilities", False)),
+            engine=getattr(args, "engine", "pytorch"),
+        ),
+    )
     written = predict_files(
         model,
         args.input,
@@ -975,11 +898,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tiles=TileSettings(
             tile=args.tile,
             memory_limit=int(args.memory_limit * 2**30) if args.memory_limit else None,
-            tta=_check_tta(model, args.tta),
-            int8=_check_int8(model, args.int8),
+            tta=check_tta(model, args.tta),
+            int8=check_int8(model, args.int8),
         ),
         overwrite=args.overwrite,
-        progress=_bar("predicting"),
+        progress=progress_bar("predicting"),
+        cluster=(
+            ClusterSettings(workers=args.workers, scheduler=args.scheduler)
+            if args.workers is not None or args.scheduler is not None
+            else None
+        ),
     )
     if model.task.image_level:
         print(f"Predictions written to {written[0]} (one row per image).")
@@ -988,48 +916,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_tta(model: Any, wanted: bool) -> bool:
-    """``wanted``, once the model's task is known to allow test-time augmentation."""
-    if wanted and not model.task.tta_ok:
-        raise DeepscopeError(
-            f"--tta is not available for {model.config.task} models (their result does not "
-            "simply turn with the image)",
-            fix="leave out --tta",
-        )
-    dims = model.config.data.spatial_dims
-    if wanted and dims not in model.task.tta_dims:
-        raise DeepscopeError(
-            f"--tta is not available for {dims}D {model.config.task} models",
-            fix="leave out --tta",
-        )
-    return wanted
-
-
-def _check_int8(model: Any, wanted: bool) -> bool:
-    """``wanted``, once the model's network is known to run in 8-bit integers here.
-
-    Says where the calibration comes from when the model folder has none.
-    """
-    if not wanted:
-        return False
-    from deepscope.workflow.int8_models import int8_calibration_of, require_int8
-
-    if model.task.int8_ok and not list(model.network.parameters()):
-        raise DeepscopeError("--int8 cannot be combined with --engine onnx", fix="leave out one")
-    require_int8(model, "--int8: ")
-    if int8_calibration_of(model) is None:
-        print(
-            "note: this model folder has no 8-bit calibration for its weights (trained "
-            "before 2026-11-30, or another checkpoint chosen since); it is made from the "
-            "first image predicted."
-        )
-    return True
-
-
 def cmd_qc(args: argparse.Namespace) -> int:
     """Quality control with an HTML report."""
     from deepscope.workflow.model_folder import load_model_folder
     from deepscope.workflow.predict import TileSettings
+    from deepscope.workflow.predict_options import check_int8, check_tta
     from deepscope.workflow.pretrained import resolve_model
     from deepscope.workflow.qc import run_qc
 
@@ -1040,9 +931,9 @@ def cmd_qc(args: argparse.Namespace) -> int:
         args.targets,
         args.out,
         tiles=TileSettings(
-            tile=args.tile, tta=_check_tta(model, args.tta), int8=_check_int8(model, args.int8)
+            tile=args.tile, tta=check_tta(model, args.tta), int8=check_int8(model, args.int8)
         ),
-        progress=_progress_stages(),
+        progress=stage_bars(),
     )
     if "macro_f1" in summary:
         _print_classify_summary(summary)
@@ -1058,19 +949,6 @@ def cmd_qc(args: argparse.Namespace) -> int:
         print(f"Caution: {summary['caution']}")
     print(f"Report: {Path(args.out) / 'report.html'}")
     return 0
-
-
-def _progress_stages():  # noqa: ANN202
-    bars: dict[str, Any] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            # checkpoints, Gaussian baseline, figures: counted in steps, not images
-            unit = "images" if stage in ("images", "scoring", "classifying") else "steps"
-            bars[stage] = _bar(f"QC {stage}", unit)
-        bars[stage](stage, done, total)
-
-    return update
 
 
 def _print_classify_summary(summary: dict) -> None:

@@ -50,6 +50,9 @@ class TrainedModel:
     normalizer: PercentileNormalizer
     target_normalizer: PercentileNormalizer | None
     info: dict[str, Any] = field(default_factory=dict)
+    #: The prediction options applied to it (``predict_options.configure_model``), so
+    #: that cluster workers loading the same folder configure it the same way.
+    prediction_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from deepscope.tasks.base import GridOutput
 from deepscope.workflow import large_images
 from deepscope.workflow.model_folder import TrainedModel
 from deepscope.workflow.tiling import predict_tiled
+
+if TYPE_CHECKING:
+    from deepscope.workflow.predict_cluster import ClusterSettings
 
 
 @dataclass
@@ -526,6 +529,7 @@ def predict_files(
     tiles: TileSettings | None = None,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    cluster: ClusterSettings | None = None,
 ) -> list[Path]:
     """Predict every image of ``source`` (file or folder) into ``out_dir``.
 
@@ -540,8 +544,17 @@ def predict_files(
     Tasks with one result per image (``Task.image_level``, e.g. classification) write a
     table instead (see :mod:`deepscope.workflow.predict_classify`); the list then holds
     that one CSV file.
+
+    With ``cluster``, the files are shared out among Dask workers (a local cluster of
+    worker processes, or the workers of a ``dask.distributed`` scheduler), each
+    loading the model once; see :mod:`deepscope.workflow.predict_cluster`.
     """
     if model.task.image_level:
+        if cluster is not None:
+            raise DeepscopeError(
+                "classification models predict on one computer only (their table is small work)",
+                fix="leave out --workers / --scheduler",
+            )
         from deepscope.workflow.predict_classify import predict_table
 
         return [
@@ -572,15 +585,21 @@ def predict_files(
                 out_dir,
                 "choose another output folder, or add --overwrite to replace earlier results",
             )
+    client = None
+    if cluster is not None:  # reached before anything is written
+        from deepscope.workflow import predict_cluster
+
+        client = predict_cluster.connect(cluster)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if client is not None:
+            predict_cluster.close(client)
         raise OutputError(
             f"cannot create the output folder ({err.strerror})",
             out_dir,
             "choose a folder you can write to",
         ) from None
-    dims = model.config.data.spatial_dims
     record = {
         "deepscope_version": __version__,
         "model": str(model.folder.resolve()),
@@ -592,6 +611,20 @@ def predict_files(
         "started": _now(),
         "files": [],
     }
+    if client is not None:
+        return predict_cluster.predict_on_cluster(
+            client,
+            cluster,
+            model,
+            inputs,
+            targets,
+            axes,
+            tiles,
+            overwrite,
+            record,
+            out_dir,
+            progress,
+        )
     written = []
     for i, (src, dst) in enumerate(zip(inputs, targets, strict=True)):
         tile_cb = (
@@ -599,51 +632,66 @@ def predict_files(
             if progress
             else None
         )
-        blockwise = _predict_if_too_large(
-            model, src, dst, axes or model.config.data.axes, tiles, overwrite, tile_cb
-        )
-        if blockwise is not None:
-            written.append(dst)
-            record["files"].append(blockwise)
-            atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
-            continue
-        img = read_image(src, axes=axes or model.config.data.axes)
-        cf = to_channel_first(img.data, img.axes, dims, path=src)
-        raw = predict_raw(model, cf, tiles, progress=tile_cb, grid=model.task.reads_grid_output)
-        result = model.task.postprocess(raw)
-        n_in = img.data.shape[img.axes.index("C")] if "C" in img.axes else None
-        out_axes = output_axes(img.axes, dims, result.shape[0], n_in)
+        record["files"].append(predict_file(model, src, dst, axes, tiles, overwrite, tile_cb))
+        written.append(dst)
+        atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
+    return written
+
+
+def predict_file(
+    model: TrainedModel,
+    src: Path,
+    dst: Path,
+    axes: str | None = None,
+    tiles: TileSettings | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Predict one image file ``src`` into ``dst`` (and its side files); return its record.
+
+    The record (input, checksum, output name, axes, date, side files) is the file's
+    entry in ``provenance.json``. Images too large for memory are done block by block.
+    """
+    blockwise = _predict_if_too_large(
+        model, src, dst, axes or model.config.data.axes, tiles, overwrite, progress
+    )
+    if blockwise is not None:
+        return blockwise
+    dims = model.config.data.spatial_dims
+    img = read_image(src, axes=axes or model.config.data.axes)
+    cf = to_channel_first(img.data, img.axes, dims, path=src)
+    raw = predict_raw(model, cf, tiles, progress=progress, grid=model.task.reads_grid_output)
+    result = model.task.postprocess(raw)
+    n_in = img.data.shape[img.axes.index("C")] if "C" in img.axes else None
+    out_axes = output_axes(img.axes, dims, result.shape[0], n_in)
+    write_image(
+        dst,
+        from_channel_first(result, img.axes, dims, n_in),
+        out_axes,
+        overwrite=overwrite,
+        metadata=img.metadata,
+    )
+    entry: dict[str, Any] = {
+        "input": str(src.resolve()),
+        "input_sha256": file_sha256(src),
+        "output": dst.name,
+        "axes": out_axes,
+        "date": _now(),
+    }
+    for suffix, extra in model.task.side_outputs(raw).items():
+        side = dst.with_name(side_output_name(dst.name, suffix))
         write_image(
-            dst,
-            from_channel_first(result, img.axes, dims, n_in),
-            out_axes,
+            side,
+            from_channel_first(extra, img.axes, dims, n_in),
+            output_axes(img.axes, dims, extra.shape[0], n_in),
             overwrite=overwrite,
             metadata=img.metadata,
         )
-        written.append(dst)
-        entry = {
-            "input": str(src.resolve()),
-            "input_sha256": file_sha256(src),
-            "output": dst.name,
-            "axes": out_axes,
-            "date": _now(),
-        }
-        for suffix, extra in model.task.side_outputs(raw).items():
-            side = dst.with_name(side_output_name(dst.name, suffix))
-            write_image(
-                side,
-                from_channel_first(extra, img.axes, dims, n_in),
-                output_axes(img.axes, dims, extra.shape[0], n_in),
-                overwrite=overwrite,
-                metadata=img.metadata,
-            )
-            entry[suffix] = side.name
-        write_extra = getattr(model.task, "write_extra_files", None)
-        if write_extra is not None:
-            entry.update(write_extra(raw, result, cf, dst, overwrite))
-        record["files"].append(entry)
-        atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
-    return written
+        entry[suffix] = side.name
+    write_extra = getattr(model.task, "write_extra_files", None)
+    if write_extra is not None:
+        entry.update(write_extra(raw, result, cf, dst, overwrite))
+    return entry
 
 
 def _predict_if_too_large(

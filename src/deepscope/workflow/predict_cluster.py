@@ -1,0 +1,234 @@
+"""Predict a folder of images on several processes or computers with Dask.
+
+The files are shared out among the workers of a ``dask.distributed`` cluster: a local one
+of ``workers`` processes started here, or any running scheduler (e.g. one started by
+``dask-jobqueue`` on a SLURM cluster, or ``dask scheduler`` + ``dask worker`` by hand).
+Each worker loads the model folder once and predicts whole files with exactly the code
+of a prediction on one computer (:func:`deepscope.workflow.predict.predict_file`),
+writing each result atomically; this process collects the files' records into
+``provenance.json`` as they finish, in input order.
+
+Workers need the same paths as this process (a shared file system): they read the model
+folder and the images and write the results themselves; nothing but file names and
+records crosses the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deepscope.data.io import atomic_write_text
+from deepscope.engine import performance
+from deepscope.errors import DeepscopeError
+
+if TYPE_CHECKING:
+    from deepscope.workflow.model_folder import TrainedModel
+    from deepscope.workflow.predict import TileSettings
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where the files of one prediction are predicted.
+
+    Exactly one of ``workers`` and ``scheduler`` is given.
+    """
+
+    #: Start a local cluster of this many worker processes (the cores are split among them).
+    workers: int | None = None
+    #: Address of a running ``dask.distributed`` scheduler, e.g. ``tcp://10.0.0.5:8786``.
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.workers is None) == (self.scheduler is None):
+            raise DeepscopeError(
+                "give either a number of local worker processes or a scheduler address",
+                fix="use --workers N or --scheduler ADDRESS, not both",
+            )
+        if self.workers is not None and self.workers < 1:
+            raise DeepscopeError(
+                f"--workers {self.workers} must be at least 1", fix="give e.g. --workers 2"
+            )
+
+
+#: Seconds to wait for a scheduler given by its address.
+SCHEDULER_TIMEOUT_S = 30
+
+
+def connect(settings: ClusterSettings):  # noqa: ANN201
+    """Return a connected ``dask.distributed.Client`` (give it to :func:`close`).
+
+    Raises
+    ------
+    DeepscopeError
+        When the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a dependency of deepscope
+        raise DeepscopeError(
+            "Dask's 'distributed' package is not installed",
+            fix="pip install distributed (it comes with deepscope's set-up)",
+        ) from None
+    if settings.scheduler is not None:
+        try:
+            return Client(settings.scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except OSError as err:
+            raise DeepscopeError(
+                f"cannot reach the Dask scheduler at {settings.scheduler} ({err})",
+                fix="check the address (dask scheduler prints it) and that it is running",
+            ) from None
+    cluster = LocalCluster(
+        n_workers=settings.workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=40,  # logging.ERROR: the workers' chatter is not the user's business
+    )
+    client = Client(cluster)
+    client._deepscope_cluster = cluster  # closed with the client
+    return client
+
+
+def close(client: Any) -> None:
+    """Close a client of :func:`connect`, and the local cluster it started."""
+    cluster = getattr(client, "_deepscope_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+#: Models loaded in this (worker) process, by folder and prediction options.
+_LOADED: dict[tuple[str, str, float], TrainedModel] = {}
+
+
+def _worker_model(folder: str, options: dict[str, Any]) -> TrainedModel:
+    """The model folder as configured for this prediction, loaded once per process."""
+    from deepscope.workflow.model_folder import load_model_folder
+    from deepscope.workflow.predict_options import PredictOptions, configure_model
+
+    weights = Path(folder) / "weights.pt"
+    stamp = weights.stat().st_mtime if weights.exists() else 0.0
+    key = (folder, json.dumps(options, sort_keys=True), stamp)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model per worker at a time
+        model = load_model_folder(folder)
+        _LOADED[key] = configure_model(model, PredictOptions(**options))
+    return _LOADED[key]
+
+
+def predict_on_worker(
+    folder: str,
+    options: dict[str, Any],
+    src: str,
+    dst: str,
+    axes: str | None,
+    tiles: TileSettings | None,
+    overwrite: bool,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Predict one file on a Dask worker; return its provenance record."""
+    import torch
+
+    from deepscope.workflow.predict import predict_file
+
+    if threads is None:
+        threads = int(os.environ.get("DEEPSCOPE_NUM_THREADS", 0)) or _threads_here()
+    torch.set_num_threads(threads)
+    model = _worker_model(folder, options)
+    return predict_file(model, Path(src), Path(dst), axes, tiles, overwrite)
+
+
+def _threads_here() -> int:
+    """Return the share of its computer's cores for this worker (each Dask thread runs a file)."""
+    try:
+        from distributed import get_worker
+
+        per_worker = max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        per_worker = 1
+    return max(1, performance.available_cores() // per_worker)
+
+
+def predict_on_cluster(
+    client: Any,
+    settings: ClusterSettings,
+    model: TrainedModel,
+    inputs: Sequence[Path],
+    targets: Sequence[Path],
+    axes: str | None,
+    tiles: TileSettings | None,
+    overwrite: bool,
+    record: dict[str, Any],
+    out_dir: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Path]:
+    """Predict ``inputs`` into ``targets`` on ``client``'s cluster; write ``provenance.json``.
+
+    ``record`` is the provenance record without its files; each file's entry is added
+    when that file is done (in input order), so an interrupted prediction leaves a
+    record of what was finished. A file that fails stops the prediction with that
+    file's error; results already written stay.
+    """
+    import dataclasses
+
+    from distributed import as_completed
+
+    from deepscope.workflow import large_images
+    from deepscope.workflow.predict import TileSettings
+
+    tiles = tiles or TileSettings()
+    threads = None
+    if settings.workers is not None:
+        threads = max(1, performance.available_cores() // settings.workers)
+        if tiles.memory_limit is None:  # the workers share this computer's memory
+            limit = large_images.default_memory_limit() // settings.workers
+            tiles = dataclasses.replace(tiles, memory_limit=limit)
+    options = dict(model.prediction_options)
+    folder = str(model.folder.resolve())
+    record["cluster"] = (
+        {"local_workers": settings.workers}
+        if settings.workers is not None
+        else {"scheduler": settings.scheduler}
+    )
+    try:
+        run = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(
+                predict_on_worker,
+                folder,
+                options,
+                str(src),
+                str(dst),
+                axes,
+                tiles,
+                overwrite,
+                threads,
+                key=f"deepscope-predict-{run}-{i}",
+                pure=False,
+            ): i
+            for i, (src, dst) in enumerate(zip(inputs, targets, strict=True))
+        }
+        entries: list[dict[str, Any] | None] = [None] * len(inputs)
+        if progress:
+            progress(inputs[0].name, 0, len(inputs))
+        for done, future in enumerate(as_completed(futures), start=1):
+            i = futures[future]
+            try:
+                entries[i] = future.result()
+            except BaseException:
+                for other in futures:
+                    other.cancel()
+                raise
+            record["files"] = [e for e in entries if e is not None]
+            atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
+            if progress:
+                progress(inputs[i].name, done, len(inputs))
+    finally:
+        close(client)
+    return list(targets)
