@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="share the images out among N worker processes on this computer (Dask), each "
-        "with its share of the cores: for many small images; a single process already "
-        "uses every core",
+        "with its share of the cores: for computers with many cores and many images; a "
+        "single process already uses every core, and starting the workers takes seconds",
     )
     where.add_argument(
         "--scheduler",

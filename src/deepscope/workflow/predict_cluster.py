@@ -83,13 +83,21 @@ def connect(settings: ClusterSettings):  # noqa: ANN201
                 f"cannot reach the Dask scheduler at {settings.scheduler} ({err})",
                 fix="check the address (dask scheduler prints it) and that it is running",
             ) from None
-    cluster = LocalCluster(
-        n_workers=settings.workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=40,  # logging.ERROR: the workers' chatter is not the user's business
-    )
+    try:
+        cluster = LocalCluster(
+            n_workers=settings.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,  # logging.ERROR: the workers' chatter is not the user's business
+        )
+    except RuntimeError as err:  # e.g. a script without a __main__ guard (spawned workers)
+        raise DeepscopeError(
+            f"the {settings.workers} local worker processes did not start ({err})",
+            fix="in a Python script, call deepscope.predict(..., workers=N) inside "
+            "'if __name__ == \"__main__\":' (worker processes re-import the script); "
+            "or leave out --workers",
+        ) from None
     client = Client(cluster)
     client._deepscope_cluster = cluster  # closed with the client
     return client
