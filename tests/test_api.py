@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +280,17 @@ def test_cluster_settings_are_checked(tmp_path, trained_2d_run, four_images, mon
             scheduler=f"tcp://127.0.0.1:{port}",
             progress=False,
         )
-    shutil.rmtree(tmp_path / "o", ignore_errors=True)
+    assert not (tmp_path / "o").exists()  # nothing written before the cluster is reached
+
+    import distributed
+
+    def no_start(**kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(distributed, "LocalCluster", no_start)
+    with pytest.raises(DeepscopeError, match="if __name__ == "):
+        deepscope.predict(trained_2d_run / "model", four_images, tmp_path / "o", workers=2)
+    assert not (tmp_path / "o").exists()
 
 
 def _free_port() -> int:
