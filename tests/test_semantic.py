@@ -277,6 +277,17 @@ def test_binary_2d_train_predict_instances_qc_cli(tmp_path: Path, capsys) -> Non
     classes = tifffile.imread(pred / "a.tif")
     assert classes.dtype == np.uint8 and classes.shape == (48, 48)
     assert set(np.unique(classes)) <= {0, 1}
+    with tifffile.TiffFile(pred / "a.tif") as tif:  # Fiji shows 0-1, not 0-255 (black)
+        assert (tif.imagej_metadata["min"], tif.imagej_metadata["max"]) == (0.0, 1.0)
+    with tifffile.TiffFile(pred / "a_probabilities.tif") as tif:  # intensities: viewer's choice
+        assert "min" not in (tif.imagej_metadata or {})
+    blocks = tmp_path / "pred_blocks"  # an image over the memory limit: block by block
+    assert main(["predict", str(model), "--input", str(images), "--out", str(blocks),
+                 "--memory-limit", "0.000001"]) == 0  # fmt: skip
+    assert "predicted_in_blocks" in json.loads((blocks / "provenance.json").read_text())["files"][0]
+    np.testing.assert_array_equal(tifffile.imread(blocks / "a.tif"), classes)
+    with tifffile.TiffFile(blocks / "a.tif") as tif:
+        assert (tif.imagej_metadata["min"], tif.imagej_metadata["max"]) == (0.0, 1.0)
     inst = tifffile.imread(pred / "a_instances.tif")
     assert inst.dtype == np.uint16 and inst.shape == (48, 48)
     probs = tifffile.imread(pred / "a_probabilities.tif")

@@ -777,6 +777,8 @@ def _tiff_options(
     if imagej_axes is None:
         return {"photometric": photometric, "metadata": {"axes": axes}}
     ij_meta: dict[str, Any] = {"axes": imagej_axes}
+    if metadata and metadata.get("display_range") is not None:
+        ij_meta["min"], ij_meta["max"] = (float(v) for v in metadata["display_range"])
     resolution = None
     if sizes:
         ij_meta["unit"] = _IMAGEJ_UNIT.get(unit, unit)
@@ -950,7 +952,9 @@ def write_image(
         Whether an existing output may be replaced.
     metadata
         Physical pixel size, as in :attr:`Image.metadata` (``pixel_size``, ``unit``);
-        written to ImageJ TIFF, OME-TIFF and OME-Zarr. Other keys are not stored.
+        written to ImageJ TIFF, OME-TIFF and OME-Zarr. ``display_range`` (min, max):
+        how ImageJ/Fiji shows the values (ImageJ TIFF only; e.g. class codes 0-1).
+        Other keys are not stored.
 
     Returns
     -------

@@ -248,6 +248,15 @@ class Task(ABC):
         """
         return False
 
+    def display_range(self) -> tuple[float, float] | None:
+        """Fixed display range of the result image, for results whose values are codes.
+
+        Written into ImageJ TIFFs (``min``/``max``), so that e.g. a class map of 0 and 1
+        is not shown black in Fiji (which shows 8-bit images from 0 to 255). None (the
+        default): viewers choose, as for intensities.
+        """
+        return None
+
     def side_outputs(self, output: np.ndarray) -> dict[str, np.ndarray]:
         """Extra result images of a de-normalised output, written beside the result.
 

@@ -705,6 +705,10 @@ class SemanticTask(Task):
             probabilities, self.settings, self.class_map(probabilities), self.seed_threshold
         )
 
+    def display_range(self) -> tuple[float, float]:
+        """Class numbers 0 to classes - 1 span the display (0/1 maps are not black in Fiji)."""
+        return (0.0, float(self.n_classes - 1))
+
     def blockwise_ok(self) -> bool:
         """Class maps are per pixel; instance labels need the whole image at once."""
         return not self.settings.predict_instances

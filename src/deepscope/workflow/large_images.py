@@ -227,8 +227,12 @@ def predict_in_blocks(
     margin: Sequence[int],
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    display_range: tuple[float, float] | None = None,
 ) -> dict[str, Path]:
     """Predict a lazily opened image block by block into ``target`` (and side outputs).
+
+    ``display_range`` is written with the result (not the side outputs), as by
+    :func:`deepscope.data.io.write_image`.
 
     Parameters
     ----------
@@ -272,9 +276,10 @@ def predict_in_blocks(
                 if key not in outputs:
                     shape = _output_shape(image, dims, out_axes, spatial, kept.shape[0])
                     path = target if key == "" else side_target(key)
-                    outputs[key] = _DiskOutput(
-                        path, shape, out_axes, kept.dtype, image.metadata, overwrite
-                    )
+                    meta = dict(image.metadata or {})
+                    if key == "":
+                        meta["display_range"] = display_range
+                    outputs[key] = _DiskOutput(path, shape, out_axes, kept.dtype, meta, overwrite)
                 outputs[key].write(
                     _region(out_axes, letters, write),
                     from_channel_first(kept, image.axes, dims, n_in),

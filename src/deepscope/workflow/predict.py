@@ -669,7 +669,7 @@ def predict_file(
         from_channel_first(result, img.axes, dims, n_in),
         out_axes,
         overwrite=overwrite,
-        metadata=img.metadata,
+        metadata={**(img.metadata or {}), "display_range": model.task.display_range()},
     )
     entry: dict[str, Any] = {
         "input": str(src.resolve()),
@@ -762,6 +762,7 @@ def _predict_if_too_large(
         margin=(margin,) * dims,
         overwrite=overwrite,
         progress=progress,
+        display_range=model.task.display_range(),
     )
     result_axes = tifffile_axes(paths[""])
     entry = {
