@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,41 @@ def test_train_predict_qc_give_real_numbers(trained, tmp_path):
     html = (qc / "report.html").read_text()
     for words in ("Confusion matrix", "Reliability diagram", "Loss per epoch", "macro F1"):
         assert words in html
+
+
+def test_qc_names_images_the_classifier_was_trained_on(trained, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    result, test = trained
+    qc = tmp_path / "qc_held_out"
+    assert main(["qc", str(result.model_dir), "--images", str(test), "--out", str(qc)]) == 0
+    assert "seen_in_training" not in json.loads((qc / "summary.json").read_text())
+    # a QC set with two training images: one copied, one saved again as PNG
+    mixed = tmp_path / "mixed"
+    shutil.copytree(test, mixed)
+    train_dir = result.run_dir.parent / "train"
+    shutil.copy(train_dir / "bright" / "bright_0.tif", mixed / "bright" / "copy.tif")
+    iio.imwrite(mixed / "dim" / "again.png", tifffile.imread(train_dir / "dim" / "dim_3.tif"))
+    capsys.readouterr()
+    qc2 = tmp_path / "qc_mixed"
+    assert main(["qc", str(result.model_dir), "--images", str(mixed), "--out", str(qc2)]) == 0
+    summary = json.loads((qc2 / "summary.json").read_text())
+    assert sorted(summary["seen_in_training"]) == ["again.png", "copy.tif"]
+    assert "2 of these 18 QC images" in summary["caution"]
+    assert "Caution: 2 of these 18" in capsys.readouterr().out
+    html = (qc2 / "report.html").read_text()
+    assert html.index("trained on (") < html.index("<h2")
+    # the same pixels from an .npz (arrays of one shape: the commonest training size)
+    by_shape: dict[tuple, list] = {}
+    for f in sorted((train_dir / "dim").glob("*.tif")):
+        img = tifffile.imread(f)
+        by_shape.setdefault(img.shape, []).append(img)
+    group = max(by_shape.values(), key=len)
+    np.savez(tmp_path / "few.npz", images=np.stack(group), labels=np.array(["dim"] * len(group)))
+    qc3 = tmp_path / "qc_npz"
+    npz = str(tmp_path / "few.npz")
+    assert main(["qc", str(result.model_dir), "--images", npz, "--out", str(qc3)]) == 0
+    assert len(json.loads((qc3 / "summary.json").read_text())["seen_in_training"]) == len(group)
 
 
 def test_tta_averages_over_the_views_training_used(trained, tmp_path, capsys):

@@ -385,6 +385,13 @@ class ClassifyTask(Task):
             self.config = self._completed_config(data)
         return report
 
+    def labelled_images(self) -> tuple[list[str], list[np.ndarray]]:
+        """Names and (C, Y, X) arrays of the images read by the last data check."""
+        data = getattr(self, "_data", None)
+        if data is None:
+            return [], []
+        return list(data.names), list(data.images)
+
     def _completed_config(self, data: cdata.ClassData) -> ClassifyConfig:
         cfg = self.config.model_copy(deep=True)
         given = cfg.classify.class_names

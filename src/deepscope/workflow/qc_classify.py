@@ -36,9 +36,10 @@ from deepscope.data.classes import fit_to_size, load_labelled
 from deepscope.data.io import atomic_write_text
 from deepscope.engine.callbacks import read_history
 from deepscope.errors import DeepscopeError, OutputError
+from deepscope.workflow.held_out import caution, seen_arrays_in_training
 from deepscope.workflow.model_folder import TrainedModel
 from deepscope.workflow.predict_classify import classify_arrays
-from deepscope.workflow.report import HtmlReport
+from deepscope.workflow.report import HtmlReport, insert_caution
 
 BINS = 10
 """Confidence bins of the reliability diagram and the ECE."""
@@ -304,6 +305,10 @@ def classify_qc(
         "checkpoint_accuracy": checkpoints,
         "skipped_files": [str(f.path) for f in data.findings],
     }
+    seen = seen_arrays_in_training(model.folder, data.names, data.images)
+    if seen:  # said in the summary, on the command line and at the top of the report
+        summary["seen_in_training"] = seen
+        summary["caution"] = caution(seen, len(y_true))
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +324,8 @@ def classify_qc(
         w.writerow([name, names[t], names[p], f"{c:.4f}", int(t == p)])
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
     _write_report(model, data, summary, point, history, bins, y_true, y_pred, conf, out_dir)
+    if seen:
+        insert_caution(out_dir / "report.html", summary["caution"])
     return summary
 
 

@@ -34,7 +34,7 @@ from deepscope.errors import DeepscopeError, OutputError
 from deepscope.tasks import get_task
 from deepscope.tasks.base import Task, TrainingData
 from deepscope.workflow import transfer
-from deepscope.workflow.held_out import record_training_images
+from deepscope.workflow.held_out import record_training_arrays, record_training_images
 from deepscope.workflow.model_folder import save_model_folder
 
 #: Steps run on the finished model folder, per task: "module:function" called as
@@ -601,8 +601,11 @@ def train(
         data.target_normalizer,
         training_info,
     )
-    if not task_cls.image_level:  # so that QC can tell held-out images from training ones
+    # so that QC can tell held-out images from training ones
+    if not task_cls.image_level:
         record_training_images(model_dir, images)
+    elif hasattr(task, "labelled_images"):
+        record_training_arrays(model_dir, *task.labelled_images())
     after = AFTER_TRAINING.get(config.task)
     if after is not None and data.raw_validation is not None:
         module_name, func = after.split(":")
