@@ -26,6 +26,7 @@ from deepscope.app import worker
 from deepscope.app.jobs import JobStore
 from deepscope.app.security import LOOPBACK, TOKEN_HEADER
 from deepscope.app.server import create_app
+from deepscope.errors import DeepscopeError
 from deepscope.tasks import available_tasks
 
 TINY = {
@@ -423,13 +424,46 @@ def test_export_falls_back_to_a_synthetic_test_image(env, trained, tmp_path):
         "authors": ["A B"],
         "license": "CC-BY-4.0",
         "name": None,
-        "sample": str(data / "notes" / "broken.tif"),
+        "samples": [str(data / "notes" / "broken.tif")],
     }
     job_id = store.create("export", "r1", spec)
     message = worker.run_export(store, job_id, spec)
-    assert message.startswith("BioImage.IO package written: p.zip; the training image broken.tif")
+    assert message.startswith(
+        "BioImage.IO package written: p.zip; the training image(s) broken.tif ("
+    )
     assert "synthetic" in message and (tmp_path / "p.zip").is_file()
     assert store.get(job_id)["progress"]["notes"]
+
+
+def test_export_passes_over_training_images_the_model_finds_nothing_in(
+    env, trained, tmp_path, monkeypatch
+):
+    from deepscope.export import bioimageio
+
+    client, data, _, runs = env
+    store = client.app.state.store
+    tried = []
+
+    def fake_export(model, out, *, sample=None, **kwargs):
+        tried.append(None if sample is None else Path(sample).name)
+        if sample is None or Path(sample).name != "c.tif":
+            raise bioimageio.EmptyTestOutput("the result is empty", model, "give --sample")
+        Path(out).write_bytes(b"zip")
+        return Path(out)
+
+    monkeypatch.setattr(bioimageio, "export_bioimageio", fake_export)
+    images = [str(data / "noisy" / n) for n in ("a.tif", "b.tif", "c.tif")]
+    spec = {"model": str(trained[3] / "r1" / "model"), "out": str(tmp_path / "q.zip"),
+            "authors": ["A B"], "license": "MIT", "name": None, "samples": images}  # fmt: skip
+    message = worker.run_export(store, store.create("export", "r1", spec), spec)
+    assert tried == ["a.tif", "b.tif", "c.tif"]
+    assert "passed over as test image: a.tif (nothing found in it); b.tif" in message
+    # nothing found in any: the app's words, not a command-line option alone
+    spec = {**spec, "out": str(tmp_path / "r.zip"), "samples": images[:2]}
+    with pytest.raises(DeepscopeError) as err:
+        worker.run_export(store, store.create("export", "r1", spec), spec)
+    assert "for each training image tried (a.tif, b.tif)" in err.value.problem
+    assert "quality-control page" in err.value.fix and not (tmp_path / "r.zip").exists()
 
 
 def test_interrupted_training_resumes_and_db_can_be_deleted(env, trained):

@@ -240,26 +240,30 @@ def exported_packages(run_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def sample_image(images: Path) -> Path | None:
-    """The first training image of ``images`` (or of its first class sub-folder), if any.
+def sample_images(images: Path, limit: int = 8) -> list[Path]:
+    """Up to ``limit`` training images of ``images`` (or of its class sub-folders).
 
-    It becomes the test image and cover of an exported package; None when the training
-    data is not a folder of images (a CSV or ``.npz`` of classification data).
+    The first that works becomes the test image and cover of an exported package; empty
+    when the training data is not a folder of images (a CSV or ``.npz`` of
+    classification data).
     """
     from deepscope.data.io import list_images
     from deepscope.errors import DeepscopeError
 
     if not images.is_dir():
-        return None
+        return []
     candidates = [images] + sorted(
         p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")
     )
+    found: list[Path] = []
     for folder in candidates:
         try:
-            return list_images(folder)[0]
-        except (DeepscopeError, IndexError):
+            found += list_images(folder)[: limit - len(found)]
+        except DeepscopeError:
             continue
-    return None
+        if len(found) >= limit:
+            break
+    return found
 
 
 def list_runs(runs: Path, store: JobStore) -> list[dict[str, Any]]:

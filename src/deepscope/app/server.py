@@ -452,14 +452,14 @@ def create_app(
         while out.exists():
             n += 1
             out = out.with_name(f"{name}-bioimageio-{n}.zip")
-        sample = _training_sample(roots, runs.run_summary(run_dir, store)["images"])
+        samples = _training_samples(roots, runs.run_summary(run_dir, store)["images"])
         spec = {
             "model": str(model),
             "out": str(out),
             "authors": authors,
             "license": license_id,
             "name": (body.name or "").strip() or None,
-            "sample": str(sample) if sample else None,
+            "samples": [str(s) for s in samples],
         }
         return {"run": name, "job": _launch(app, "export", name, spec), "out": str(out)}
 
@@ -521,14 +521,14 @@ def _config(body: ConfigRequest, roots: Roots) -> Any:
     return forms.config_from_settings(body.task, settings)
 
 
-def _training_sample(roots: Roots, images: str | None) -> Path | None:
-    """The run's first training image, when its folder still lies in the allowed folders."""
+def _training_samples(roots: Roots, images: str | None) -> list[Path]:
+    """The run's first training images, when their folder still lies in the allowed folders."""
     if not images:
-        return None
+        return []
     try:
-        return runs.sample_image(roots.confine(images))
+        return runs.sample_images(roots.confine(images))
     except PathRefused:
-        return None
+        return []
 
 
 def _spdx_license(given: str) -> str:

@@ -248,10 +248,13 @@ def run_predict(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
 def run_export(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
     """A BioImage.IO package of the model, checked with ``bioimageio.core.test_model``.
 
-    The run's first training image is the package's test image and cover; if it cannot
-    be one (too small, other channels), the export says so and uses a synthetic image.
+    The first of the run's training images (``spec["samples"]``) that can be the
+    package's test image and cover is; one the model finds nothing in (an empty result,
+    which BioImage.IO refuses) or that cannot be used (too small, other channels) is
+    passed over with a note. When none can, a synthetic image is used; when the model
+    finds nothing in any, the export fails with what to do in the app's words.
     """
-    from deepscope.export.bioimageio import export_bioimageio
+    from deepscope.export.bioimageio import EmptyTestOutput, export_bioimageio
 
     report = _Throttled(store, job_id, every=0.0)
     notes: list[str] = []
@@ -271,18 +274,49 @@ def run_export(store: JobStore, job_id: int, spec: dict[str, Any]) -> str:
             log=log,
         )
 
-    sample = spec.get("sample")
-    try:
-        out = export(sample)
-    except DeepscopeError as err:
-        if sample is None or err.path is None or Path(err.path) != Path(sample):
-            raise
-        notes.append(
-            f"the training image {Path(sample).name} could not be the test image "
-            f"({err.problem}); a synthetic image was used"
+    samples = spec.get("samples") or ([spec["sample"]] if spec.get("sample") else [])
+    out, empty, passed = None, [], []
+    for sample in samples:
+        try:
+            out = export(sample)
+            break
+        except EmptyTestOutput:
+            empty.append(Path(sample).name)
+        except DeepscopeError as err:
+            if err.path is None or Path(err.path) != Path(sample):
+                raise
+            passed.append(f"{Path(sample).name} ({err.problem})")
+    if out is None and empty:
+        raise DeepscopeError(
+            f"the model's result is empty (e.g. no object found) for each training image "
+            f"tried ({', '.join(empty)}), and a BioImage.IO package needs a test image "
+            "with a real result",
+            spec["model"],
+            "check the model on the quality-control page (it may need more training), or "
+            "export from the command line with 'deepscope export MODEL --sample IMAGE' and "
+            "an image it finds objects in",
         )
+    if out is None:
+        if passed:
+            notes.append(
+                f"the training image(s) {'; '.join(passed)} could not be the test image; "
+                "a synthetic image was used"
+            )
+            log(notes[-1])
+        try:
+            out = export(None)
+        except EmptyTestOutput:
+            raise DeepscopeError(
+                "the model's result for a synthetic test image is empty, and a BioImage.IO "
+                "package needs a test image with a real result",
+                spec["model"],
+                "export from the command line with 'deepscope export MODEL --sample IMAGE' "
+                "and one of your images",
+            ) from None
+    elif passed or empty:
+        skipped = passed + [f"{n} (nothing found in it)" for n in empty]
+        notes.append(f"passed over as test image: {'; '.join(skipped)}")
         log(notes[-1])
-        out = export(None)
     report({"stage": "finished", "file": out.name, "notes": notes}, force=True)
     return f"BioImage.IO package written: {out.name}" + "".join(f"; {n}" for n in notes)
 

@@ -58,6 +58,10 @@ _NAME_CHARS = set(string.ascii_letters + string.digits + "_+- ()")
 SPACE_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
 
+class EmptyTestOutput(DeepscopeError):
+    """The model's result for the package's test image is the same value everywhere."""
+
+
 def export_bioimageio(
     model_folder: str | Path,
     out: str | Path,
@@ -219,7 +223,7 @@ def build_description(
     raw = raw_output(model, x)
     y = entry.expected_output(model, raw[0])[None]
     if not np.any(y != y.flat[0]):  # BioImage.IO refuses a constant test output
-        raise DeepscopeError(
+        raise EmptyTestOutput(
             "the model's result for the package's test image is empty (the same value "
             "everywhere, e.g. no object found), and a BioImage.IO package needs a test "
             "image the model gives a real result for",
