@@ -56,6 +56,8 @@ OPTIONS = {
         "--checkpoint-every",
         "--seed",
         "--precision",
+        "--devices",
+        "--nodes",
         "--loss",
         "--probabilistic",
         "--from",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -62,7 +63,9 @@ class History(L.Callback):
         self._epoch_start = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Append the epoch's losses and rewrite the file."""
+        """Append the epoch's losses and rewrite the file (the main process only)."""
+        if not trainer.is_global_zero:
+            return
         m = trainer.callback_metrics
         val = float(m["val_loss"]) if "val_loss" in m else math.nan
         is_best = val < self._best
@@ -114,7 +117,9 @@ class ProgressReport(L.Callback):
         self._best = float(best) if best is not None else math.inf
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Print and publish the epoch summary with an ETA."""
+        """Print and publish the epoch summary with an ETA (the main process only)."""
+        if not trainer.is_global_zero:
+            return
         epoch = trainer.current_epoch + 1
         done = epoch - self._first_epoch
         elapsed = time.monotonic() - self._t0
@@ -249,9 +254,32 @@ class StopFile(L.Callback):
         self.path = path
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        """Check for the stop file after every batch."""
-        if self.path.exists():
+        """Check for the stop file after every batch (all processes stop together)."""
+        stop = self.path.exists()
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
             trainer.should_stop = True
+
+
+class DistinctPatchesPerProcess(L.Callback):
+    """Give each process of a multi-process training its own random patches.
+
+    Every process starts from the same seed (the same initial weights); without this
+    they would all draw the same training patches and augmentations. Rank 0 keeps the
+    seed's own sequence, so a one-process training is unchanged.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Re-seed the training patches and the global generators by process rank."""
+        rank = trainer.global_rank
+        if trainer.world_size < 2 or rank == 0:
+            return
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "rng") and hasattr(dataset, "seed"):
+            dataset.rng = np.random.default_rng((int(dataset.seed), rank))
+        torch.manual_seed(int(torch.initial_seed()) + rank)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -91,6 +91,14 @@ class TaskModule(L.LightningModule):
     # ------------------------------------------------------------ encoder freezing
 
     @property
+    def freezes_parameters(self) -> bool:
+        """Whether some weights get no gradient in some epochs (a frozen encoder or blocks).
+
+        A multi-process training (DDP) must then look for unused weights at every step.
+        """
+        return bool(self.task.config.training.freeze_encoder_epochs) or self.task.freezes_blocks()
+
+    @property
     def encoder_frozen(self) -> bool:
         """Whether the encoder is kept fixed in the current epoch."""
         freeze = self.task.config.training.freeze_encoder_epochs
@@ -133,6 +141,7 @@ class TaskModule(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=len(batch["input"]),
+            sync_dist=self.trainer.world_size > 1,  # the epoch's mean over every process
         )
         return loss
 
@@ -140,7 +149,14 @@ class TaskModule(L.LightningModule):
         """Loss on validation patches; random choices are seeded so epochs are comparable."""
         gen = torch.Generator().manual_seed(1000 + batch_idx)
         loss = self.task.training_loss(self.model, self._prepare(batch), generator=gen)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["input"]))
+        self.log(
+            "val_loss",
+            loss,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["input"]),
+            sync_dist=True,  # several processes: every one decides on the same mean
+        )
 
     def configure_optimizers(self) -> dict:
         """AdamW, learning rate halved when the validation loss stops improving.

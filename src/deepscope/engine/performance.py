@@ -87,8 +87,13 @@ def choose_precision(requested: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
 
-def setup_threads() -> int:
-    """Use one intra-op thread per available core (or ``DEEPSCOPE_NUM_THREADS``)."""
-    n = int(os.environ.get("DEEPSCOPE_NUM_THREADS", 0)) or available_cores()
+def setup_threads(processes: int = 1) -> int:
+    """Use one intra-op thread per available core (or ``DEEPSCOPE_NUM_THREADS``).
+
+    ``processes`` training processes on this computer share its cores.
+    """
+    n = int(os.environ.get("DEEPSCOPE_NUM_THREADS", 0)) or max(
+        1, available_cores() // max(1, processes)
+    )
     torch.set_num_threads(n)
     return n

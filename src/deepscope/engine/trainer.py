@@ -19,6 +19,7 @@ from deepscope.config import TrainingConfig
 from deepscope.engine import performance
 from deepscope.engine.callbacks import (
     AtomicCheckpointIO,
+    DistinctPatchesPerProcess,
     History,
     ProgressReport,
     RecalibrateBatchNorm,
@@ -71,8 +72,14 @@ def build_trainer(
     cfg: TrainingConfig,
     listener: Callable[[dict[str, Any]], None] | None = None,
     show_bar: bool = True,
+    devices: int = 1,
+    nodes: int = 1,
+    find_unused_parameters: bool = False,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """Create the trainer with deepscope's callbacks; return it and the best-model callback.
+
+    With ``devices`` processes on each of ``nodes`` computers (see
+    :mod:`deepscope.engine.distributed`) it trains with Lightning's DDP strategy.
 
     Lightning's live progress bar is shown only when ``show_bar`` and the output is a
     terminal: in a log file (a cluster job, ``> log.txt``) it would leave one stale frame,
@@ -107,16 +114,26 @@ def build_trainer(
         StopFile(run_dir / "STOP"),
         RecalibrateBatchNorm(),
         StopWhenDiverged(),
+        DistinctPatchesPerProcess(),
     ]
     if cfg.max_minutes:
         callbacks.append(SessionTimer(duration=timedelta(minutes=cfg.max_minutes)))
     accelerator = performance.choose_accelerator()
     precision = performance.choose_precision(cfg.precision, accelerator)
+    strategy: Any = "auto"
+    if devices * nodes > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # A frozen encoder (--freeze-encoder) or frozen blocks get no gradient, which DDP
+        # must then look for (it warns of the cost when nothing is frozen).
+        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.epochs,
         accelerator=accelerator,
-        devices=1,
+        devices=devices,
+        num_nodes=nodes,
+        strategy=strategy,
         precision=precision,
         callbacks=callbacks,
         logger=False,
@@ -139,17 +156,30 @@ def fit(
     resume_from: Path | None = None,
     listener: Callable[[dict[str, Any]], None] | None = None,
     show_bar: bool = True,
+    devices: int = 1,
+    nodes: int = 1,
 ) -> L.Trainer:
-    """Train ``module``; resume from ``resume_from`` (a Lightning checkpoint) if given."""
+    """Train ``module``; resume from ``resume_from`` (a Lightning checkpoint) if given.
+
+    ``devices`` processes per computer on ``nodes`` computers train together (DDP).
+    """
     performance.tune_allocator()
-    performance.setup_threads()
+    performance.setup_threads(processes=devices)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Lightning's start-up banners and tips mean nothing to our users; warnings still show.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         for message in _IGNORED_WARNINGS:
             warnings.filterwarnings("ignore", message)
-        trainer, _ = build_trainer(run_dir, cfg, listener, show_bar)
+        trainer, _ = build_trainer(
+            run_dir,
+            cfg,
+            listener,
+            show_bar,
+            devices,
+            nodes,
+            find_unused_parameters=bool(getattr(module, "freezes_parameters", True)),
+        )
         trainer.fit(
             module,
             train_dataloaders=train_loader,

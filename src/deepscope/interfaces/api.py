@@ -148,6 +148,8 @@ def train(
     start_from: ModelLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    devices: int | None = None,
+    nodes: int | None = None,
 ) -> TrainResult:
     """Train a model into the run folder ``out``, as ``deepscope train`` does.
 
@@ -172,11 +174,17 @@ def train(
         and ``training.max_minutes`` may change).
     progress
         Show a progress bar with the time left.
+    devices, nodes
+        Train on ``devices`` GPUs of this computer together (Lightning's DDP), as
+        ``--devices``; see :mod:`deepscope.engine.distributed`. Lightning starts the
+        other processes by running this script again, so call it under
+        ``if __name__ == "__main__":`` (not from a notebook).
 
     Returns
     -------
     TrainResult
-        ``.model_dir`` is the trained model folder; also epochs, minutes, why it stopped.
+        ``.model_dir`` is the trained model folder (None in the processes other than the
+        main one of a multi-process training); also epochs, minutes, why it stopped.
 
     Raises
     ------
@@ -196,6 +204,8 @@ def train(
         Path(targets) if targets is not None else None,
         resume=resume,
         show_bar=progress,
+        devices=devices,
+        nodes=nodes,
     )
 
 

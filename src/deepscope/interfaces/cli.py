@@ -85,6 +85,21 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "32", "bf16"],
         help="number format: auto uses fast bfloat16 where the processor supports it",
     )
+    g.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="train on N GPUs of this computer together (one process each, Lightning's "
+        "DDP; every process takes --batch-size patches per step); under torchrun or SLURM "
+        "(srun) the processes started there are used and this can be left out",
+    )
+    g.add_argument(
+        "--nodes",
+        type=int,
+        metavar="N",
+        help="number of computers, only to check it: a training on several computers is "
+        "started with srun (SLURM) or torchrun on each, which tell deepscope the numbers",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -857,7 +872,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deepscope.workflow.training import train
 
     config = _config_from_args(args)
-    result = train(config, args.images, args.out, args.targets, resume=args.resume)
+    result = train(
+        config,
+        args.images,
+        args.out,
+        args.targets,
+        resume=args.resume,
+        devices=args.devices,
+        nodes=args.nodes,
+    )
+    if result.model_dir is None:  # another process of a multi-process training
+        return 0
     print(
         f"\nTraining {result.stopped_because} after {result.minutes:.1f} min "
         f"({result.epochs_trained} epochs)."

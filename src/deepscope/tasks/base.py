@@ -248,6 +248,10 @@ class Task(ABC):
         """
         return False
 
+    def freezes_blocks(self) -> bool:
+        """Whether the task keeps some of its own weights fixed in some epochs."""
+        return False
+
     def display_range(self) -> tuple[float, float] | None:
         """Fixed display range of the result image, for results whose values are codes.
 

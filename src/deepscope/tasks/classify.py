@@ -286,6 +286,10 @@ class ClassifyTask(Task):
 
     # ------------------------------------------------------------------ freezing
 
+    def freezes_blocks(self) -> bool:
+        """With ``--freeze N`` the first N blocks stay fixed in the first epochs."""
+        return bool(self.config.classify.freeze_blocks)
+
     def frozen_blocks(self, model: nn.Module) -> list[nn.Module]:
         """The first ``classify.freeze_blocks`` blocks of the network."""
         n = self.config.classify.freeze_blocks

@@ -27,6 +27,7 @@ from deepscope.data.io import atomic_write_text, read_image
 from deepscope.data.normalize import PercentileNormalizer
 from deepscope.data.patches import RandomPatches, split_train_val
 from deepscope.data.validation import ValidationReport
+from deepscope.engine import distributed
 from deepscope.engine import trainer as engine
 from deepscope.engine.callbacks import StopWhenDiverged
 from deepscope.engine.module import TaskModule
@@ -63,7 +64,9 @@ class TrainResult:
     """Where the results of a training are."""
 
     run_dir: Path
-    model_dir: Path
+    #: The model folder; None in the processes other than the main one of a
+    #: multi-process training (the main one makes it).
+    model_dir: Path | None
     epochs_trained: int
     best_val_loss: float
     stopped_because: str
@@ -299,6 +302,12 @@ def _check_epochs_left(done: int, epochs: int, run_dir: Path) -> None:
         )
 
 
+def _write_run_file(path: Path, text: str) -> None:
+    """Write a file of the run; in a multi-process training only the main process writes."""
+    if distributed.is_main_process():
+        atomic_write_text(path, text)
+
+
 def _save_normalization(run_dir: Path, data: TrainingData, resume: bool) -> None:
     norm_path = run_dir / "normalization.json"
     if resume and norm_path.exists():
@@ -306,7 +315,7 @@ def _save_normalization(run_dir: Path, data: TrainingData, resume: bool) -> None
     norm_d = {"input": data.normalizer.to_dict()}
     if data.target_normalizer is not None:
         norm_d["target"] = data.target_normalizer.to_dict()
-    atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
+    _write_run_file(norm_path, json.dumps(norm_d, indent=2))
 
 
 def _patch_datasets(
@@ -354,7 +363,7 @@ def _patch_datasets(
         norm_d = {"input": normalizer.to_dict()}
         if tnorm is not None:
             norm_d["target"] = tnorm.to_dict()
-        atomic_write_text(norm_path, json.dumps(norm_d, indent=2))
+        _write_run_file(norm_path, json.dumps(norm_d, indent=2))
     raw_validation = None
     if tgts is not None:
         raw_split = split_train_val(
@@ -425,7 +434,7 @@ def _prepare_training(
 ) -> tuple[TaskModule, DataLoader, DataLoader, TrainingData, Path | None]:
     """Everything between the data check and the first epoch: data, network, start weights."""
     task_cls = type(task)
-    atomic_write_text(run_dir / "validation.json", json.dumps(_record(report), indent=2))
+    _write_run_file(run_dir / "validation.json", json.dumps(_record(report), indent=2))
     if task_cls.image_level:
         task.config = config  # the same task object keeps the data it read while checking
     else:
@@ -436,7 +445,7 @@ def _prepare_training(
     else:
         _save_normalization(run_dir, data, resume)
         if data.split is not None:
-            atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=2))
+            _write_run_file(run_dir / "split.json", json.dumps(data.split, indent=2))
     t = config.training
     train_loader = DataLoader(
         data.train,
@@ -465,7 +474,8 @@ def _prepare_training(
         )
     if t.start_from and resume_from is None:
         start = transfer.load_start_weights(module.model, Path(t.start_from), config)
-        transfer.save_report(start, run_dir)
+        if distributed.is_main_process():
+            transfer.save_report(start, run_dir)
         log(start.summary())
         fresh = _fresh_encoder_weights(module.model, start.not_loaded)
         if fresh and t.freeze_encoder_epochs:
@@ -511,8 +521,15 @@ def train(
     listener: Callable[[dict[str, Any]], None] | None = None,
     show_bar: bool = True,
     log: Callable[[str], None] = print,
+    devices: int | None = None,
+    nodes: int | None = None,
 ) -> TrainResult:
     """Train ``config.task`` on the images in ``images`` (and ``targets``), into ``run_dir``.
+
+    ``devices`` processes (GPUs) per computer on ``nodes`` computers train together
+    (Lightning's DDP, see :mod:`deepscope.engine.distributed`); under torchrun or SLURM
+    both are read from there. Every process runs this function; only the main one
+    writes the run folder and the model, and the others return with ``model_dir`` None.
 
     Raises
     ------
@@ -526,6 +543,11 @@ def train(
         whose weights do not fit) leaves no files behind.
     """
     run_dir = Path(run_dir)
+    layout = distributed.process_layout(devices, nodes, _gpus())
+    main = distributed.is_main_process()
+    if not main:
+        log = _silent  # the main process says it all
+        show_bar = False
     if resume:
         # Before anything is read or written: the run's own task and settings, its data.
         config = _resume_config(run_dir, config)
@@ -548,21 +570,38 @@ def train(
     if config.training.start_from and not resume:
         transfer.check_start_model(config.training.start_from, config)
     made = not run_dir.exists()
-    _prepare_run_dir(run_dir, config, resume)
+    if main:
+        _prepare_run_dir(run_dir, config, resume)
     try:
         prepared = _prepare_training(task, config, report, run_dir, resume, log)
     except BaseException:
-        if not resume:  # a new run that failed before its first epoch must not block a retry
+        if (
+            not resume and main
+        ):  # a new run that failed before its first epoch must not block a retry
             _remove_unstarted_run(run_dir, made)
         raise
     module, train_loader, val_loader, data, resume_from = prepared
     t = config.training
-    (run_dir / "STOP").unlink(missing_ok=True)
+    if main:
+        (run_dir / "STOP").unlink(missing_ok=True)
+    if layout != (1, 1):
+        log(f"training in {layout[0] * layout[1]} processes ({layout[0]} per computer)")
     t0 = time.monotonic()
     trainer = engine.fit(
-        module, train_loader, val_loader, run_dir, t, resume_from, listener, show_bar
+        module,
+        train_loader,
+        val_loader,
+        run_dir,
+        t,
+        resume_from,
+        listener,
+        show_bar,
+        devices=layout[0],
+        nodes=layout[1],
     )
     minutes = (time.monotonic() - t0) / 60
+    if not trainer.is_global_zero:  # the main process makes the model
+        return TrainResult(run_dir, None, trainer.current_epoch, float("nan"), "", minutes)
     diverged = _diverged_epoch(trainer)
     if diverged == 1:
         raise DeepscopeError(
@@ -620,6 +659,14 @@ def train(
         stopped,
         minutes,
     )
+
+
+def _silent(_message: str) -> None:
+    """Log of the processes other than the main one of a multi-process training."""
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _diverged_epoch(trainer: Any) -> int | None:
