@@ -438,6 +438,8 @@ def test_demo_runs_the_whole_workflow_on_the_shipped_images(tmp_path, capsys):
     # seconds of training: the workflow is under test here, its quality in benchmarks/
     assert all(math.isfinite(summary[m]["psnr_matched"]) for m in ("model", "input", "gaussian"))
     assert folder_digest(demo_data_dir()) == shipped  # the shipped images are untouched
+    provenance = json.loads((out / "denoised" / "provenance.json").read_text())
+    assert provenance["test_time_augmentation"] is True  # as step 3 says
 
     # A second demo replaces the first; a folder that is not a demo's is refused.
     assert main(["demo", "--out", str(out), "--max-minutes", "0.05"]) == 0
