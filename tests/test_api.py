@@ -208,18 +208,9 @@ def test_predict_on_local_worker_processes(tmp_path, trained_2d_run, four_images
         main(["predict", model, "--input", str(four_images), "--out", str(tmp_path / "one")]) == 0
     )
     before = {p.name: p.read_bytes() for p in four_images.iterdir()}
-    code = main(
-        [
-            "predict",
-            model,
-            "--input",
-            str(four_images),
-            "--out",
-            str(tmp_path / "two"),
-            "--workers",
-            "2",
-        ]
-    )
+    on_workers = ["predict", model, "--input", str(four_images), "--out", str(tmp_path / "two"),
+                  "--workers", "2"]  # fmt: skip
+    code = main(on_workers)
     assert code == 0, capsys.readouterr().err
     _same_results(tmp_path / "one", tmp_path / "two")
     record = json.loads((tmp_path / "two" / "provenance.json").read_text())
@@ -227,18 +218,7 @@ def test_predict_on_local_worker_processes(tmp_path, trained_2d_run, four_images
     assert record["cluster"] == {"local_workers": 2}
     assert {p.name: p.read_bytes() for p in four_images.iterdir()} == before  # inputs untouched
     # results exist: refused before any worker starts, as without workers
-    code = main(
-        [
-            "predict",
-            model,
-            "--input",
-            str(four_images),
-            "--out",
-            str(tmp_path / "two"),
-            "--workers",
-            "2",
-        ]
-    )
+    code = main(on_workers)
     assert code == 2 and "already exist" in capsys.readouterr().err
 
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from deepscope.data.validation import ValidationReport
     from deepscope.tracking.run import TrackResult
     from deepscope.workflow.model_folder import TrainedModel
+    from deepscope.workflow.predict import TileSettings
     from deepscope.workflow.training import TrainResult
 
     ModelLike = str | Path | TrainedModel
@@ -251,7 +252,14 @@ def _configured(model: ModelLike, options: Mapping[str, Any]) -> TrainedModel:
     return configure_model(loaded, wanted)
 
 
-def _tiles(model: TrainedModel, tile: int | None, tta: bool, int8: bool, memory_gib=None):  # noqa: ANN001, ANN202
+def _tiles(
+    model: TrainedModel,
+    tile: int | None,
+    tta: bool,
+    int8: bool,
+    memory_gib: float | None = None,
+) -> TileSettings:
+    """Tiling and precision settings, with ``tta`` and ``int8`` checked against the model."""
     from deepscope.workflow.predict import TileSettings
     from deepscope.workflow.predict_options import check_int8, check_tta
 
