@@ -241,6 +241,37 @@ def test_predict_through_a_running_scheduler(tmp_path, trained_2d_run, four_imag
     assert len(record["files"]) == 4 and "scheduler" in record["cluster"]
 
 
+def test_a_file_failing_on_a_worker_stops_and_leaves_only_recorded_results(
+    tmp_path, trained_2d_run, four_images, monkeypatch
+):
+    from distributed import LocalCluster
+
+    from deepscope.workflow import predict as predict_module
+
+    real = predict_module.predict_file
+
+    def fails_on_img2(model, src, dst, *args, **kwargs):
+        if src.name == "img2.tif":
+            raise DeepscopeError("cannot read this image", src, "give another")
+        return real(model, src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict_file", fails_on_img2)
+    out = tmp_path / "out"
+    # threads in this process, so that the patched function is the workers' too
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as c:
+        with pytest.raises(DeepscopeError, match="cannot read this image") as err:
+            deepscope.predict(
+                trained_2d_run / "model", four_images, out, scheduler=c.scheduler_address,
+                progress=False,
+            )  # fmt: skip
+    assert err.value.path == four_images / "img2.tif"  # the worker's error, with its parts
+    listed = [f["output"] for f in json.loads((out / "provenance.json").read_text())["files"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*listed, "provenance.json"])
+    assert "img2.tif" not in listed
+
+
 def test_cluster_settings_are_checked(tmp_path, trained_2d_run, four_images, monkeypatch):
     from deepscope.workflow import predict_cluster
 

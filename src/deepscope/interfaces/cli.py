@@ -1072,10 +1072,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nError: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "\nInterrupted. A training continues where it stopped with --resume.", file=sys.stderr
-        )
+        print(f"\nInterrupted. {_after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves, and how to go on."""
+    if args.command == "train":
+        return f"The training continues where it stopped with --resume (same --out {args.out})."
+    if args.command == "predict":
+        return (
+            f"The results finished so far are in {args.out} (listed in provenance.json); "
+            "each file is written whole or not at all. Predict the rest into another folder, "
+            "or run again with --overwrite."
+        )
+    return "Files written so far are complete: each is written whole or not at all."
 
 
 if __name__ == "__main__":

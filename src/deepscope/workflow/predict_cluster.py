@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -163,6 +165,51 @@ def _threads_here() -> int:
     return max(1, performance.available_cores() // per_worker)
 
 
+def _move_into_place(staged: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move a finished file's results from its staging folder into ``out_dir``.
+
+    Each is renamed (atomic on one file system); with ``overwrite`` an earlier result
+    of the same name (file or OME-Zarr folder) is replaced.
+    """
+    for item in sorted(staged.iterdir()):
+        target = out_dir / item.name
+        if target.exists() and overwrite:
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        os.replace(item, target)
+    staged.rmdir()
+
+
+#: Seconds a stopped prediction waits for the files its workers are predicting: a
+#: worker cannot be stopped within a file, and its results must not land after the
+#: staging folder is removed.
+FINISH_RUNNING_S = 60
+
+
+def _let_running_finish(client: Any, futures: dict[Any, int]) -> None:
+    """Cancel the files not started and wait (a while at most) for those being predicted."""
+    from distributed import wait
+
+    try:
+        busy = {key for keys in client.processing().values() for key in keys}
+    except Exception:  # noqa: BLE001  (the scheduler may be gone already)
+        busy = set()
+    running = [f for f in futures if f.key in busy and not f.done()]
+    client.cancel([f for f in futures if f not in running and not f.done()])
+    deadline = time.monotonic() + FINISH_RUNNING_S
+    try:
+        while running and time.monotonic() < deadline:
+            wait(running, timeout=0.5, return_when="FIRST_COMPLETED")
+            busy = {key for keys in client.processing().values() for key in keys}
+            # done, or its worker is gone (e.g. stopped by the same Ctrl-C): not waited for
+            running = [f for f in running if not f.done() and f.key in busy]
+    except (KeyboardInterrupt, TimeoutError, OSError):
+        pass
+    client.cancel(running)
+
+
 def predict_on_cluster(
     client: Any,
     settings: ClusterSettings,
@@ -179,9 +226,10 @@ def predict_on_cluster(
     """Predict ``inputs`` into ``targets`` on ``client``'s cluster; write ``provenance.json``.
 
     ``record`` is the provenance record without its files; each file's entry is added
-    when that file is done (in input order), so an interrupted prediction leaves a
-    record of what was finished. A file that fails stops the prediction with that
-    file's error; results already written stay.
+    when that file is done (in input order) and its results are moved into ``out_dir``,
+    so an interrupted prediction leaves exactly the results its record lists. A file
+    that fails stops the prediction with that file's error; results already recorded
+    stay.
     """
     import dataclasses
 
@@ -204,15 +252,19 @@ def predict_on_cluster(
         if settings.workers is not None
         else {"scheduler": settings.scheduler}
     )
+    run = uuid.uuid4().hex[:8]
+    # Workers write each file's results into a staging folder of their own; they are
+    # moved into place when this process records them, so every result in the output
+    # folder is listed in provenance.json, even after an interruption.
+    staging = out_dir / f".deepscope-pending-{run}"
     try:
-        run = uuid.uuid4().hex[:8]
         futures = {
             client.submit(
                 predict_on_worker,
                 folder,
                 options,
                 str(src),
-                str(dst),
+                str(staging / str(i) / dst.name),
                 axes,
                 tiles,
                 overwrite,
@@ -227,16 +279,16 @@ def predict_on_cluster(
             progress(inputs[0].name, 0, len(inputs))
         for done, future in enumerate(as_completed(futures), start=1):
             i = futures[future]
-            try:
-                entries[i] = future.result()
-            except BaseException:
-                for other in futures:
-                    other.cancel()
-                raise
+            entry = future.result()
+            _move_into_place(staging / str(i), out_dir, overwrite)
+            entries[i] = entry
             record["files"] = [e for e in entries if e is not None]
             atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
             if progress:
                 progress(inputs[i].name, done, len(inputs))
-    finally:
+    finally:  # a file failed, or Ctrl-C: what was not recorded is not kept
+        if any(not f.done() for f in futures):
+            _let_running_finish(client, futures)
         close(client)
+        shutil.rmtree(staging, ignore_errors=True)
     return list(targets)
