@@ -125,6 +125,8 @@ def test_prediction_options_are_checked_and_leave_the_callers_model_alone(tmp_pa
         deepscope.predict(nuclei, noisy_dir, tmp_path / "o", instances=True, progress=False)
     with pytest.raises(DeepscopeError, match="between 0 and 1"):
         deepscope.predict_image(nuclei, image, nms_threshold=1.5)
+    with pytest.raises(DeepscopeError, match="not a file name"):
+        deepscope.predict_image(nuclei, "cells.tif")
     with pytest.raises(DeepscopeError, match="not of numbers"):
         deepscope.predict_image(nuclei, np.array([["a", "b"], ["c", "d"]]))
     assert not (tmp_path / "o").exists()

@@ -402,6 +402,13 @@ def predict_image(
     from deepscope.workflow.predict import predict_raw
 
     loaded = _configured(model, {"prob_threshold": prob_threshold, "nms_threshold": nms_threshold})
+    if isinstance(image, str | Path):
+        raise DeepscopeError(
+            "predict_image takes the pixels (a numpy array), not a file name",
+            image,
+            "read the file first (tifffile.imread, imageio.v3.imread), or use "
+            "deepscope.predict for files and folders",
+        )
     data = np.asarray(image)
     if not np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_:
         raise DeepscopeError(
