@@ -256,14 +256,15 @@ def predict_on_cluster(
     # Workers write each file's results into a staging folder of their own; they are
     # moved into place when this process records them, so every result in the output
     # folder is listed in provenance.json, even after an interruption.
-    staging = out_dir / f".deepscope-pending-{run}"
+    # Absolute paths: a worker's working folder may be another than this process's.
+    staging = Path(out_dir).resolve() / f".deepscope-pending-{run}"
     try:
         futures = {
             client.submit(
                 predict_on_worker,
                 folder,
                 options,
-                str(src),
+                str(Path(src).resolve()),
                 str(staging / str(i) / dst.name),
                 axes,
                 tiles,
