@@ -274,6 +274,45 @@ def test_a_file_failing_on_a_worker_stops_and_leaves_only_recorded_results(
     assert "img2.tif" not in listed
 
 
+def test_an_interrupted_prediction_resumes_with_the_rest(
+    tmp_path, trained_2d_run, four_images, monkeypatch
+):
+    from deepscope.workflow import predict as predict_module
+
+    real, seen = predict_module.predict_file, []
+
+    def interrupted_at_img2(model, src, dst, *args, **kwargs):
+        seen.append(src.name)
+        if src.name == "img2.tif":
+            raise KeyboardInterrupt
+        return real(model, src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict_file", interrupted_at_img2)
+    model, out = trained_2d_run / "model", tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        deepscope.predict(model, four_images, out, progress=False)
+    first = {p.name: p.read_bytes() for p in out.glob("*.tif")}
+    assert sorted(first) == ["img0.tif", "img1.tif"]
+    with pytest.raises(DeepscopeError, match="--resume"):  # results there: said what to do
+        deepscope.predict(model, four_images, out, progress=False)
+    with pytest.raises(DeepscopeError, match="another test time augmentation"):
+        deepscope.predict(model, four_images, out, resume=True, tta=True, progress=False)
+    seen.clear()
+    monkeypatch.setattr(
+        predict_module, "predict_file", lambda *a, **k: seen.append(a[1].name) or real(*a, **k)
+    )
+    deepscope.predict(model, four_images, out, resume=True, progress=False)
+    assert seen == ["img2.tif", "img3.tif"]  # only the rest
+    assert {p.name: p.read_bytes() for p in out.glob("*.tif") if p.name in first} == first
+    record = json.loads((out / "provenance.json").read_text())
+    assert [f["output"] for f in record["files"]] == [f"img{i}.tif" for i in range(4)]
+    assert record["files_from_earlier_run"] == 2
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "img3.tif"),
+        deepscope.predict_image(model, tifffile.imread(four_images / "img3.tif")),
+    )
+
+
 def test_cluster_settings_are_checked(tmp_path, trained_2d_run, four_images, monkeypatch):
     from deepscope.workflow import predict_cluster
 

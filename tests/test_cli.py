@@ -79,6 +79,7 @@ OPTIONS = {
         "--axes",
         "--tile",
         "--overwrite",
+        "--resume",
         "--workers",
         "--scheduler",
         "--instances",

@@ -290,6 +290,7 @@ def predict(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> list[Path]:
     """Apply a model to an image file or a folder, as ``deepscope predict`` does.
 
@@ -322,6 +323,9 @@ def predict(
         Dask scheduler at this address (see :mod:`deepscope.workflow.predict_cluster`).
     progress
         Show a progress bar.
+    resume
+        Go on with an interrupted prediction into ``out``: inputs whose results its
+        ``provenance.json`` lists (same model, options and content) are skipped.
 
     Returns
     -------
@@ -356,6 +360,7 @@ def predict(
         overwrite=overwrite,
         progress=progress_bar("predicting") if progress else None,
         cluster=cluster,
+        resume=resume,
     )
 
 

@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         "so images larger than memory work (restoration, class maps and 2D StarDist)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace results from an earlier run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with an interrupted prediction into the same --out: images whose "
+        "results provenance.json there lists (same model, options and image content) are "
+        "not predicted again",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--workers",
@@ -928,6 +935,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ),
         overwrite=args.overwrite,
         progress=progress_bar("predicting"),
+        resume=args.resume,
         cluster=(
             ClusterSettings(workers=args.workers, scheduler=args.scheduler)
             if args.workers is not None or args.scheduler is not None
@@ -1083,8 +1091,8 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     if args.command == "predict":
         return (
             f"The results finished so far are in {args.out} (listed in provenance.json); "
-            "each file is written whole or not at all. Predict the rest into another folder, "
-            "or run again with --overwrite."
+            "each file is written whole or not at all. Add --resume to the same command to "
+            "predict the rest."
         )
     return "Files written so far are complete: each is written whole or not at all."
 

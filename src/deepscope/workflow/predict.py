@@ -530,6 +530,7 @@ def predict_files(
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     cluster: ClusterSettings | None = None,
+    resume: bool = False,
 ) -> list[Path]:
     """Predict every image of ``source`` (file or folder) into ``out_dir``.
 
@@ -545,11 +546,21 @@ def predict_files(
     table instead (see :mod:`deepscope.workflow.predict_classify`); the list then holds
     that one CSV file.
 
+    With ``resume``, an interrupted prediction into ``out_dir`` goes on: the inputs
+    whose results its ``provenance.json`` lists (same input content, same model and
+    options, result file present) are not predicted again, and the new record keeps
+    their entries.
+
     With ``cluster``, the files are shared out among Dask workers (a local cluster of
     worker processes, or the workers of a ``dask.distributed`` scheduler), each
     loading the model once; see :mod:`deepscope.workflow.predict_cluster`.
     """
     if model.task.image_level:
+        if resume:
+            raise DeepscopeError(
+                "classification models write one table; there is nothing to resume",
+                fix="leave out --resume (the table is quick to make again, with --overwrite)",
+            )
         if cluster is not None:
             raise DeepscopeError(
                 "classification models predict on one computer only (their table is small work)",
@@ -575,15 +586,31 @@ def predict_files(
     check_output_names(inputs)
     targets = [out_dir / output_name(p) for p in inputs]
     suffixes = side_output_suffixes(model)
+    record = {
+        "deepscope_version": __version__,
+        "model": str(model.folder.resolve()),
+        "task": model.config.task,
+        "config_digest": model.config.digest(),
+        "test_time_augmentation": bool(tiles is not None and tiles.tta),
+        "int8": bool(tiles is not None and tiles.int8),
+        "precision": prediction_precision(model, tiles),
+        "started": _now(),
+        "files": [],
+    }
+    done = _finished_earlier(out_dir, record, inputs) if resume else {}
+    if done:
+        record["files_from_earlier_run"] = len(done)
     if not overwrite:
-        extra = [t.with_name(side_output_name(t.name, x)) for t in targets for x in suffixes]
-        extra += [t.with_name(n) for t in targets for n in extra_file_names(model, t.name)]
-        existing = [t for t in targets + extra if t.exists()]
+        todo = [t for i, t in enumerate(targets) if i not in done]
+        extra = [t.with_name(side_output_name(t.name, x)) for t in todo for x in suffixes]
+        extra += [t.with_name(n) for t in todo for n in extra_file_names(model, t.name)]
+        existing = [t for t in todo + extra if t.exists()]
         if existing:
             raise OutputError(
                 f"{len(existing)} result file(s) already exist, e.g. {existing[0].name}",
                 out_dir,
-                "choose another output folder, or add --overwrite to replace earlier results",
+                "choose another output folder, add --overwrite to replace earlier results, "
+                "or --resume to go on with an interrupted prediction",
             )
     client = None
     if cluster is not None:  # reached before anything is written
@@ -600,17 +627,8 @@ def predict_files(
             out_dir,
             "choose a folder you can write to",
         ) from None
-    record = {
-        "deepscope_version": __version__,
-        "model": str(model.folder.resolve()),
-        "task": model.config.task,
-        "config_digest": model.config.digest(),
-        "test_time_augmentation": bool(tiles is not None and tiles.tta),
-        "int8": bool(tiles is not None and tiles.int8),
-        "precision": prediction_precision(model, tiles),
-        "started": _now(),
-        "files": [],
-    }
+    entries: list[dict[str, Any] | None] = [done.get(i) for i in range(len(inputs))]
+    record["files"] = [e for e in entries if e is not None]
     if client is not None:
         return predict_cluster.predict_on_cluster(
             client,
@@ -624,18 +642,68 @@ def predict_files(
             record,
             out_dir,
             progress,
+            entries,
         )
-    written = []
     for i, (src, dst) in enumerate(zip(inputs, targets, strict=True)):
+        if entries[i] is not None:
+            continue
         tile_cb = (
             (lambda d, t, i=i, name=src.name: progress(name, i + d / t, len(inputs)))
             if progress
             else None
         )
-        record["files"].append(predict_file(model, src, dst, axes, tiles, overwrite, tile_cb))
-        written.append(dst)
+        entries[i] = predict_file(model, src, dst, axes, tiles, overwrite, tile_cb)
+        record["files"] = [e for e in entries if e is not None]
         atomic_write_text(out_dir / "provenance.json", json.dumps(record, indent=2))
-    return written
+    return targets
+
+
+#: What must be the same for results of an earlier prediction to be kept by ``resume``.
+_SAME_FOR_RESUME = ("model", "config_digest", "test_time_augmentation", "int8", "precision")
+
+
+def _finished_earlier(
+    out_dir: Path, record: dict[str, Any], inputs: Sequence[Path]
+) -> dict[int, dict[str, Any]]:
+    """Entries of ``out_dir/provenance.json`` for ``inputs`` already predicted the same way.
+
+    Keyed by the input's index. An input counts as done when the earlier record lists
+    it with the same content (SHA-256) and its result file is there.
+
+    Raises
+    ------
+    OutputError
+        When the earlier results were made by another model or with other options.
+    """
+    path = out_dir / "provenance.json"
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        entries = list(earlier["files"])
+    except (ValueError, KeyError, TypeError):
+        raise OutputError(
+            "the record of the earlier prediction cannot be read", path, "predict into a new folder"
+        ) from None
+    differ = [key for key in _SAME_FOR_RESUME if earlier.get(key) != record[key]]
+    if differ:
+        raise OutputError(
+            "the results there were made with another "
+            + ", ".join(key.replace("_", " ") for key in differ),
+            out_dir,
+            "resume with the same model and options, or predict into a new folder",
+        )
+    by_input = {str(e.get("input")): e for e in entries if isinstance(e, dict)}
+    done: dict[int, dict[str, Any]] = {}
+    for i, src in enumerate(inputs):
+        entry = by_input.get(str(src.resolve()))
+        if (
+            entry is not None
+            and (out_dir / str(entry.get("output"))).exists()
+            and entry.get("input_sha256") == file_sha256(src)
+        ):
+            done[i] = entry
+    return done
 
 
 def predict_file(

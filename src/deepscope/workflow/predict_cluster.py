@@ -222,6 +222,7 @@ def predict_on_cluster(
     record: dict[str, Any],
     out_dir: Path,
     progress: Callable[[str, int, int], None] | None = None,
+    entries: list[dict[str, Any] | None] | None = None,
 ) -> list[Path]:
     """Predict ``inputs`` into ``targets`` on ``client``'s cluster; write ``provenance.json``.
 
@@ -229,7 +230,8 @@ def predict_on_cluster(
     when that file is done (in input order) and its results are moved into ``out_dir``,
     so an interrupted prediction leaves exactly the results its record lists. A file
     that fails stops the prediction with that file's error; results already recorded
-    stay.
+    stay. ``entries`` holds the records of inputs done earlier (``--resume``), None for
+    the others, which are the ones predicted.
     """
     import dataclasses
 
@@ -252,6 +254,8 @@ def predict_on_cluster(
         if settings.workers is not None
         else {"scheduler": settings.scheduler}
     )
+    if entries is None:
+        entries = [None] * len(inputs)
     run = uuid.uuid4().hex[:8]
     # Workers write each file's results into a staging folder of their own; they are
     # moved into place when this process records them, so every result in the output
@@ -274,11 +278,11 @@ def predict_on_cluster(
                 pure=False,
             ): i
             for i, (src, dst) in enumerate(zip(inputs, targets, strict=True))
+            if entries[i] is None
         }
-        entries: list[dict[str, Any] | None] = [None] * len(inputs)
         if progress:
-            progress(inputs[0].name, 0, len(inputs))
-        for done, future in enumerate(as_completed(futures), start=1):
+            progress(inputs[0].name, len(inputs) - len(futures), len(inputs))
+        for done, future in enumerate(as_completed(futures), start=len(inputs) - len(futures) + 1):
             i = futures[future]
             entry = future.result()
             _move_into_place(staging / str(i), out_dir, overwrite)
