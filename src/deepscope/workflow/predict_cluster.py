@@ -171,6 +171,8 @@ def _move_into_place(staged: Path, out_dir: Path, overwrite: bool) -> None:
     Each is renamed (atomic on one file system); with ``overwrite`` an earlier result
     of the same name (file or OME-Zarr folder) is replaced.
     """
+    if not staged.is_dir():  # nothing was written for this file
+        return
     for item in sorted(staged.iterdir()):
         target = out_dir / item.name
         if target.exists() and overwrite:
@@ -262,6 +264,7 @@ def predict_on_cluster(
     # folder is listed in provenance.json, even after an interruption.
     # Absolute paths: a worker's working folder may be another than this process's.
     staging = Path(out_dir).resolve() / f".deepscope-pending-{run}"
+    futures: dict[Any, int] = {}
     try:
         futures = {
             client.submit(
