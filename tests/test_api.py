@@ -351,3 +351,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_tile_sizes_and_scheduler_addresses_are_checked(tmp_path, trained_2d_run, four_images):
+    from deepscope.workflow.predict import TileSettings
+
+    with pytest.raises(DeepscopeError, match="positive number of pixels"):
+        TileSettings(tile=-5)
+    with pytest.warns(UserWarning, match="smaller than twice their 32-pixel overlap"):
+        TileSettings(tile=16)
+    for address in ("bogus", "http://127.0.0.1:8786"):
+        with pytest.raises(DeepscopeError, match="cannot reach the Dask scheduler"):
+            deepscope.predict(
+                trained_2d_run / "model", four_images, tmp_path / "o", scheduler=address,
+                progress=False,
+            )  # fmt: skip
+    assert not (tmp_path / "o").exists()

@@ -151,3 +151,15 @@ def test_each_process_draws_its_own_patches():
     first = np.stack([alone[i]["input"].numpy() for i in range(4)])
     np.testing.assert_array_equal(patches(0), first)  # rank 0: the seed's own patches
     assert not np.array_equal(patches(1), first)
+
+
+def test_too_few_patches_per_process_is_refused_before_anything_is_written(tmp_path, data, capsys):
+    from deepscope.interfaces.cli import main
+
+    images, cfg = data
+    run = tmp_path / "run"
+    code = main(["train", "n2v", "--images", str(images), "--out", str(run), "--config", str(cfg),
+                 "--devices", "2", "--batch-size", "16"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "each of the 2 processes gets 8 of the 16 patches" in err
+    assert "--patches-per-epoch to at least 32" in err and not run.exists()

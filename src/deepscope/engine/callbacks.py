@@ -247,7 +247,8 @@ class StopWhenDiverged(L.Callback):
 class StopFile(L.Callback):
     """Stop gracefully (keeping the best model) when a file named STOP appears in the run.
 
-    This is how the web app's stop button and ``deepscope stop RUN`` end a training.
+    This is how the web app's stop button ends a training; from a shell, create the
+    file (``touch RUN/STOP``).
     """
 
     def __init__(self, path: Path):

@@ -63,6 +63,22 @@ class TileSettings:
     #: :mod:`deepscope.engine.int8`).
     int8: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("tile", "tile_z"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DeepscopeError(
+                    f"the tile size {value} must be a positive number of pixels",
+                    fix="leave out --tile (1024 in 2D, 512 in 3D), or give e.g. --tile 512",
+                )
+        if self.tile is not None and self.tile < 2 * self.overlap:
+            warnings.warn(
+                f"tiles of {self.tile} pixels are smaller than twice their {self.overlap}-pixel "
+                "overlap: the network sees little around each pixel and results can differ "
+                "from a prediction with larger tiles (use --tile 128 or more)",
+                stacklevel=2,
+            )
+
     def tile_shape(self, dims: int) -> tuple[int, ...]:
         """The wanted tile size per spatial axis of a ``dims``-D image."""
         tile = self.tile or (DEFAULT_TILE_2D if dims == 2 else DEFAULT_TILE_3D)

@@ -80,7 +80,7 @@ def connect(settings: ClusterSettings):  # noqa: ANN201
     if settings.scheduler is not None:
         try:
             return Client(settings.scheduler, timeout=SCHEDULER_TIMEOUT_S)
-        except OSError as err:
+        except (OSError, ValueError, MemoryError) as err:  # bad address, or not a scheduler
             raise DeepscopeError(
                 f"cannot reach the Dask scheduler at {settings.scheduler} ({err})",
                 fix="check the address (dask scheduler prints it) and that it is running",
@@ -238,6 +238,7 @@ def predict_on_cluster(
     import dataclasses
 
     from distributed import as_completed
+    from distributed.client import FutureCancelledError as CancelledError
 
     from deepscope.workflow import large_images
     from deepscope.workflow.predict import TileSettings
@@ -264,6 +265,8 @@ def predict_on_cluster(
     # folder is listed in provenance.json, even after an interruption.
     # Absolute paths: a worker's working folder may be another than this process's.
     staging = Path(out_dir).resolve() / f".deepscope-pending-{run}"
+    for stale in Path(out_dir).glob(".deepscope-pending-*"):  # left by a lost prediction
+        shutil.rmtree(stale, ignore_errors=True)
     futures: dict[Any, int] = {}
     try:
         futures = {
@@ -287,7 +290,16 @@ def predict_on_cluster(
             progress(inputs[0].name, len(inputs) - len(futures), len(inputs))
         for done, future in enumerate(as_completed(futures), start=len(inputs) - len(futures) + 1):
             i = futures[future]
-            entry = future.result()
+            try:
+                entry = future.result()
+            except CancelledError:  # the scheduler went away (or cancelled the work)
+                raise DeepscopeError(
+                    f"the Dask scheduler stopped the prediction after {done - 1} of "
+                    f"{len(inputs)} images (connection lost or work cancelled)",
+                    out_dir,
+                    "the finished results are kept and listed in provenance.json; run the "
+                    "same command again with --resume for the rest",
+                ) from None
             _move_into_place(staging / str(i), out_dir, overwrite)
             entries[i] = entry
             record["files"] = [e for e in entries if e is not None]

@@ -585,7 +585,20 @@ def train(
     if main:
         (run_dir / "STOP").unlink(missing_ok=True)
     if layout != (1, 1):
-        log(f"training in {layout[0] * layout[1]} processes ({layout[0]} per computer)")
+        processes = layout[0] * layout[1]
+        share = t.patches_per_epoch // processes
+        if share < t.batch_size and len(train_loader.dataset) >= t.batch_size:
+            if main and not resume:  # as for any run that fails before its first epoch
+                _remove_unstarted_run(run_dir, made)
+            raise DeepscopeError(
+                f"each of the {processes} processes gets {share} of the "
+                f"{t.patches_per_epoch} patches per epoch, fewer than one batch of "
+                f"{t.batch_size}, so none would train",
+                run_dir,
+                f"raise --patches-per-epoch to at least {processes * t.batch_size}, or lower "
+                "--batch-size",
+            )
+        log(f"training in {processes} processes ({layout[0]} per computer)")
     t0 = time.monotonic()
     trainer = engine.fit(
         module,
