@@ -12,7 +12,7 @@ from typing import Any
 
 from deepscope import __version__
 from deepscope.errors import DeepscopeError
-from deepscope.interfaces.progress import progress_bar, stage_bars
+from deepscope.interfaces.progress import progress_bar
 
 EPILOG = "Documentation: README.md. Every command has --help."
 
@@ -591,14 +591,13 @@ def _add_export_commands(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a model folder."""
-    from deepscope.export import export_model
-    from deepscope.workflow.pretrained import resolve_model
+    """Export a model folder (through the Python API's ``export_model``)."""
+    from deepscope.interfaces import api
 
-    export_model(
-        resolve_model(args.model),
-        args.format,
+    api.export_model(
+        args.model,
         args.out,
+        format=args.format,
         authors=args.authors,
         license=args.license,
         name=args.name,
@@ -609,10 +608,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import a BioImage.IO package."""
-    from deepscope.export import import_model
+    """Import a BioImage.IO package (through the Python API's ``import_model``)."""
+    from deepscope.interfaces import api
 
-    out = import_model(args.package, args.out, weights_format=args.weights)
+    out = api.import_model(args.package, args.out, weights=args.weights)
     print(f"Next: deepscope predict {out} --input IMAGES --out RESULTS")
     return 0
 
@@ -900,49 +899,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Apply a model to a file or folder."""
-    from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import TileSettings, predict_files
-    from deepscope.workflow.predict_cluster import ClusterSettings
-    from deepscope.workflow.predict_options import (
-        PredictOptions,
-        check_int8,
-        check_tta,
-        configure_model,
-    )
-    from deepscope.workflow.pretrained import resolve_model
+    """Apply a model to a file or folder (through the Python API's ``predict``)."""
+    from deepscope.interfaces import api
 
-    model = configure_model(
-        load_model_folder(resolve_model(args.model)),
-        PredictOptions(
-            prob_threshold=getattr(args, "prob_threshold", None),
-            nms_threshold=getattr(args, "nms_threshold", None),
-            instances=bool(getattr(args, "instances", False)),
-            probabilities=bool(getattr(args, "probabilities", False)),
-            engine=getattr(args, "engine", "pytorch"),
-        ),
-    )
-    written = predict_files(
-        model,
+    written = api.predict(
+        args.model,
         args.input,
         args.out,
         axes=args.axes,
-        tiles=TileSettings(
-            tile=args.tile,
-            memory_limit=int(args.memory_limit * 2**30) if args.memory_limit else None,
-            tta=check_tta(model, args.tta),
-            int8=check_int8(model, args.int8),
-        ),
+        tta=args.tta,
+        int8=args.int8,
+        tile=args.tile,
+        memory_limit_gib=args.memory_limit,
         overwrite=args.overwrite,
-        progress=progress_bar("predicting"),
+        prob_threshold=getattr(args, "prob_threshold", None),
+        nms_threshold=getattr(args, "nms_threshold", None),
+        instances=bool(getattr(args, "instances", False)),
+        probabilities=bool(getattr(args, "probabilities", False)),
+        engine=getattr(args, "engine", "pytorch"),
+        workers=args.workers,
+        scheduler=args.scheduler,
         resume=args.resume,
-        cluster=(
-            ClusterSettings(workers=args.workers, scheduler=args.scheduler)
-            if args.workers is not None or args.scheduler is not None
-            else None
-        ),
     )
-    if model.task.image_level:
+    if len(written) == 1 and written[0].suffix == ".csv":  # a classifier's table
         print(f"Predictions written to {written[0]} (one row per image).")
     else:
         print(f"{len(written)} result(s) written to {args.out} (see provenance.json there).")
@@ -950,23 +929,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_qc(args: argparse.Namespace) -> int:
-    """Quality control with an HTML report."""
-    from deepscope.workflow.model_folder import load_model_folder
-    from deepscope.workflow.predict import TileSettings
-    from deepscope.workflow.predict_options import check_int8, check_tta
-    from deepscope.workflow.pretrained import resolve_model
-    from deepscope.workflow.qc import run_qc
+    """Quality control with an HTML report (through the Python API's ``evaluate``)."""
+    from deepscope.interfaces import api
 
-    model = load_model_folder(resolve_model(args.model))
-    summary = run_qc(
-        model,
+    summary = api.evaluate(
+        args.model,
         args.images,
-        args.targets,
         args.out,
-        tiles=TileSettings(
-            tile=args.tile, tta=check_tta(model, args.tta), int8=check_int8(model, args.int8)
-        ),
-        progress=stage_bars(),
+        args.targets,
+        tta=args.tta,
+        int8=args.int8,
+        tile=args.tile,
     )
     if "macro_f1" in summary:
         _print_classify_summary(summary)
