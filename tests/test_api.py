@@ -313,6 +313,45 @@ def test_an_interrupted_prediction_resumes_with_the_rest(
     )
 
 
+def test_the_interrupt_message_says_what_was_finished(
+    tmp_path, trained_2d_run, four_images, monkeypatch, capsys
+):
+    from deepscope.interfaces.cli import main
+    from deepscope.workflow import predict as predict_module
+
+    real = predict_module.predict_file
+    for stop_at, said in (("img0.tif", "No image was finished"), ("img2.tif", "2 images were")):
+
+        def interrupted(model, src, dst, *args, stop_at=stop_at, **kwargs):
+            if src.name == stop_at:
+                raise KeyboardInterrupt
+            return real(model, src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(predict_module, "predict_file", interrupted)
+        out = tmp_path / stop_at
+        argv = ["predict", str(trained_2d_run / "model"), "--input", str(four_images)]
+        assert main([*argv, "--out", str(out)]) == 130
+        err = capsys.readouterr().err
+        assert said in err and ("--resume" in err) == (stop_at == "img2.tif")
+
+
+def test_the_command_line_says_why_a_few_planes_became_channels(
+    tmp_path, trained_2d_run, capsys
+):
+    from deepscope.interfaces.cli import main
+
+    images = tmp_path / "stacks"
+    images.mkdir()
+    tifffile.imwrite(images / "s.tif", synthetic_pair((3, 48, 48), seed=1)[0],
+                     photometric="minisblack")  # fmt: skip
+    argv = ["predict", str(trained_2d_run / "model"), "--input", str(images)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"Warning: {images / 's.tif'}: the file does not say what its 3 planes are" in err
+    assert "→ if they are Z planes (or time points), give the axes: --axes ZYX" in err
+    assert "3 channel(s) but the model was trained on images with 1" in err
+
+
 def test_cluster_settings_are_checked(tmp_path, trained_2d_run, four_images, monkeypatch):
     from deepscope.workflow import predict_cluster
 

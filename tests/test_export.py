@@ -318,9 +318,18 @@ def test_network_files_match_pytorch(tmp_path: Path, fmt: str) -> None:
         got = torch.jit.load(str(out))(torch.from_numpy(x)).detach().numpy()
     assert got.shape == ref.shape == (2, 2, 8, 24, 20)
     assert np.max(np.abs(got - ref)) <= TOLERANCE * np.ptp(ref)
-    sidecar = json.loads(out.with_suffix(".json").read_text())
+    sidecar = json.loads((tmp_path / f"{out.name}.json").read_text())
     assert sidecar["input"]["axes"] == "bczyx" and sidecar["input"]["low"] == [180.0]
     assert sidecar["output"]["target_high"] == [2600.0]
+
+
+def test_onnx_and_torchscript_exports_can_share_a_name(tmp_path: Path) -> None:
+    model_dir = make_model(tmp_path, "n2v")
+    for name, fmt in (("net.onnx", "onnx"), ("net.pt", "torchscript")):
+        export_model(model_dir, fmt, tmp_path / name, log=lambda _m: None)
+    onnx_info = json.loads((tmp_path / "net.onnx.json").read_text())
+    torchscript_info = json.loads((tmp_path / "net.pt.json").read_text())
+    assert (onnx_info["format"], torchscript_info["format"]) == ("onnx", "torchscript")
 
 
 def test_cli_predict_with_onnx_engine_matches_pytorch(n2v_package, tmp_path: Path, capsys) -> None:
@@ -362,7 +371,7 @@ def test_cli_export_and_import(n2v_package, tmp_path: Path, capsys) -> None:
         and "only for BioImage.IO packages (--format bioimageio)" in capsys.readouterr().err
     )
     code = main(["export", str(model_dir), "--format", "onnx", "--out", onnx_file])
-    assert code == 0 and (tmp_path / "m.json").exists()
+    assert code == 0 and (tmp_path / "m.onnx.json").exists()
     code = main(["import", str(package), "--out", str(tmp_path / "imported")])
     assert code == 0 and "deepscope predict" in capsys.readouterr().out
     code = main(["import", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "x")])

@@ -13,6 +13,7 @@ from deepscope.data.io import (
     atomic_write_text,
     is_image_path,
     list_images,
+    open_image,
     read_image,
     write_image,
 )
@@ -88,6 +89,25 @@ def test_plain_tiff_without_axes_is_guessed(tmp_path):
     tifffile.imwrite(path, _random((7, 8, 9), np.uint8), metadata=None)
     assert read_image(path).axes == "ZYX"
     assert read_image(path, axes="tyx").axes == "TYX"
+
+
+def test_a_few_planes_without_axes_are_read_as_channels_with_a_warning(tmp_path):
+    import warnings
+
+    path = tmp_path / "three.tif"
+    tifffile.imwrite(path, _random((3, 8, 9), np.uint16), photometric="minisblack")
+    with pytest.warns(io.AxesGuessWarning, match="its 3 planes .* 3 channels") as caught:
+        assert read_image(path).axes == "CYX"
+    assert "--axes ZYX" in caught[0].message.fix
+    with pytest.warns(io.AxesGuessWarning):
+        assert open_image(path).axes == "CYX"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning where the axes are known or unambiguous
+        assert read_image(path, axes="ZYX").axes == "ZYX"
+        written = write_image(tmp_path / "said.tif", _random((3, 8, 9), np.uint16), "ZYX")
+        assert read_image(written).axes == "ZYX"
+        tifffile.imwrite(tmp_path / "one.tif", _random((1, 8, 9), np.uint16))
+        assert read_image(tmp_path / "one.tif").data.shape == (1, 8, 9)
 
 
 def test_tiff_with_several_images_warns(tmp_path):

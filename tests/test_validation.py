@@ -224,9 +224,14 @@ def test_configured_axes_are_used(tmp_path):
         tifffile.imwrite(
             images / name, _noise((3, 32, 32)), metadata=None, photometric="minisblack"
         )  # guessed CYX
-    assert validate_dataset("n2v", _config(), images).ok
+    report = validate_dataset("n2v", _config(), images)
+    assert report.ok
+    guessed = [f for f in report.warnings if "3 planes" in f.problem]
+    assert {f.path for f in guessed} == {images / "a.tif", images / "b.tif"}
+    assert all("--axes ZYX" in f.fix for f in guessed)
     report = validate_dataset("n2v", _config(axes="ZYX"), images)
     assert {f.path for f in report.errors} == {images / "a.tif", images / "b.tif"}
+    assert not [f for f in report.warnings if "3 planes" in f.problem]
 
 
 def test_channel_count_differs(tmp_path):

@@ -91,6 +91,37 @@ class Image:
     metadata: dict = field(default_factory=dict)
 
 
+class AxesGuessWarning(UserWarning):
+    """A file whose axes were guessed where the guess may be wrong (see ``fix``)."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.fix = fix
+
+
+def _guess_axes_of_file(shape: tuple[int, ...], path: Path) -> str:
+    """:func:`guess_axes`, warning once per file when a stack of 2-4 planes becomes channels.
+
+    Such a file (e.g. a multi-page TIFF without ImageJ or OME metadata) could as well
+    hold 2-4 Z planes or time points, which a one-channel model would otherwise average
+    or refuse without saying why.
+    """
+    axes = guess_axes(shape)
+    if axes == "CYX" and shape[0] > 1:
+        n = shape[0]
+        warnings.warn(
+            AxesGuessWarning(
+                f"{path}: the file does not say what its {n} planes are; they are read as "
+                f"{n} channels (axes CYX).",
+                "if they are Z planes (or time points), give the axes: --axes ZYX "
+                "(setting data.axes), or save the stack from Fiji, which records them; if "
+                "they are channels, nothing to do.",
+            ),
+            stacklevel=1,  # one registry entry: shown once per file, whichever reader
+        )
+    return axes
+
+
 # ---------------------------------------------------------------------------- names
 
 
@@ -471,7 +502,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
         if axes is not None:
             final_axes = check_axes(axes, data.ndim)
         else:
-            final_axes = file_axes or guess_axes(data.shape)
+            final_axes = file_axes or _guess_axes_of_file(data.shape, path)
             final_axes = check_axes(final_axes, data.ndim)
     except DeepscopeError as exc:
         raise ImageReadError(
@@ -544,7 +575,8 @@ def open_image(path: str | os.PathLike, axes: str | None = None) -> Image:
     if np.dtype(data.dtype).kind not in "uif":
         return read_image(path, axes)  # e.g. 1-bit images: converted by the reader
     try:
-        final_axes = check_axes(axes or file_axes or guess_axes(tuple(data.shape)), data.ndim)
+        guessed = None if axes or file_axes else _guess_axes_of_file(tuple(data.shape), path)
+        final_axes = check_axes(axes or file_axes or guessed or "", data.ndim)
     except DeepscopeError as exc:
         raise ImageReadError(
             f"{exc.problem} (image shape {tuple(data.shape)})", path=path, fix=exc.fix

@@ -36,7 +36,7 @@ import numpy as np
 
 from deepscope.config import TaskConfigBase
 from deepscope.data.axes import check_axes, to_channel_first
-from deepscope.data.io import is_image_path, list_images, read_image
+from deepscope.data.io import AxesGuessWarning, is_image_path, list_images, read_image
 from deepscope.data.pairing import PairingResult, image_stem, pair_by_name
 from deepscope.errors import DeepscopeError, ImageReadError
 
@@ -277,12 +277,15 @@ class _Checker:
         for warning in caught:
             text = str(warning.message)
             if text.startswith(prefix):
-                fix = (
-                    "if you need another image of this file, save it as its own file in "
-                    "Fiji; otherwise nothing to do."
-                    if "only the first" in text
-                    else "open the file in Fiji and check that it looks right."
-                )
+                if isinstance(warning.message, AxesGuessWarning):
+                    fix = warning.message.fix
+                elif "only the first" in text:
+                    fix = (
+                        "if you need another image of this file, save it as its own file in "
+                        "Fiji; otherwise nothing to do."
+                    )
+                else:
+                    fix = "open the file in Fiji and check that it looks right."
                 self.add("warning", path, text[len(prefix) :], fix)
             else:
                 warnings.warn_explicit(

@@ -1,6 +1,7 @@
 """``deepscope export --format onnx|torchscript``: the network alone, with a description.
 
-The network file expects normalised input; a JSON file beside it (``NAME.json``) says
+The network file expects normalised input; a JSON file beside it (``NAME.onnx.json`` or
+``NAME.pt.json``, so an ONNX and a TorchScript export of one model can share a name) says
 how: per channel ``(x - low) / (high - low)`` before, and the task's mapping after (e.g.
 ``y * (high - low) + low`` for restoration, softmax for segmentation), with the axes and
 the size rule (multiples of ``divisibility``).
@@ -34,6 +35,9 @@ def export_network(
 ) -> Path:
     """Write the model's network as ONNX or TorchScript (fp32) plus ``<out>.json``.
 
+    The description is ``<out>.json`` with the network file's full name (``net.onnx.json``),
+    so ``net.onnx`` and ``net.pt`` written side by side each keep their own.
+
     The export is checked against PyTorch (see :mod:`deepscope.export.compare`) and
     written atomically; an existing ``out`` is refused.
     """
@@ -44,7 +48,7 @@ def export_network(
         raise OutputError(
             f"a {fmt} file should end with {SUFFIXES[fmt]}", out, f"give --out NAME{SUFFIXES[fmt]}"
         )
-    sidecar = out.with_suffix(".json")
+    sidecar = sidecar_path(out)
     for path in (out, sidecar):
         if path.exists():
             raise OutputError("the output file already exists", path, "choose another name")
@@ -64,6 +68,12 @@ def export_network(
         os.replace(Path(tmp) / "sidecar.json", sidecar)
     log(f"{fmt} network written: {out} (how to feed it: {sidecar.name})")
     return out
+
+
+def sidecar_path(network_file: str | Path) -> Path:
+    """The description written beside an exported network file: ``NAME.onnx.json``."""
+    network_file = Path(network_file)
+    return network_file.with_name(network_file.name + ".json")
 
 
 def describe(model, fmt: str, diff: float) -> dict:  # noqa: ANN001

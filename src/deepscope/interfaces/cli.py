@@ -6,9 +6,11 @@ Every command explains itself with ``--help``; every error names the file and wh
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from deepscope import __version__
 from deepscope.errors import DeepscopeError
@@ -537,7 +539,8 @@ def _add_export_commands(sub: Any) -> None:
         description="Export a trained model. 'bioimageio' writes a .zip package that "
         "deepImageJ (Fiji), ilastik and napari open, checked with the community's own "
         "checker; 'onnx' and 'torchscript' write the network alone (NAME.onnx / NAME.pt) "
-        "with NAME.json saying how to normalise its input. Nothing is uploaded.",
+        "with NAME.onnx.json (or NAME.pt.json) saying how to normalise its input. Nothing is "
+        "uploaded.",
     )
     p.add_argument(
         "model", type=Path, help="the model folder (e.g. runs/care1/model), or a shipped name"
@@ -1048,7 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deepscope`` command."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except DeepscopeError as err:
         print(f"\nError: {err}", file=sys.stderr)
         return 2
@@ -1057,17 +1062,49 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+_PACKAGE_FOLDER = str(Path(__file__).resolve().parents[1])
+
+
+def _show_warning(  # noqa: PLR0913 (the signature of warnings.showwarning)
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print deepscope's own warnings as a sentence (and its fix), others as Python does."""
+    stream = file or sys.stderr
+    if not str(Path(filename).resolve()).startswith(_PACKAGE_FOLDER):
+        stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    fix = getattr(message, "fix", None)
+    stream.write(f"Warning: {message}" + (f" → {fix}" if fix else "") + "\n")
+
+
 def _after_interrupt(args: argparse.Namespace) -> str:
     """What an interrupted command leaves, and how to go on."""
     if args.command == "train":
         return f"The training continues where it stopped with --resume (same --out {args.out})."
     if args.command == "predict":
-        return (
-            f"The results finished so far are in {args.out} (listed in provenance.json); "
-            "each file is written whole or not at all. Add --resume to the same command to "
-            "predict the rest."
-        )
+        return _after_interrupted_prediction(Path(args.out))
     return "Files written so far are complete: each is written whole or not at all."
+
+
+def _after_interrupted_prediction(out: Path) -> str:
+    """What an interrupted ``predict`` finished, read from its ``provenance.json``."""
+    try:
+        finished = len(json.loads((out / "provenance.json").read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        finished = 0
+    if not finished:
+        return f"No image was finished, so nothing was kept in {out}: run the same command again."
+    images = "image was" if finished == 1 else "images were"
+    return (
+        f"{finished} {images} finished; their results are in {out} (listed in "
+        "provenance.json), each file written whole or not at all. Add --resume to the same "
+        "command to predict the rest."
+    )
 
 
 if __name__ == "__main__":

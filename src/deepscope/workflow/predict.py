@@ -76,7 +76,7 @@ class TileSettings:
                 f"tiles of {self.tile} pixels are smaller than twice their {self.overlap}-pixel "
                 "overlap: the network sees little around each pixel and results can differ "
                 "from a prediction with larger tiles (use --tile 128 or more)",
-                stacklevel=2,
+                stacklevel=1,  # the caller is the dataclass's generated __init__
             )
 
     def tile_shape(self, dims: int) -> tuple[int, ...]:

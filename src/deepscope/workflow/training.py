@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from deepscope.config import TaskConfigBase, load_config
 from deepscope.data.axes import to_channel_first
-from deepscope.data.io import atomic_write_text, read_image
+from deepscope.data.io import AxesGuessWarning, atomic_write_text, read_image
 from deepscope.data.normalize import PercentileNormalizer
 from deepscope.data.patches import RandomPatches, split_train_val
 from deepscope.data.validation import ValidationReport
@@ -330,10 +331,13 @@ def _patch_datasets(
     task_cls = type(task)
     d = config.data
     in_paths = [i for i, _ in report.items]
-    inputs, axes = load_images(in_paths, d.axes, d.spatial_dims)
-    tgts = None
-    if task_cls.needs_targets:
-        tgts, _ = load_images([t for _, t in report.items], d.axes, d.spatial_dims)
+    with warnings.catch_warnings():  # the check of the data has said it, with its fix
+        warnings.simplefilter("ignore", AxesGuessWarning)
+        inputs, axes = load_images(in_paths, d.axes, d.spatial_dims)
+        tgts = None
+        if task_cls.needs_targets:
+            tgts, _ = load_images([t for _, t in report.items], d.axes, d.spatial_dims)
+    if tgts is not None:
         # Tasks whose targets need preparing (e.g. masks -> class maps, class weights).
         prepare = getattr(task, "prepare_targets", None)
         if prepare is not None:
@@ -566,7 +570,7 @@ def train(
         raise ValidationFailed(report)
     config = task.config  # a task may complete its config from the data (e.g. class names)
     for w in report.warnings:
-        log(f"warning: {w.path or ''}: {w.problem}")
+        log(f"warning: {w.path or ''}: {w.problem}" + (f" → {w.fix}" if w.fix else ""))
     if config.training.start_from and not resume:
         transfer.check_start_model(config.training.start_from, config)
     made = not run_dir.exists()
