@@ -335,9 +335,7 @@ def test_the_interrupt_message_says_what_was_finished(
         assert said in err and ("--resume" in err) == (stop_at == "img2.tif")
 
 
-def test_the_command_line_says_why_a_few_planes_became_channels(
-    tmp_path, trained_2d_run, capsys
-):
+def test_the_command_line_says_why_a_few_planes_became_channels(tmp_path, trained_2d_run, capsys):
     from deepscope.interfaces.cli import main
 
     images = tmp_path / "stacks"

@@ -614,3 +614,17 @@ def test_progress_bar_counts_parts_of_images_without_a_bogus_rate(capsys, monkey
     stages("checkpoints", 0, 3)
     stages("checkpoints", 3, 3)
     assert "3/3 steps" in capsys.readouterr().err
+
+
+def test_restoration_summary_prints_images_identical_to_their_targets(capsys) -> None:
+    from deepscope.interfaces.cli import _print_restoration_summary
+
+    _print_restoration_summary(  # summary.json stores an infinite PSNR as null
+        {
+            "input": {"psnr": None, "psnr_matched": None, "ssim": 1.0, "ssim_matched": 1.0},
+            "model": {"psnr_matched": 30.0, "ssim_matched": 0.9},
+        }  # fmt: skip
+    )
+    out = capsys.readouterr().out
+    assert "noisy input            identical to the targets" in out
+    assert "PSNR  30.00 dB   SSIM 0.900" in out

@@ -996,6 +996,8 @@ def _print_restoration_summary(summary: dict) -> None:
         m = summary.get(key, {})
         psnr = m.get("psnr_matched", m.get("psnr"))
         ssim = m.get("ssim_matched", m.get("ssim"))
+        if psnr is None:  # infinite: no difference at all (summary.json stores null)
+            return f"  {name:<22} identical to the targets (check that they are not the same files)"
         return f"  {name:<22} PSNR {psnr:6.2f} dB   SSIM {ssim:.3f}"
 
     print("Quality control (mean over images, brightness matched to the target):")
