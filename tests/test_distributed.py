@@ -7,6 +7,7 @@ starts the other process by running the same command again, and torchrun starts 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,15 @@ def test_devices_2_trains_in_two_processes_and_only_the_first_writes(tmp_path, d
                     "--devices", "2"], tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in _epochs(tmp_path / "two")] == ["0", "1", "2", "3"]
+    assert "goes on in" not in resumed.stdout + resumed.stderr
+    info = json.loads((model / "deepscope_model.json").read_text())
+    assert info["training"]["processes"] == [2, 2]
+
+    one = _run([*cmd[:-1], "5", "--out", str(tmp_path / "two"), "--resume"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert "this run was trained in 2 process(es) and goes on in 1" in one.stdout + one.stderr
+    info = json.loads((model / "deepscope_model.json").read_text())
+    assert info["training"]["processes"] == [2, 2, 1]
 
 
 def test_torchrun_starts_the_processes_and_frozen_layers_are_allowed(tmp_path, data):

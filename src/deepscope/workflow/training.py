@@ -94,6 +94,7 @@ _WRITTEN_BEFORE_TRAINING = (
     "normalization.json",
     "split.json",
     "transfer.json",
+    "processes.json",
 )
 
 #: Settings a resumed training takes from the caller; every other one is the run's own.
@@ -586,8 +587,10 @@ def train(
         raise
     module, train_loader, val_loader, data, resume_from = prepared
     t = config.training
+    process_parts = [layout[0] * layout[1]]
     if main:
         (run_dir / "STOP").unlink(missing_ok=True)
+        process_parts = _record_processes(run_dir, layout, resume, log)
     if layout != (1, 1):
         processes = layout[0] * layout[1]
         share = t.patches_per_epoch // processes
@@ -645,6 +648,8 @@ def train(
             f"{module.skipped_steps} training step(s) were skipped because a gradient was "
             "not a number."
         )
+    if max(process_parts) > 1:  # how many processes trained it, start and each resumption
+        training_info["processes"] = process_parts
     started_from = transfer.read_report(run_dir)
     if started_from is not None:
         training_info["started_from"] = started_from
@@ -676,6 +681,42 @@ def train(
         stopped,
         minutes,
     )
+
+
+#: The processes a run trains in: ``{"per_computer": N, "computers": M, "parts": [..]}``,
+#: ``parts`` holding the number of processes of each start and resumption of the run.
+PROCESSES_FILE = "processes.json"
+
+
+def _record_processes(
+    run_dir: Path, layout: tuple[int, int], resume: bool, log: Callable[[str], None]
+) -> list[int]:
+    """Write how many processes train the run; say so when a resumed run changes it.
+
+    Each process trains on its own share of an epoch's patches with its own batches, so
+    a run resumed in another number of processes goes on with another effective batch
+    size (``batch_size`` x processes) from there. Returns the process count of each part
+    of the run so far (this one last).
+    """
+    path = run_dir / PROCESSES_FILE
+    count = layout[0] * layout[1]
+    parts: list[int] = []
+    if resume:
+        try:
+            parts = [int(n) for n in json.loads(path.read_text())["parts"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            parts = [1]  # runs from before this file was written trained in one process
+        if parts and parts[-1] != count:
+            log(
+                f"note: this run was trained in {parts[-1]} process(es) and goes on in "
+                f"{count}: each step now averages {count} batch(es) instead of "
+                f"{parts[-1]}, so the training goes on slightly differently from here "
+                "(resume with the same --devices to keep it as it was)."
+            )
+    parts.append(count)
+    record = {"per_computer": layout[0], "computers": layout[1], "parts": parts}
+    atomic_write_text(path, json.dumps(record))
+    return parts
 
 
 def _silent(_message: str) -> None:
