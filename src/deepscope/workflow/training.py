@@ -705,7 +705,7 @@ def _record_processes(
         try:
             parts = [int(n) for n in json.loads(path.read_text())["parts"]]
         except (OSError, ValueError, KeyError, TypeError):
-            parts = [1]  # runs from before this file was written trained in one process
+            parts = [1]  # not recorded (a run from before this file): taken as one process
         if parts and parts[-1] != count:
             log(
                 f"note: this run was trained in {parts[-1]} process(es) and goes on in "
