@@ -575,8 +575,8 @@ def open_image(path: str | os.PathLike, axes: str | None = None) -> Image:
     if np.dtype(data.dtype).kind not in "uif":
         return read_image(path, axes)  # e.g. 1-bit images: converted by the reader
     try:
-        guessed = None if axes or file_axes else _guess_axes_of_file(tuple(data.shape), path)
-        final_axes = check_axes(axes or file_axes or guessed or "", data.ndim)
+        chosen = axes or file_axes or _guess_axes_of_file(tuple(data.shape), path)
+        final_axes = check_axes(chosen, data.ndim)
     except DeepscopeError as exc:
         raise ImageReadError(
             f"{exc.problem} (image shape {tuple(data.shape)})", path=path, fix=exc.fix

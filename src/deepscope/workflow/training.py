@@ -587,12 +587,10 @@ def train(
         raise
     module, train_loader, val_loader, data, resume_from = prepared
     t = config.training
-    process_parts = [layout[0] * layout[1]]
+    processes = layout[0] * layout[1]
     if main:
         (run_dir / "STOP").unlink(missing_ok=True)
-        process_parts = _record_processes(run_dir, layout, resume, log)
     if layout != (1, 1):
-        processes = layout[0] * layout[1]
         share = t.patches_per_epoch // processes
         if share < t.batch_size and len(train_loader.dataset) >= t.batch_size:
             if main and not resume:  # as for any run that fails before its first epoch
@@ -606,6 +604,8 @@ def train(
                 "--batch-size",
             )
         log(f"training in {processes} processes ({layout[0]} per computer)")
+    # Only once the run will train: a refused resumption adds no part to the record.
+    process_parts = _record_processes(run_dir, layout, resume, log) if main else [processes]
     t0 = time.monotonic()
     trainer = engine.fit(
         module,
