@@ -227,12 +227,20 @@ def main() -> None:
             "best_val_loss": round(result.best_val_loss, 4),
         }
     model = load_model_folder(model_dir)
-    summary = run_qc(model, folders["test_images"], folders["test_masks"], args.out / "qc")
+    # overwrite: with --reuse-run, the reports of the run's earlier scoring are replaced
+    summary = run_qc(
+        model, folders["test_images"], folders["test_masks"], args.out / "qc", overwrite=True
+    )
     scores = _scores(summary, summary["adapted_rand_error"])
     scores.update(cell_scores(model, folders["test_images"], folders["test_masks"]))
     tta = TileSettings(tta=True)
     summary_tta = run_qc(
-        model, folders["test_images"], folders["test_masks"], args.out / "qc_tta", tiles=tta
+        model,
+        folders["test_images"],
+        folders["test_masks"],
+        args.out / "qc_tta",
+        tiles=tta,
+        overwrite=True,
     )
     scores_tta = _scores(summary_tta, summary_tta["adapted_rand_error"])
     scores_tta.update(cell_scores(model, folders["test_images"], folders["test_masks"], tta))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,11 @@ import tifffile
 
 import deepscope
 from conftest import TINY_CONFIG, synthetic_pair, write_tif
-from deepscope.errors import ConfigError, DeepscopeError
+from deepscope.errors import ConfigError, DeepscopeError, OutputError
 
 
 def test_import_deepscope_is_lazy_and_lists_the_api():
     import subprocess
-    import sys
 
     code = "import sys, deepscope; print('torch' in sys.modules, 'validate' in dir(deepscope))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -120,6 +121,20 @@ def test_prediction_options_are_checked_and_leave_the_callers_model_alone(tmp_pa
     assert nuclei.config.stardist.prob_threshold == tuned  # the given model is not changed
     rgb = np.repeat(image[..., None], 3, axis=2)  # a colour picture, read as grey
     np.testing.assert_array_equal(deepscope.predict_image(nuclei, rgb), labels)
+    # everything predict writes, in memory: the labels and the measurements table
+    outputs = deepscope.predict_image_outputs(nuclei, image)
+    assert set(outputs) == {"result", "objects"}
+    np.testing.assert_array_equal(outputs["result"], labels)
+    objects = outputs["objects"]
+    assert list(objects["label"]) == [1, 2]
+    assert list(objects["area"]) == list(np.bincount(labels.ravel())[1:])
+    assert objects["mean_intensity"].min() > 150 and (objects["probability"] > 0.5).all()
+    with pytest.raises(DeepscopeError, match="for semantic segmentation models, not stardist"):
+        deepscope.predict_image_outputs(nuclei, image, probabilities=True)
+    with pytest.raises(DeepscopeError) as err:  # named as a Python caller wrote it
+        deepscope.predict_image_outputs(nuclei, image, instances=True)
+    text = str(err.value)
+    assert text.startswith("instances=True is for semantic") and "--" not in text
 
     with pytest.raises(DeepscopeError, match="for semantic segmentation models, not stardist"):
         deepscope.predict(nuclei, noisy_dir, tmp_path / "o", instances=True, progress=False)
@@ -130,6 +145,43 @@ def test_prediction_options_are_checked_and_leave_the_callers_model_alone(tmp_pa
     with pytest.raises(DeepscopeError, match="not of numbers"):
         deepscope.predict_image(nuclei, np.array([["a", "b"], ["c", "d"]]))
     assert not (tmp_path / "o").exists()
+
+
+def test_errors_name_python_parameters_not_command_line_options(
+    tmp_path, trained_2d_run, noisy_dir, clean_pair_dirs
+):
+    model = deepscope.load_model(trained_2d_run / "model")
+    out = tmp_path / "out"
+    deepscope.predict(model, noisy_dir / "a.tif", out, progress=False)
+    with pytest.raises(OutputError) as err:
+        deepscope.predict(model, noisy_dir / "a.tif", out, progress=False)
+    assert "overwrite=True" in err.value.fix and "resume=True" in err.value.fix
+    assert "--" not in str(err.value) and "overwrite=True" in str(err.value)
+    qc_noisy, qc_clean = clean_pair_dirs
+    shutil.copytree(trained_2d_run, tmp_path / "run")  # QC writes into the model folder
+    run_model = tmp_path / "run" / "model"
+    deepscope.evaluate(run_model, qc_noisy, tmp_path / "qc", qc_clean, progress=False)
+    with pytest.raises(OutputError, match="earlier report") as err:
+        deepscope.evaluate(run_model, qc_noisy, tmp_path / "qc", qc_clean, progress=False)
+    assert "add overwrite=True" in err.value.fix
+    summary = deepscope.evaluate(
+        run_model, qc_noisy, tmp_path / "qc", qc_clean, progress=False, overwrite=True
+    )
+    assert "model" in summary
+    # an option that is a setting in Python: said as the setting
+    with pytest.raises(DeepscopeError) as err:
+        deepscope.train(
+            "n2v",
+            noisy_dir,
+            tmp_path / "run",  # an existing run: only epochs and max_minutes may change
+            config=TINY_CONFIG,
+            settings={"training.learning_rate": 0.5},
+            resume=True,
+            progress=False,
+        )
+    assert "--" not in str(err.value), str(err.value)
+    assert 'only settings={"training.epochs": …}' in err.value.fix
+    assert "in a new out folder" in err.value.fix
 
 
 def test_export_refuses_bioimageio_settings_for_onnx(tmp_path, trained_2d_run):
@@ -143,6 +195,17 @@ def test_export_refuses_bioimageio_settings_for_onnx(tmp_path, trained_2d_run):
         )
     out = deepscope.export_model(trained_2d_run / "model", tmp_path / "m.onnx", format="onnx")
     assert out.exists() and not any(tmp_path.glob("*.zip"))
+    with pytest.raises(DeepscopeError, match="unknown export format 'onx'") as err:
+        deepscope.export_model(trained_2d_run / "model", tmp_path / "m.onx", format="onx")
+    assert "bioimageio, onnx, torchscript" in err.value.fix
+    assert not (tmp_path / "m.onx").exists()
+
+
+def test_a_loaded_model_is_shown_in_one_line(trained_2d_run):
+    model = deepscope.load_model(trained_2d_run / "model")
+    text = repr(model)
+    assert text.startswith("TrainedModel('n2v', ") and "2D, 1 input channel(s)" in text
+    assert "\n" not in text and "Conv" not in text
 
 
 def test_predict_image_of_a_classifier_gives_class_probabilities(tmp_path):
@@ -224,6 +287,23 @@ def test_predict_on_local_worker_processes(tmp_path, trained_2d_run, four_images
     assert code == 2 and "already exist" in capsys.readouterr().err
 
 
+def _sigint_ignored() -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_local_workers_leave_ctrl_c_to_this_process():
+    from deepscope.workflow import predict_cluster
+
+    client = predict_cluster.connect(predict_cluster.ClusterSettings(workers=1))
+    try:  # a Ctrl-C in the terminal reaches every process: the workers must not act on it
+        assert list(client.run(_sigint_ignored).values()) == [True]
+    finally:
+        predict_cluster.close(client)
+    assert not _sigint_ignored()  # this process gets it as before
+
+
 def test_predict_through_a_running_scheduler(tmp_path, trained_2d_run, four_images):
     from distributed import LocalCluster
 
@@ -293,7 +373,7 @@ def test_an_interrupted_prediction_resumes_with_the_rest(
         deepscope.predict(model, four_images, out, progress=False)
     first = {p.name: p.read_bytes() for p in out.glob("*.tif")}
     assert sorted(first) == ["img0.tif", "img1.tif"]
-    with pytest.raises(DeepscopeError, match="--resume"):  # results there: said what to do
+    with pytest.raises(DeepscopeError, match="resume=True"):  # results there: said what to do
         deepscope.predict(model, four_images, out, progress=False)
     with pytest.raises(DeepscopeError, match="another test time augmentation"):
         deepscope.predict(model, four_images, out, resume=True, tta=True, progress=False)

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ OPTIONS = {
         "--tta",
         "--int8",
     ],
-    "qc": ["--images", "--targets", "--masks", "--out", "--tile", "--tta", "--int8"],
+    "qc": ["--images", "--targets", "--masks", "--out", "--tile", "--tta", "--int8", "--overwrite"],
     "demo": ["--out", "--max-minutes"],
     "track": [
         "--input",
@@ -107,7 +108,7 @@ OPTIONS = {
         "--int8",
         "--overwrite",
     ],
-    "qc-track": ["--gt", "--seg-gt", "--out"],
+    "qc-track": ["--gt", "--seg-gt", "--out", "--overwrite"],
     "export": ["--format", "--out", "--authors", "--license", "--name", "--sample", "--no-check"],
     "import": ["--out", "--weights"],
     "app": ["--host", "--port", "--data-root", "--runs", "--no-browser"],
@@ -544,6 +545,37 @@ def test_qc_with_unpaired_names(tmp_path, trained_2d_run, clean_pair_dirs, capsy
         tmp_path / "qc",
     )
     assert_user_error(code, err, qc_in, "q.tif")
+
+
+def test_qc_refuses_an_earlier_report_or_a_data_folder_without_losing_anything(
+    tmp_path, trained_2d_run, clean_pair_dirs, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(trained_2d_run, run)  # QC writes into the model folder
+    qc_in, qc_gt = clean_pair_dirs
+    out = tmp_path / "qc"
+    args = ["qc", run / "model", "--images", qc_in, "--targets", qc_gt, "--out", out]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    first = folder_digest(out)
+    assert "report.html" in first and any(name.startswith("figures/") for name in first)
+    (out / "figures" / "stale.png").write_bytes(b"an earlier report's figure")
+    notes = out / "my notes.txt"  # not the report's: stays in every case
+    notes.write_text("keep me")
+    code, _, err = run_cli(capsys, *args)
+    assert_user_error(code, err, out, "earlier report", "--overwrite")
+    assert folder_digest(out) == {**first, "figures/stale.png": ANY, "my notes.txt": ANY}
+    code, _, err = run_cli(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert not (out / "figures" / "stale.png").exists()
+    assert notes.read_text() == "keep me"
+    assert json.loads((out / "summary.json").read_text())["model"]["psnr"] > 0
+    # the images' or the targets' folder as the report folder: refused, nothing written
+    for data in (qc_in, qc_gt):
+        before = folder_digest(data)
+        code, _, err = run_cli(capsys, *args[:-1], data, "--overwrite")
+        assert_user_error(code, err, data, "separate folder")
+        assert folder_digest(data) == before
 
 
 def test_qc_on_training_images_says_the_scores_are_not_held_out(

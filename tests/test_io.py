@@ -110,6 +110,24 @@ def test_a_few_planes_without_axes_are_read_as_channels_with_a_warning(tmp_path)
         assert read_image(tmp_path / "one.tif").data.shape == (1, 8, 9)
 
 
+def test_four_axes_without_names_are_guessed_with_a_warning(tmp_path):
+    import warnings
+
+    path = tmp_path / "zc.tif"
+    tifffile.imwrite(path, _random((6, 2, 8, 9), np.uint16))  # Z 6, C 2 as many tools write
+    with pytest.warns(io.AxesGuessWarning, match=r"read as C 6, Z 2, Y 8, X 9 \(axes CZYX\)") as w:
+        assert read_image(path).axes == "CZYX"
+    assert "--axes ZCYX" in w[0].message.fix
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said by the caller: no warning
+        image = read_image(path, axes="ZCYX")
+    assert image.axes == "ZCYX" and image.data.shape == (6, 2, 8, 9)
+    named = write_image(tmp_path / "named.tif", _random((2, 6, 8, 9), np.uint16), "CZYX")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # named in the file: no warning
+        assert read_image(named).axes == "CZYX"
+
+
 def test_tiff_with_several_images_warns(tmp_path):
     path = tmp_path / "two.tif"
     with tifffile.TiffWriter(path) as tif:

@@ -76,6 +76,7 @@ def test_blockwise_prediction_matches_in_memory(trained_2d_run, tmp_path, suffix
     assert np.abs(a - b).max() < 0.02 * scale
     record = json.loads((tmp_path / "blocks" / "provenance.json").read_text())
     assert record["files"][0]["predicted_in_blocks"]["block"] == [48, 48]
+    assert record["files"][0]["input_axes"] == record["files"][0]["axes"] == "YX"
     assert (
         "predicted_in_blocks"
         not in json.loads((tmp_path / "whole" / "provenance.json").read_text())["files"][0]

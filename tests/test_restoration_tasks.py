@@ -281,6 +281,14 @@ def test_train_predict_qc(tmp_path: Path, task: str, three_d: bool, sections: di
         unc = tifffile.imread(out / "a_uncertainty.tif")
         assert unc.shape == shape and unc.min() > 0
         assert provenance["files"][0]["uncertainty"] == "a_uncertainty.tif"
+        import deepscope
+
+        outputs = deepscope.predict_image_outputs(
+            model, tifffile.imread(images / "a.tif"), "ZYX" if three_d else "YX"
+        )
+        assert set(outputs) == {"result", "uncertainty"}
+        np.testing.assert_allclose(outputs["result"], result_a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outputs["uncertainty"], unc, rtol=1e-5, atol=1e-6)
     else:
         assert not list(out.glob("*_uncertainty.tif"))
 

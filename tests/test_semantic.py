@@ -296,6 +296,19 @@ def test_binary_2d_train_predict_instances_qc_cli(tmp_path: Path, capsys) -> Non
     # the stored threshold is what predict used
     t = tuned["foreground_threshold"]
     assert np.array_equal(classes, (probs[1] > t).astype(np.uint8))
+    # in memory, from Python: the same three results from one call
+    import deepscope
+
+    outputs = deepscope.predict_image_outputs(
+        model, tifffile.imread(images / "a.tif"), instances=True, probabilities=True
+    )
+    assert set(outputs) == {"result", "instances", "probabilities"}
+    np.testing.assert_array_equal(outputs["result"], classes)
+    np.testing.assert_array_equal(outputs["instances"], inst)
+    np.testing.assert_allclose(outputs["probabilities"], probs, atol=1e-6)
+    assert set(deepscope.predict_image_outputs(model, tifffile.imread(images / "a.tif"))) == {
+        "result"
+    }
     # 8-bit prediction: calibrated after training on the validation images, nearly the same
     from deepscope.engine import int8
 

@@ -117,6 +117,7 @@ def _check_predictions(inputs, out_dir, model_dir, axes):
     for name in names:
         assert listed[name]["input"] == str((inputs / name).resolve())
         assert listed[name]["input_sha256"] == _sha256(inputs / name)
+        assert listed[name]["input_axes"] == listed[name]["axes"] == axes
     # Nothing but the results and the record.
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(names + ["provenance.json"])
 

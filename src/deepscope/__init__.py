@@ -2,9 +2,9 @@
 
 From Python, the steps of the command line are functions of this package (see
 :mod:`deepscope.interfaces.api`): ``deepscope.validate``, ``train``, ``load_model``,
-``predict``, ``predict_image``, ``evaluate`` (quality control), ``export_model``,
-``import_model`` and ``track``. They are imported on first use, so ``import deepscope``
-stays fast.
+``predict``, ``predict_image`` (and ``predict_image_outputs``), ``evaluate`` (quality
+control), ``export_model``, ``import_model`` and ``track``. They are imported on first
+use, so ``import deepscope`` stays fast.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "make_config",
     "predict",
     "predict_image",
+    "predict_image_outputs",
     "track",
     "train",
     "validate",

@@ -100,23 +100,36 @@ class AxesGuessWarning(UserWarning):
 
 
 def _guess_axes_of_file(shape: tuple[int, ...], path: Path) -> str:
-    """:func:`guess_axes`, warning once per file when a stack of 2-4 planes becomes channels.
+    """:func:`guess_axes`, warning once per file where the guess may well be wrong.
 
-    Such a file (e.g. a multi-page TIFF without ImageJ or OME metadata) could as well
-    hold 2-4 Z planes or time points, which a one-channel model would otherwise average
-    or refuse without saying why.
+    A stack of 2-4 planes becomes channels, but such a file (e.g. a multi-page TIFF
+    without ImageJ or OME metadata) could as well hold Z planes or time points, which a
+    one-channel model would otherwise average or refuse without saying why. An array of
+    4 or 5 dimensions is read as CZYX / TCZYX, but software that writes no axes often
+    stores Z first (ZCYX).
     """
     axes = guess_axes(shape)
+    problem = fix = None
     if axes == "CYX" and shape[0] > 1:
         n = shape[0]
+        problem = f"the file does not say what its {n} planes are; they are read as {n} channels"
+        fix = (
+            "if they are Z planes (or time points), give the axes: --axes ZYX (setting "
+            "data.axes), or save the stack from Fiji, which records them; if they are "
+            "channels, nothing to do."
+        )
+    elif len(shape) >= 4:
+        sizes = ", ".join(f"{a} {n}" for a, n in zip(axes, shape, strict=True))
+        problem = f"the file does not say what its axes are; they are read as {sizes}"
+        other = "ZCYX" if len(shape) == 4 else "TZCYX"
+        fix = (
+            f"if that is not their order, give the axes (e.g. --axes {other}, setting "
+            "data.axes), or save the stack from Fiji, which records them; if it is, "
+            "nothing to do."
+        )
+    if problem is not None:
         warnings.warn(
-            AxesGuessWarning(
-                f"{path}: the file does not say what its {n} planes are; they are read as "
-                f"{n} channels (axes CYX).",
-                "if they are Z planes (or time points), give the axes: --axes ZYX "
-                "(setting data.axes), or save the stack from Fiji, which records them; if "
-                "they are channels, nothing to do.",
-            ),
+            AxesGuessWarning(f"{path}: {problem} (axes {axes}).", fix),
             stacklevel=1,  # one registry entry: shown once per file, whichever reader
         )
     return axes

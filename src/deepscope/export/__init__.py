@@ -37,8 +37,13 @@ def export_model(
     Raises
     ------
     DeepscopeError
-        When a BioImage.IO setting is given for another format.
+        When ``fmt`` is not one of :data:`FORMATS`, or a BioImage.IO setting is given
+        for another format.
     """
+    if fmt not in FORMATS:  # checked before anything is read
+        raise DeepscopeError(
+            f"unknown export format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}"
+        )
     if fmt != "bioimageio":
         given = [
             key
@@ -74,7 +79,7 @@ def export_model(
         from deepscope.export.network_files import export_network
 
         return export_network(model_folder, fmt, out, log=log)
-    raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    raise AssertionError(fmt)  # every name of FORMATS is handled above
 
 
 def import_model(

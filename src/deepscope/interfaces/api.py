@@ -20,9 +20,13 @@ Settings are the keys of a run's ``config.yaml``, given as dotted names
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import functools
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +45,84 @@ if TYPE_CHECKING:
 PathLike = str | Path
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Command-line options whose Python parameter has another name.
+_PARAMETER_OF_OPTION = {
+    "from": "start_from",
+    "masks": "targets",
+    "memory-limit": "memory_limit_gib",
+    "input": "input",
+}
+#: Command-line options that are settings (``settings={"training.epochs": 50}``) in Python.
+_SETTING_OF_OPTION = {
+    "axes": "data.axes",
+    "epochs": "training.epochs",
+    "max-minutes": "training.max_minutes",
+    "batch-size": "training.batch_size",
+    "patch-size": "data.patch_size",
+    "patches-per-epoch": "training.patches_per_epoch",
+    "learning-rate": "training.learning_rate",
+    "precision": "training.precision",
+    "loss": "care.loss",
+    "probabilistic": "care.probabilistic",
+    "freeze-encoder": "training.freeze_encoder_epochs",
+    "rays": "stardist.n_rays",
+    "grid": "stardist.grid",
+    "classes": "semantic.n_classes",
+}
+#: ``--option`` and the value written after it (``--axes ZYX``, ``--tile 512``), if any.
+_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(?: ([A-Z0-9][\w-]*(?:\.\d+)?|[\w.-]+/[\w./-]*)(?!\w))?")
+
+
+#: True while a ``deepscope`` command runs these functions: its errors keep the options.
+COMMAND_LINE: ContextVar[bool] = ContextVar("deepscope_command_line", default=False)
+
+
+def _literal(value: str) -> str:
+    """A number as written, anything else as a Python string."""
+    return value if re.fullmatch(r"\d+(\.\d+)?", value) else f'"{value}"'
+
+
+def _in_python_words(function: F) -> F:
+    """Errors of ``function`` name its parameters where they name command-line options.
+
+    The workflow's messages are written for the command line ("add --overwrite"); from
+    Python, ``deepscope.predict(...)`` says "add overwrite=True" instead ("a new out
+    folder" for ``--out``), and an option that is a setting says
+    ``settings={"training.epochs": …}``. Options with neither stay as they are.
+    """
+    parameters = inspect.signature(function).parameters
+
+    def python(match: re.Match[str]) -> str:
+        option, value = match.group(1), match.group(2)
+        name = _PARAMETER_OF_OPTION.get(option, option.replace("-", "_"))
+        if name in parameters:
+            default = parameters[name].default
+            if value is not None:
+                return f"{name}={_literal(value)}"
+            return f"{name}=True" if default is False else name
+        if option in _SETTING_OF_OPTION and "settings" in parameters:
+            shown = "…" if value is None else _literal(value)
+            return f'settings={{"{_SETTING_OF_OPTION[option]}": {shown}}}'
+        return match.group(0)
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except DeepscopeError as err:
+            if COMMAND_LINE.get():
+                raise
+            err.problem = _OPTION.sub(python, err.problem)
+            if err.fix:
+                err.fix = _OPTION.sub(python, err.fix)
+            err.args = (str(err),)
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted keys of nested settings (``{"training": {"epochs": 5}}`` → ``training.epochs``)."""
     out: dict[str, Any] = {}
@@ -53,6 +135,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@_in_python_words
 def make_config(
     task: str,
     config: PathLike | Mapping[str, Any] | TaskConfigBase | None = None,
@@ -103,6 +186,7 @@ def make_config(
     return config_from_dict(merge_overrides(base, _flatten(settings or {})))
 
 
+@_in_python_words
 def validate(
     task: str,
     images: PathLike,
@@ -138,6 +222,7 @@ def validate(
     )
 
 
+@_in_python_words
 def train(
     task: str,
     images: PathLike,
@@ -219,6 +304,7 @@ def _model_folder(model: ModelLike) -> Path:
     return resolve_model(model)
 
 
+@_in_python_words
 def load_model(model: ModelLike) -> TrainedModel:
     """Load a model folder, or a model shipped with deepscope by name (``"nuclei"``).
 
@@ -271,6 +357,7 @@ def _tiles(
     )
 
 
+@_in_python_words
 def predict(
     model: ModelLike,
     input: PathLike,
@@ -364,6 +451,7 @@ def predict(
     )
 
 
+@_in_python_words
 def predict_image(
     model: ModelLike,
     image: np.ndarray,
@@ -403,10 +491,85 @@ def predict_image(
         For classifiers: the class probabilities, one per class
         (``model.task.class_names`` names them).
     """
+    loaded = _configured(model, {"prob_threshold": prob_threshold, "nms_threshold": nms_threshold})
+    return _predict_in_memory(loaded, image, axes, tta, int8, tile, extras=False)["result"]
+
+
+@_in_python_words
+def predict_image_outputs(
+    model: ModelLike,
+    image: np.ndarray,
+    axes: str | None = None,
+    *,
+    instances: bool = False,
+    probabilities: bool = False,
+    tta: bool = False,
+    int8: bool = False,
+    tile: int | None = None,
+    prob_threshold: float | None = None,
+    nms_threshold: float | None = None,
+) -> dict[str, Any]:
+    """Apply a model to one image in memory; return everything ``predict`` would write.
+
+    Like :func:`predict_image`, which returns only ``"result"``, from one pass of the
+    network. The arrays have the image's axes (as :func:`predict_image`'s result).
+
+    Parameters
+    ----------
+    model
+        Model folder, shipped model name or loaded model.
+    image
+        The image, e.g. ``tifffile.imread(...)``.
+    axes
+        The image's axes; guessed from its shape when left out.
+    instances, probabilities
+        Semantic models: also return the instance labels made from the class map
+        (``"instances"``) and the class probabilities (``"probabilities"``, one channel
+        per class), as ``predict --instances --probabilities`` writes them.
+    tta, int8, tile
+        As for :func:`predict`.
+    prob_threshold, nms_threshold
+        StarDist thresholds (default: those tuned after training).
+
+    Returns
+    -------
+    dict
+        ``"result"``: what :func:`predict_image` returns. Besides, where the model makes
+        them: ``"uncertainty"`` (CARE trained with ``--probabilistic``), ``"instances"``
+        and ``"probabilities"`` (semantic, when asked), and for StarDist ``"objects"``:
+        the columns of ``NAME_measurements.csv`` (``label``, centroid, ``area`` or
+        ``volume``, mean intensity, ``probability``) as a dict of equally long arrays,
+        e.g. ``pandas.DataFrame(outputs["objects"])``.
+
+    Raises
+    ------
+    DeepscopeError
+        For ``instances`` or ``probabilities`` with a model that is not semantic, as for
+        thresholds given to a model that is not StarDist.
+    """
+    options = {
+        "prob_threshold": prob_threshold,
+        "nms_threshold": nms_threshold,
+        "instances": instances,
+        "probabilities": probabilities,
+    }
+    loaded = _configured(model, options)
+    return _predict_in_memory(loaded, image, axes, tta, int8, tile, extras=True)
+
+
+def _predict_in_memory(
+    loaded: TrainedModel,
+    image: np.ndarray,
+    axes: str | None,
+    tta: bool,
+    int8: bool,
+    tile: int | None,
+    extras: bool,
+) -> dict[str, Any]:
+    """The result (and, with ``extras``, the side outputs) of one image in memory."""
     from deepscope.data.axes import check_axes, from_channel_first, guess_axes, to_channel_first
     from deepscope.workflow.predict import predict_raw
 
-    loaded = _configured(model, {"prob_threshold": prob_threshold, "nms_threshold": nms_threshold})
     if isinstance(image, str | Path):
         raise DeepscopeError(
             "predict_image takes the pixels (a numpy array), not a file name",
@@ -426,14 +589,27 @@ def predict_image(
     if loaded.task.image_level:
         from deepscope.workflow.predict_classify import classify_arrays
 
-        return classify_arrays(loaded, [cf], tta=_tiles(loaded, None, tta, False).tta)[0]
+        probs = classify_arrays(loaded, [cf], tta=_tiles(loaded, None, tta, False).tta)[0]
+        return {"result": probs}
     tiles = _tiles(loaded, tile, tta, int8)
     raw = predict_raw(loaded, cf, tiles, grid=loaded.task.reads_grid_output)
-    result = loaded.task.postprocess(raw)
     n_in = data.shape[axes.index("C")] if "C" in axes else None
-    return np.ascontiguousarray(from_channel_first(result, axes, dims, n_in))
+
+    def in_image_axes(result_cf: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(from_channel_first(result_cf, axes, dims, n_in))
+
+    outputs: dict[str, Any] = {"result": in_image_axes(loaded.task.postprocess(raw))}
+    if not extras:
+        return outputs
+    for name, side in loaded.task.side_outputs(raw).items():
+        outputs[name] = in_image_axes(side)
+    measure = getattr(loaded.task, "object_measurements", None)
+    if measure is not None:
+        outputs["objects"] = measure(raw, cf)
+    return outputs
 
 
+@_in_python_words
 def evaluate(
     model: ModelLike,
     images: PathLike,
@@ -444,6 +620,7 @@ def evaluate(
     int8: bool = False,
     tile: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Quality control, as ``deepscope qc`` does: scores, figures and ``out/report.html``.
 
@@ -461,6 +638,8 @@ def evaluate(
         As for :func:`predict`.
     progress
         Show progress.
+    overwrite
+        Replace an earlier report in ``out`` (otherwise refused).
 
     Returns
     -------
@@ -478,9 +657,11 @@ def evaluate(
         Path(out),
         tiles=_tiles(loaded, tile, tta, int8),
         progress=stage_bars() if progress else None,
+        overwrite=overwrite,
     )
 
 
+@_in_python_words
 def export_model(
     model: ModelLike,
     out: PathLike,
@@ -529,6 +710,7 @@ def export_model(
     )
 
 
+@_in_python_words
 def import_model(package: PathLike, out: PathLike, *, weights: str | None = None) -> Path:
     """Turn a BioImage.IO package into a deepscope model folder (``deepscope import``).
 

@@ -6,9 +6,11 @@ Every command explains itself with ``--help``; every error names the file and wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -333,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the model run in 8-bit integers (as 'predict --int8'; StarDist and "
         "semantic models)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier report in --out (without it, a folder with a report is refused)",
+    )
 
     _add_tracking_commands(sub)
     _add_export_commands(sub)
@@ -469,6 +476,11 @@ def _add_tracking_commands(sub: Any) -> None:
         "(default: a SEG folder beside --gt, if there is one)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for summary.json and the report")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier report in --out (without it, a folder with a report is refused)",
+    )
 
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -520,6 +532,7 @@ def cmd_qc_track(args: argparse.Namespace) -> int:
         args.out,
         args.seg_gt,
         progress=lambda msg: print(f"  {msg}", file=sys.stderr),
+        overwrite=args.overwrite,
     )
 
     def fmt(v: float | None) -> str:
@@ -943,6 +956,7 @@ def cmd_qc(args: argparse.Namespace) -> int:
         tta=args.tta,
         int8=args.int8,
         tile=args.tile,
+        overwrite=args.overwrite,
     )
     if "macro_f1" in summary:
         _print_classify_summary(summary)
@@ -1049,11 +1063,23 @@ COMMANDS = {
 }
 
 
+@contextlib.contextmanager
+def _command_line_words() -> Iterator[None]:
+    """Errors keep naming the options (``--overwrite``) while a command runs the API."""
+    from deepscope.interfaces import api
+
+    token = api.COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        api.COMMAND_LINE.reset(token)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deepscope`` command."""
     args = build_parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _command_line_words():
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except DeepscopeError as err:

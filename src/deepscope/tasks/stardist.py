@@ -911,6 +911,14 @@ class StarDistTask(Task):
         atomic_write_text(table, measurements_csv(labels, image_cf, details), overwrite=overwrite)
         return {"rois": rois.name, "measurements": table.name}
 
+    def object_measurements(self, raw: np.ndarray, image_cf: np.ndarray) -> dict[str, np.ndarray]:
+        """The columns of ``<name>_measurements.csv`` of a de-normalised output, in memory.
+
+        See :func:`measurements`.
+        """
+        labels, details = self.instances_with_details(raw)
+        return measurements(labels, image_cf, details)
+
     # ---------------------------------------------------------------- validation
 
     def check_training_data(self, images: Path, targets: Path | None = None) -> ValidationReport:
@@ -1087,9 +1095,28 @@ def measurements_csv(
 ) -> str:
     """CSV text: one row per object with label, centroid, area/volume, mean intensities, prob.
 
+    Columns: those of :func:`measurements`.
+    """
+    return columns_csv(measurements(labels, image_cf, details))
+
+
+def measurements(
+    labels: np.ndarray, image_cf: np.ndarray, details: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per-object measurements of a label image, one entry per object, by column name.
+
     Columns: ``label``, ``centroid_z`` (3D), ``centroid_y``, ``centroid_x``, ``area``
     (2D, pixels) or ``volume`` (3D, voxels), ``mean_intensity`` (one channel) or
     ``mean_intensity_ch0``, ``…_ch1`` … (several), ``probability``.
+
+    Parameters
+    ----------
+    labels
+        Instance labels (*spatial), as drawn from ``details``.
+    image_cf
+        The image the objects were found in, channel first (C, *spatial).
+    details
+        The objects' details from :meth:`StarDistTask.instances_with_details` (``prob``).
     """
     from skimage.measure import regionprops_table
 
@@ -1109,10 +1136,9 @@ def measurements_csv(
         axis=1,
     )
     centroids = np.stack([props[f"centroid-{i}"] for i in range(dims)], axis=1)
-    columns = measurement_columns(
+    return measurement_columns(
         props["label"], centroids, props["area"], means, details["prob"][props["label"] - 1]
     )
-    return columns_csv(columns)
 
 
 def measurement_columns(

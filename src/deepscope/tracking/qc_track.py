@@ -236,25 +236,19 @@ def run_qc_track(
     out_dir: Path,
     seg_gt: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score a tracking result and write ``summary.json`` and ``report.html`` to ``out_dir``.
 
     ``summary.json`` holds ``{"TRA": …, "DET": …, "SEG": …, "division_f1": …}`` plus
-    division precision/recall, LNK, the tolerant division scores and error counts.
+    division precision/recall, LNK, the tolerant division scores and error counts. An
+    ``out_dir`` with an earlier report is refused unless ``overwrite`` is set.
     """
-    from deepscope.workflow.report import HtmlReport
+    from deepscope.workflow.report import HtmlReport, check_report_folder
 
     out_dir = Path(out_dir)
-    if out_dir.resolve() in (
-        Path(result).resolve(),
-        find_result_folder(result).resolve(),
-        Path(gt).resolve(),
-    ):
-        raise DeepscopeError(
-            "the QC output folder is the result or ground-truth folder",
-            out_dir,
-            "choose a new folder, e.g. --out qc/",
-        )
+    sources = [Path(result), find_result_folder(result), Path(gt)]
+    check_report_folder(out_dir, sources + ([Path(seg_gt)] if seg_gt else []), overwrite=overwrite)
     summary = score_tracks(result, gt, seg_gt, progress)
     write_summary(out_dir, summary)
     report = HtmlReport("Tracking quality control")

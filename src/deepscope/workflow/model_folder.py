@@ -54,6 +54,15 @@ class TrainedModel:
     #: that cluster workers loading the same folder configure it the same way.
     prediction_options: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line: the task, the folder and the network's size (not every layer)."""
+        params = sum(p.numel() for p in self.network.parameters())
+        return (
+            f"TrainedModel({self.config.task!r}, {str(self.folder)!r}, "
+            f"{int(self.info.get('spatial_dims', self.config.data.spatial_dims))}D, "
+            f"{self.in_channels} input channel(s), {params:,} weights)"
+        )
+
     @property
     def in_channels(self) -> int:
         """Number of input channels the network expects."""

@@ -733,8 +733,9 @@ def predict_file(
 ) -> dict[str, Any]:
     """Predict one image file ``src`` into ``dst`` (and its side files); return its record.
 
-    The record (input, checksum, output name, axes, date, side files) is the file's
-    entry in ``provenance.json``. Images too large for memory are done block by block.
+    The record (input, checksum, output name, the axes the input was read with and those
+    of the result, date, side files) is the file's entry in ``provenance.json``. Images
+    too large for memory are done block by block.
     """
     blockwise = _predict_if_too_large(
         model, src, dst, axes or model.config.data.axes, tiles, overwrite, progress
@@ -759,6 +760,7 @@ def predict_file(
         "input": str(src.resolve()),
         "input_sha256": file_sha256(src),
         "output": dst.name,
+        "input_axes": img.axes,
         "axes": out_axes,
         "date": _now(),
     }
@@ -853,6 +855,7 @@ def _predict_if_too_large(
         "input": str(src.resolve()),
         "input_sha256": file_sha256(src),
         "output": dst.name,
+        "input_axes": image.axes,
         "axes": result_axes,
         "date": _now(),
         "predicted_in_blocks": {"reason": reason, "block": list(block), "margin": margin},
@@ -894,6 +897,7 @@ def _objects_in_blocks(
         "input": str(src.resolve()),
         "input_sha256": file_sha256(src),
         "output": dst.name,
+        "input_axes": image.axes,
         "axes": tifffile_axes(dst),
         "date": _now(),
         "predicted_in_blocks": {

@@ -15,12 +15,15 @@ records crosses the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,13 +89,14 @@ def connect(settings: ClusterSettings):  # noqa: ANN201
                 fix="check the address (dask scheduler prints it) and that it is running",
             ) from None
     try:
-        cluster = LocalCluster(
-            n_workers=settings.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,  # logging.ERROR: the workers' chatter is not the user's business
-        )
+        with _ctrl_c_for_this_process_only():
+            cluster = LocalCluster(
+                n_workers=settings.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,  # logging.ERROR: the workers' chatter is not the user's
+            )
     except RuntimeError as err:  # e.g. a script without a __main__ guard (spawned workers)
         raise DeepscopeError(
             f"the {settings.workers} local worker processes did not start ({err})",
@@ -103,6 +107,28 @@ def connect(settings: ClusterSettings):  # noqa: ANN201
     client = Client(cluster)
     client._deepscope_cluster = cluster  # closed with the client
     return client
+
+
+@contextlib.contextmanager
+def _ctrl_c_for_this_process_only() -> Iterator[None]:
+    """Start worker processes inside this block that never see Ctrl-C.
+
+    A terminal sends Ctrl-C (SIGINT) to every process of the command, so each local
+    worker would stop with a KeyboardInterrupt traceback of its own, printed over this
+    process's message; this process alone should stop, finish its record and close the
+    cluster. SIGINT is ignored here while the workers start: an ignored signal stays
+    ignored in the processes started meanwhile (through fork and exec, and Python and
+    asyncio leave it so). A Ctrl-C pressed in these seconds is lost. Outside the main
+    thread (where signals cannot be handled) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def close(client: Any) -> None:

@@ -29,7 +29,7 @@ from deepscope.workflow.qc_classify import classify_qc
 from deepscope.workflow.qc_instance import instance_qc
 from deepscope.workflow.qc_restoration import evaluate_restoration
 from deepscope.workflow.qc_segmentation import segmentation_qc
-from deepscope.workflow.report import insert_caution
+from deepscope.workflow.report import check_report_folder, insert_caution
 from deepscope.workflow.training import load_images
 
 
@@ -60,6 +60,7 @@ def run_qc(
     *,
     tiles: TileSettings | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on the pairs in ``images``/``targets``; write a report into ``out_dir``.
 
@@ -69,13 +70,17 @@ def run_qc(
     stored as ``qc_summary.json`` in the model folder (not for shipped models, which
     are never modified). Tasks with one result per image
     (``Task.image_level``, e.g. classification) read labelled images from ``images``
-    alone and need no ``targets``.
+    alone and need no ``targets``. An ``out_dir`` with an earlier report is refused unless
+    ``overwrite`` is set, and one that is the images' or targets' folder always is
+    (:func:`~deepscope.workflow.report.check_report_folder`).
     """
     runner = QC_RUNNERS.get(model.task.qc_kind)
     if runner is None:
         raise DeepscopeError(
             f"quality control for '{model.config.task}' models is not available yet"
         )
+    sources = [Path(images)] + ([Path(targets)] if targets is not None else [])
+    check_report_folder(out_dir, sources, overwrite=overwrite)
     if model.task.image_level:
         if targets is not None:
             raise DeepscopeError(

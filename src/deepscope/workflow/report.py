@@ -27,7 +27,7 @@ import numpy as np
 from deepscope.data.io import atomic_write_bytes, atomic_write_text
 from deepscope.errors import DeepscopeError, OutputError
 
-__all__ = ["HtmlReport", "format_value", "safe_filename"]
+__all__ = ["HtmlReport", "check_report_folder", "format_value", "safe_filename"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
@@ -319,6 +319,63 @@ class HtmlReport:
             )
         atomic_write_text(path, self.to_html())
         return path
+
+
+#: What a quality-control step writes at the top of its folder (``figures/`` beside them).
+REPORT_FILES = ("report.html", "summary.json", "metrics.csv")
+
+
+def check_report_folder(
+    out_dir: str | Path, sources: Sequence[str | Path], *, overwrite: bool = False
+) -> None:
+    """Refuse a report folder that is a data folder, a file, or holds an earlier report.
+
+    Called before any scoring, so nothing is computed for a folder that will be refused.
+    With ``overwrite``, the earlier report's files are replaced as the new ones are
+    written (each atomically) and its figure files are removed first, so figures of
+    images that are no longer scored do not stay behind.
+
+    Parameters
+    ----------
+    out_dir
+        The folder for ``report.html``, ``summary.json``, ``metrics.csv`` and ``figures/``.
+    sources
+        The folders (or files) the report is made from: images, targets, masks, tracks.
+    overwrite
+        Replace an earlier report in ``out_dir``.
+
+    Raises
+    ------
+    OutputError
+        When ``out_dir`` is one of ``sources`` (or the folder of a source file), is a file,
+        or holds an earlier report and ``overwrite`` is not set.
+    """
+    out = Path(out_dir)
+    resolved = out.resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if resolved in (src, src.parent if src.is_file() else src):
+            raise OutputError(
+                "the report folder is a folder of the data being scored; the report "
+                "would mix with your images",
+                out,
+                "choose a new, separate folder, e.g. --out qc/",
+            )
+    if out.exists() and not out.is_dir():
+        raise OutputError("the report location is a file, not a folder", out, "choose a folder")
+    earlier = [name for name in REPORT_FILES if (out / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise OutputError(
+            f"this folder holds an earlier report ({', '.join(earlier)})",
+            out,
+            "choose another folder, or add --overwrite to replace that report",
+        )
+    figures = out / "figures"
+    if figures.is_dir():
+        for png in figures.glob("*.png"):
+            png.unlink()
 
 
 def insert_caution(path: str | Path, text: str) -> Path:
