@@ -45,14 +45,13 @@ if TYPE_CHECKING:
 PathLike = str | Path
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Command-line options whose Python parameter has another name.
 _PARAMETER_OF_OPTION = {
     "from": "start_from",
     "masks": "targets",
     "memory-limit": "memory_limit_gib",
-    "input": "input",
 }
 #: Command-line options that are settings (``settings={"training.epochs": 50}``) in Python.
 _SETTING_OF_OPTION = {
@@ -84,7 +83,7 @@ def _literal(value: str) -> str:
     return value if re.fullmatch(r"\d+(\.\d+)?", value) else f'"{value}"'
 
 
-def _in_python_words(function: F) -> F:
+def _in_python_words(function: _F) -> _F:
     """Errors of ``function`` name its parameters where they name command-line options.
 
     The workflow's messages are written for the command line ("add --overwrite"); from
